@@ -1,0 +1,64 @@
+"""mmviz: look inside vision-language transformers from a Jupyter notebook.
+
+Example:
+    >>> import mmviz
+    >>> model, processor = mmviz.zoo.tiny_llava()
+    >>> inspector = mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+    >>> inspector            # in a notebook: hover tokens and patches               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from mmviz._version import __version__
+from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from mmviz import adapters, zoo
+    from mmviz.adapters import register_adapter, supported_families
+    from mmviz.tracing import Trace, trace
+    from mmviz.widget.inspector import Inspector, inspect
+
+# torch and transformers load on first use, so `import mmviz` stays fast.
+_LAZY = {
+    "trace": "mmviz.tracing",
+    "Trace": "mmviz.tracing",
+    "inspect": "mmviz.widget.inspector",
+    "Inspector": "mmviz.widget.inspector",
+    "register_adapter": "mmviz.adapters",
+    "supported_families": "mmviz.adapters",
+    "adapters": "mmviz.adapters",
+    "zoo": "mmviz.zoo",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mmviz' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if module.__name__ == f"mmviz.{name}" and name in ("adapters", "zoo") else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    "InputError",
+    "Inspector",
+    "MmvizError",
+    "ProcessorMismatchError",
+    "Trace",
+    "UnsupportedModelError",
+    "__version__",
+    "adapters",
+    "inspect",
+    "register_adapter",
+    "supported_families",
+    "trace",
+    "zoo",
+]

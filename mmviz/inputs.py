@@ -1,0 +1,77 @@
+"""Normalise what a user passes in: images (PIL, numpy, path) and prompts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mmviz.errors import InputError
+
+ImageLike = Image.Image | np.ndarray | str | os.PathLike
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Return ``image`` as an RGB PIL image; the ORIGINAL pixels every map is drawn onto.
+
+    Accepts a PIL image (any mode PIL can convert; transparency is composited on white), an ``H×W×3`` (or
+    ``H×W``, ``H×W×4``) uint8 numpy array, or a path to an image file.
+
+    Example:
+        >>> load_image(np.zeros((4, 6, 3), dtype=np.uint8)).size
+        (6, 4)
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image path {str(path)!r} does not exist; pass an existing file, a PIL image or an array")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                return _to_rgb(opened)
+        except (UnidentifiedImageError, OSError) as error:
+            raise InputError(f"cannot read {str(path)!r} as an image ({error}); pass a PNG/JPEG file") from None
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image)
+    raise InputError(f"image must be a PIL image, an H×W×3 uint8 numpy array or a path, not {type(image).__name__}")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.width < 1 or image.height < 1:
+        raise InputError("image is empty (0 pixels); pass an image of at least 1×1 pixels")
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise InputError(f"cannot convert a PIL image of mode {image.mode!r} to RGB ({error})") from None
+
+
+def _array_to_rgb(array: np.ndarray) -> Image.Image:
+    if array.dtype != np.uint8:
+        hint = " (scale floats in [0, 1] with (a * 255).round().astype(np.uint8))" if array.dtype.kind == "f" else ""
+        raise InputError(f"image array must have dtype uint8, not {array.dtype}{hint}")
+    if array.ndim == 2:
+        return _to_rgb(Image.fromarray(array, mode="L"))
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        if array.shape[2] == 4:
+            return _to_rgb(Image.fromarray(np.ascontiguousarray(array), mode="RGBA"))
+        return _to_rgb(Image.fromarray(np.ascontiguousarray(array), mode="RGB"))
+    raise InputError(f"image array must be H×W×3 (RGB) uint8, got shape {array.shape}; channels go last")
+
+
+def check_prompt(prompt: object) -> str:
+    """Reject prompts that cannot be asked; return the prompt unchanged otherwise."""
+    if not isinstance(prompt, str):
+        raise InputError(f"prompt must be a string, not {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InputError("prompt is empty; ask a question about the image, e.g. 'What is in the picture?'")
+    return prompt
