@@ -1,0 +1,71 @@
+"""Adapters: the one place that knows model families. Nothing outside this package asks which model it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmviz.adapters.base import Adapter
+from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, TokenLayout
+from mmviz.adapters.llava import LlavaAdapter
+from mmviz.errors import UnsupportedModelError
+
+_REGISTRY: dict[str, type[Adapter]] = {}
+
+
+def register_adapter(adapter: type[Adapter], *, replace: bool = False) -> type[Adapter]:
+    """Make mmviz support the model types listed in ``adapter.model_types`` (usable as a class decorator).
+
+    Example:
+        >>> @mmviz.register_adapter                        # doctest: +SKIP
+        ... class MyAdapter(mmviz.adapters.Adapter):
+        ...     family, model_types = "My-VLM", ("my_vlm",)
+    """
+    if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
+        raise TypeError(f"register_adapter takes an Adapter subclass, not {adapter!r}")
+    if not adapter.model_types or not adapter.family:
+        raise ValueError(f"{adapter.__name__} must set `family` and a non-empty `model_types`")
+    for model_type in adapter.model_types:
+        if model_type in _REGISTRY and _REGISTRY[model_type] is not adapter and not replace:
+            raise ValueError(
+                f"model_type {model_type!r} already has the adapter {_REGISTRY[model_type].__name__}; "
+                f"pass replace=True to override it"
+            )
+        _REGISTRY[model_type] = adapter
+    return adapter
+
+
+def supported_families() -> dict[str, str]:
+    """``model_type → family name`` of every registered adapter."""
+    return {model_type: adapter.family for model_type, adapter in sorted(_REGISTRY.items())}
+
+
+def adapter_for(model: torch.nn.Module, processor: Any) -> Adapter:
+    """The adapter for ``model`` (by ``model.config.model_type``), checked against ``processor``."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _REGISTRY:
+        listed = ", ".join(f"{family} ({model_type})" for model_type, family in supported_families().items())
+        raise UnsupportedModelError(
+            f"mmviz has no adapter for model_type {model_type!r} ({type(model).__name__}); supported: {listed}. "
+            f"Add one with mmviz.register_adapter(...)"
+        )
+    adapter = _REGISTRY[model_type](model, processor)
+    adapter.check()
+    return adapter
+
+
+register_adapter(LlavaAdapter)
+
+__all__ = [
+    "KINDS",
+    "VIEWS",
+    "Adapter",
+    "ImageGeometry",
+    "LlavaAdapter",
+    "TokenLayout",
+    "adapter_for",
+    "register_adapter",
+    "supported_families",
+]

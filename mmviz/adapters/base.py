@@ -1,0 +1,102 @@
+"""The adapter contract: the only place that knows how a model family lays out its tokens and modules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmviz.adapters.layout import TokenLayout
+from mmviz.adapters.tokens import display_strings
+from mmviz.errors import ProcessorMismatchError
+
+
+class Adapter:
+    """Family knowledge for one kind of vision-language model; subclass it and call ``register_adapter``.
+
+    A subclass sets :attr:`family` and :attr:`model_types` and implements :meth:`layout`; everything else has a
+    default that fits models built as ``model.model.language_model`` + ``lm_head`` with a ``ProcessorMixin``.
+
+    Example:
+        >>> class MyAdapter(Adapter):                         # doctest: +SKIP
+        ...     family = "My-VLM"
+        ...     model_types = ("my_vlm",)
+        ...     def layout(self, input_ids, images, inputs): ...
+        >>> mmviz.register_adapter(MyAdapter)                 # doctest: +SKIP
+    """
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    text_config_key: ClassVar[str] = "text_config"
+    """Sub-config of the language model: the one whose attention implementation mmviz switches."""
+    fallback_template: ClassVar[str] = "{image}\n{prompt}"
+    """Prompt format used when the processor has no chat template."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        for part in ("tokenizer", "image_processor"):
+            if getattr(processor, part, None) is None:
+                raise ProcessorMismatchError(
+                    f"the processor has no {part}; pass the multimodal processor from "
+                    f"AutoProcessor.from_pretrained(<the model's checkpoint>), not a tokenizer or image processor"
+                )
+        self.tokenizer = processor.tokenizer
+
+    # -- model structure -------------------------------------------------------------------------------------
+    @property
+    def text_config(self) -> Any:
+        return getattr(self.model.config, self.text_config_key)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.text_config.num_attention_heads)
+
+    # -- prompt and inputs -----------------------------------------------------------------------------------
+    @property
+    def image_token(self) -> str:
+        return str(self.processor.image_token)
+
+    def format_prompt(self, prompt: str, n_images: int) -> str:
+        """Use ``prompt`` as is when it already holds image placeholders, else wrap it in the chat template."""
+        if self.image_token in prompt:
+            return prompt
+        if getattr(self.processor, "chat_template", None):
+            content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+        return self.fallback_template.format(image=self.image_token * n_images, prompt=prompt)
+
+    def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """Run the processor; returns tensors for one sequence."""
+        n_placeholders = text.count(self.image_token)
+        if n_placeholders != len(images):
+            raise ProcessorMismatchError(
+                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {len(images)} "
+                f"image(s); use one placeholder per image or none (mmviz then adds them)"
+            )
+        return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
+
+    def display_tokens(self, ids: Sequence[int]) -> list[str]:
+        return display_strings(self.tokenizer, ids)
+
+    def special_mask(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, list(getattr(self.tokenizer, "all_special_ids", [])))
+
+    # -- family knowledge --------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise :class:`ProcessorMismatchError` when the processor cannot belong to the model."""
+
+    def layout(
+        self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        """The :class:`TokenLayout` of ``input_ids`` (prompt and answer) for the ORIGINAL ``images``."""
+        raise NotImplementedError
