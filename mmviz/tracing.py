@@ -1,0 +1,242 @@
+"""``mmviz.trace``: generate an answer, then run ONE teacher-forced analysis forward that records the views' data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from mmviz.adapters import Adapter, TokenLayout, adapter_for
+from mmviz.capture import AttentionRecorder, preserved, recording
+from mmviz.errors import InputError
+from mmviz.inputs import ImageLike, check_prompt, load_image
+
+
+@dataclass(frozen=True, repr=False)
+class Trace:
+    """What one analysis forward recorded, linked to the ORIGINAL image(s).
+
+    Attributes:
+        tokens: display string of every sequence position (prompt and answer).
+        token_ids: the token ids, shape ``(N,)``.
+        layout: the :class:`~mmviz.adapters.TokenLayout` (kind, grid cell and original-pixel box per position).
+        prompt: the prompt as the model saw it (chat template applied).
+        answer: the answer text (generated, or the one passed in).
+        answer_start: position of the first answer token.
+        answer_logprobs: ``log p(answer token | everything before it)`` per answer token.
+        images: the original images, RGB.
+        query_positions: positions whose attention rows were recorded (every text position).
+        attention_rows: float32 ``(L, H, Q, N)``: attention of each recorded query row over every position.
+
+    Example:
+        >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> trace.attention(layer=-1, head="mean").shape     # (query rows, image tokens)   # doctest: +SKIP
+        (14, 576)
+    """
+
+    tokens: list[str]
+    token_ids: np.ndarray
+    layout: TokenLayout
+    prompt: str
+    answer: str
+    answer_start: int
+    answer_logprobs: np.ndarray
+    images: list[Image.Image]
+    family: str
+    model_name: str
+    num_layers: int
+    num_heads: int
+    query_positions: np.ndarray
+    attention_rows: np.ndarray
+
+    @property
+    def image_positions(self) -> np.ndarray:
+        """Sequence positions of the image tokens that have a box: the columns of :meth:`attention`."""
+        return self.layout.image_positions
+
+    def attention(self, layer: int | None = None, head: int | str | None = None) -> np.ndarray:
+        """Raw attention from every recorded text/answer row to every image token.
+
+        Args:
+            layer: a layer index (negative counts from the end) or None for all layers.
+            head: a head index, ``"mean"`` (average over heads) or None for all heads.
+
+        Returns:
+            float32 array ``(L, H, Q, P)``; an int ``layer`` or ``head`` (or ``"mean"``) drops that axis.
+            Rows follow :attr:`query_positions`, columns :attr:`image_positions`.
+        """
+        values = self.attention_rows[..., self.image_positions]
+        if layer is not None:
+            values = values[_index(layer, self.num_layers, "layer")]
+        head_axis = 0 if layer is not None else 1
+        if head == "mean":
+            values = values.mean(axis=head_axis)
+        elif head is not None:
+            if isinstance(head, str):
+                raise ValueError(f"head must be an int, 'mean' or None, not {head!r}")
+            values = np.take(values, _index(head, self.num_heads, "head"), axis=head_axis)
+        return values
+
+    def row_of(self, position: int) -> int:
+        """Row index (into :meth:`attention`) of sequence position ``position``; raises if it has no row."""
+        found = np.flatnonzero(self.query_positions == position)
+        if len(found) == 0:
+            raise ValueError(f"position {position} has no attention row (image tokens are columns, not rows)")
+        return int(found[0])
+
+    def __repr__(self) -> str:
+        n_image = len(self.image_positions)
+        return (
+            f"<mmviz.Trace {self.family} '{self.model_name}': {len(self.tokens)} positions "
+            f"({n_image} image tokens), {self.num_layers} layers × {self.num_heads} heads, "
+            f"answer {self.answer!r}>"
+        )
+
+
+def trace(
+    model: torch.nn.Module,
+    processor: Any,
+    image: ImageLike,
+    prompt: str,
+    *,
+    answer: str | Sequence[int] | None = None,
+    max_new_tokens: int = 32,
+) -> Trace:
+    """Run an unmodified Hugging Face vision-language model and record what mmviz's views need.
+
+    If ``answer`` is None the model generates it first (its normal fast path, greedy); then ONE teacher-forced
+    forward over prompt + answer records attention rows through mmviz's attention function. The model is left
+    exactly as found: attention implementation, train/eval and ``requires_grad`` flags, hooks.
+
+    Args:
+        model: e.g. ``LlavaForConditionalGeneration.from_pretrained(...)``.
+        processor: the model's processor (``AutoProcessor.from_pretrained`` of the same checkpoint).
+        image: PIL image, ``H×W×3`` uint8 array or path.
+        prompt: a plain question (the chat template and image placeholder are added) or a fully formatted prompt
+            that already holds the image placeholder.
+        answer: the answer to analyse (text, or token ids); None generates it.
+        max_new_tokens: generation length limit when ``answer`` is None.
+
+    Example:
+        >>> model, processor = mmviz.zoo.tiny_llava()
+        >>> t = mmviz.trace(model, processor, np.zeros((64, 96, 3), np.uint8), "What is shown?", max_new_tokens=4)
+        >>> t.attention(layer=0, head="mean").shape[1]
+        576
+    """
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
+    check_prompt(prompt)
+    images = [load_image(image)]
+    adapter = adapter_for(model, processor)
+    text = adapter.format_prompt(prompt, n_images=len(images))
+    inputs = _to_model(adapter.encode(images, text), model)
+    prompt_ids = inputs["input_ids"]
+
+    with preserved(model):
+        model.eval()
+        answer_ids = _answer_ids(adapter, model, inputs, answer, max_new_tokens)
+        input_ids = torch.cat([prompt_ids, answer_ids[None].to(prompt_ids.device)], dim=1)
+        ids = input_ids[0].cpu().numpy()
+        layout = adapter.layout(ids, images, inputs)
+        query_positions = layout.text_positions
+        recorder = AttentionRecorder(query_positions)
+        answer_start = prompt_ids.shape[1]
+        forward_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        with torch.no_grad(), recording(model, adapter.text_config_key, recorder):
+            output = model(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                use_cache=False,
+                logits_to_keep=len(ids) - answer_start + 1,
+                **forward_inputs,
+            )
+    rows = torch.stack([recorder.rows[layer][0] for layer in range(adapter.num_layers)])
+    return Trace(
+        tokens=layout.tokens,
+        token_ids=ids,
+        layout=layout,
+        prompt=text,
+        answer=adapter.tokenizer.decode(answer_ids.tolist(), skip_special_tokens=True),
+        answer_start=answer_start,
+        answer_logprobs=_answer_logprobs(output.logits[0], answer_ids),
+        images=images,
+        family=adapter.family,
+        model_name=str(getattr(model.config, "_name_or_path", "") or model.config.model_type),
+        num_layers=adapter.num_layers,
+        num_heads=adapter.num_heads,
+        query_positions=np.asarray(query_positions),
+        attention_rows=rows.numpy().astype(np.float32),
+    )
+
+
+def _to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    device, dtype = model.device, model.dtype
+    return {
+        key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        for key, value in inputs.items()
+    }
+
+
+def _answer_ids(
+    adapter: Adapter,
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    answer: str | Sequence[int] | None,
+    max_new_tokens: int,
+) -> torch.Tensor:
+    if answer is None:
+        return _generate(model, inputs, max_new_tokens)
+    if isinstance(answer, str):
+        if not answer.strip():
+            raise InputError("answer is empty; pass the answer text to analyse, or None to generate it")
+        text = answer if answer[0].isspace() else " " + answer  # a reply follows the prompt after a space
+        ids = adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = [int(i) for i in answer]
+        if not ids:
+            raise InputError("answer holds no token ids; pass the answer text, its ids, or None to generate it")
+    vocab = int(adapter.text_config.vocab_size)
+    if min(ids) < 0 or max(ids) >= vocab:
+        raise InputError(f"answer token ids must lie in [0, {vocab}); got {min(ids)}…{max(ids)}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class _ProgressTicker(LogitsProcessor):
+    """Advances a progress bar once per generated token (scores pass through untouched)."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.bar.update(1)
+        return scores
+
+
+def _generate(model: torch.nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+    with tqdm(total=max_new_tokens, desc="mmviz: generating", unit="tok", leave=False) as bar, torch.no_grad():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([_ProgressTicker(bar)]),
+        )
+    return output[0, inputs["input_ids"].shape[1] :].cpu()
+
+
+def _answer_logprobs(logits: torch.Tensor, answer_ids: torch.Tensor) -> np.ndarray:
+    """``log p(y_t | x_<t)``: the logits at position t−1 predict answer token t (the last row predicts nothing)."""
+    log_probs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    picked = log_probs.gather(1, answer_ids.to(log_probs.device)[:, None])[:, 0]
+    return picked.cpu().numpy()
+
+
+def _index(value: int, size: int, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or not -size <= value < size:
+        raise IndexError(f"{name} {value!r} is out of range for {size} {name}s")
+    return int(value) % size
