@@ -1,0 +1,1 @@
+"""The widget layer: binary wire format, bundle lookup, the Inspector and standalone export."""
