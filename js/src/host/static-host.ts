@@ -1,0 +1,125 @@
+/**
+ * A minimal anywidget host for standalone HTML export (`Inspector.to_html()`) and for tests.
+ *
+ * `createStaticModel` implements the AnyModel subset the widget uses; `mountStatic` turns an exported
+ * payload (`{state, buffers: [{path, data: base64}]}`) into such a model, with each buffer placed at its
+ * path as a DataView (like ipywidgets' `put_buffers`), and renders the widget into an element.
+ */
+
+import { base64ToBytes } from "../codec";
+import { initialize, render } from "../widget";
+
+type Callback = (...args: any[]) => void;
+
+export interface StaticModel {
+  get(key: string): any;
+  set(key: string, value: unknown): void;
+  on(eventName: string, callback: Callback): void;
+  off(eventName?: string | null, callback?: Callback | null): void;
+  save_changes(): void;
+  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
+  /** One entry per `save_changes()`: the keys set since the previous save and their values. */
+  readonly savedChanges: Record<string, unknown>[];
+  /** One entry per `send()`. */
+  readonly sent: { content: unknown; buffers: ArrayBuffer[] | ArrayBufferView[] | undefined }[];
+  /** The current state (live object). */
+  readonly state: Record<string, unknown>;
+  readonly widget_manager: { get_model(id: string): Promise<never> };
+}
+
+export function createStaticModel(state: Record<string, unknown> = {}): StaticModel {
+  const values: Record<string, unknown> = { ...state };
+  const listeners = new Map<string, Set<Callback>>();
+  let dirty: Record<string, unknown> = {};
+  const model: StaticModel = {
+    state: values,
+    savedChanges: [],
+    sent: [],
+    get(key) {
+      return values[key];
+    },
+    set(key, value) {
+      if (Object.is(values[key], value)) return;
+      values[key] = value;
+      dirty[key] = value;
+      for (const cb of [...(listeners.get(`change:${key}`) ?? [])]) cb(model, value);
+      for (const cb of [...(listeners.get("change") ?? [])]) cb(model);
+    },
+    on(eventName, callback) {
+      let set = listeners.get(eventName);
+      if (!set) listeners.set(eventName, (set = new Set()));
+      set.add(callback);
+    },
+    off(eventName, callback) {
+      // Backbone semantics: no name = every event, no callback = every callback of that event.
+      const names = eventName == null ? [...listeners.keys()] : [eventName];
+      for (const name of names) {
+        if (callback == null) listeners.delete(name);
+        else listeners.get(name)?.delete(callback);
+      }
+    },
+    save_changes() {
+      model.savedChanges.push(dirty);
+      dirty = {};
+    },
+    send(content, _callbacks, buffers) {
+      model.sent.push({ content, buffers });
+    },
+    widget_manager: {
+      get_model(id: string) {
+        return Promise.reject(new Error(`mmviz static host: no widget manager (model ${id})`));
+      },
+    },
+  };
+  return model;
+}
+
+export interface StaticPayload {
+  state: Record<string, unknown>;
+  buffers?: { path: (string | number)[]; data: string }[];
+}
+
+/** Put `value` at `path` inside `state`, creating containers on the way (ipywidgets' put_buffers). */
+export function putAtPath(state: Record<string, unknown>, path: readonly (string | number)[], value: unknown): void {
+  if (path.length === 0) throw new Error("mmviz static host: empty buffer path");
+  let obj: any = state;
+  for (let i = 0; i < path.length - 1; i++) {
+    const key = path[i]!;
+    if (obj[key] === undefined || obj[key] === null) obj[key] = typeof path[i + 1] === "number" ? [] : {};
+    obj = obj[key];
+  }
+  obj[path[path.length - 1]!] = value;
+}
+
+export interface Mounted {
+  model: StaticModel;
+  /** Undo the render (listeners, DOM) and the initialize. */
+  destroy(): void;
+}
+
+export function mountStatic(el: HTMLElement, payload: StaticPayload): Mounted {
+  const state = { ...(payload.state ?? {}) };
+  for (const { path, data } of payload.buffers ?? []) {
+    const bytes = base64ToBytes(data);
+    putAtPath(state, path, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  }
+  const model = createStaticModel(state);
+  const endInit = initialize({ model });
+  let cleanup: () => void = () => {};
+  try {
+    cleanup = render({ model, el });
+  } catch (err) {
+    // render() reports data errors itself; anything else still gets shown rather than thrown.
+    const box = document.createElement("div");
+    box.className = "mmviz-error";
+    box.textContent = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
+    el.append(box);
+  }
+  return {
+    model,
+    destroy() {
+      cleanup();
+      endInit();
+    },
+  };
+}

@@ -1,0 +1,52 @@
+/** Debounced browser → Python sync of `layer`, `head` and `pinned` (hover never leaves the browser). */
+
+import type { FocusState } from "./store";
+import type { Model } from "./widget";
+
+export const SYNC_DELAY_MS = 150;
+
+export class ModelSync {
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private pending: Readonly<FocusState> | null = null;
+
+  constructor(
+    private readonly model: Model,
+    private readonly delay = SYNC_DELAY_MS,
+  ) {}
+
+  /** Schedule a sync of `s` (the latest call wins). */
+  schedule(s: Readonly<FocusState>): void {
+    this.pending = s;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.flush(), this.delay);
+  }
+
+  /** Write the pending state now (only the traits that differ), then save once. */
+  flush(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    const s = this.pending;
+    this.pending = null;
+    if (s === null) return;
+    const want: Record<string, number> = {
+      layer: s.layer,
+      head: s.head,
+      pinned: s.pinnedToken ?? -1,
+    };
+    let dirty = false;
+    for (const [key, value] of Object.entries(want)) {
+      if (this.model.get(key) !== value) {
+        this.model.set(key, value);
+        dirty = true;
+      }
+    }
+    if (dirty) this.model.save_changes();
+  }
+
+  /** Drop a pending sync without writing it. */
+  cancel(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.pending = null;
+  }
+}

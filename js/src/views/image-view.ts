@@ -1,0 +1,237 @@
+/**
+ * One input image: the photo, the attention heatmap over its token boxes, and the hovered-patch outline,
+ * as three stacked canvases whose intrinsic size equals their display size.
+ */
+
+import { colorFor } from "../colormap";
+import type { ImageMeta, Rect, WidgetData } from "../data";
+import type { Store } from "../store";
+
+export const DEFAULT_MAX_SIDE = 384;
+
+/** Display size of a width × height image whose long side becomes `maxSide` px. */
+export function displaySize(width: number, height: number, maxSide = DEFAULT_MAX_SIDE): [number, number] {
+  const s = maxSide / Math.max(width, height);
+  return [Math.max(1, Math.round(width * s)), Math.max(1, Math.round(height * s))];
+}
+
+/** Integer canvas-pixel rectangle [x0, y0, x1, y1) of a box given in original pixels. */
+export function pixelRect(box: Rect, sx: number, sy: number, w: number, h: number): Rect {
+  const clampX = (v: number): number => Math.max(0, Math.min(w, Math.round(v * sx)));
+  const clampY = (v: number): number => Math.max(0, Math.min(h, Math.round(v * sy)));
+  return [clampX(box[0]), clampY(box[1]), clampX(box[2]), clampY(box[3])];
+}
+
+const WASH = "rgba(128, 128, 128, 0.6)";
+
+export class ImageView {
+  readonly el: HTMLDivElement;
+  readonly photo: HTMLCanvasElement;
+  readonly heat: HTMLCanvasElement;
+  readonly outline: HTMLCanvasElement;
+  readonly width: number;
+  readonly height: number;
+  private readonly meta: ImageMeta;
+  private readonly sx: number;
+  private readonly sy: number;
+  /** This image's columns, largest box first (finer boxes drawn on top when views overlap). */
+  private readonly paintOrder: number[];
+  /** Integer pixel rectangle of each of this image's columns. */
+  private readonly rects = new Map<number, Rect>();
+  private heatImage: ImageData | null = null;
+  private heatKey: unknown = undefined;
+  private outlinePatch: number | null = null;
+  private disposed = false;
+  private readonly disposers: (() => void)[] = [];
+
+  constructor(
+    private readonly data: WidgetData,
+    private readonly store: Store,
+    readonly index: number,
+    maxSide = DEFAULT_MAX_SIDE,
+  ) {
+    this.meta = data.images[index] ?? { width: maxSide, height: maxSide, covered: null };
+    const [w, h] = displaySize(this.meta.width, this.meta.height, maxSide);
+    this.width = w;
+    this.height = h;
+    this.sx = w / this.meta.width;
+    this.sy = h / this.meta.height;
+
+    const cols = data.columnsOf(index);
+    const area = (p: number): number => {
+      const [x0, y0, x1, y1] = data.box(p);
+      return (x1 - x0) * (y1 - y0);
+    };
+    this.paintOrder = [...cols].sort((a, b) => area(b) - area(a) || a - b);
+    for (const p of cols) this.rects.set(p, pixelRect(data.box(p), this.sx, this.sy, w, h));
+
+    const el = document.createElement("div");
+    el.className = "mmviz-image";
+    el.dataset.imageIndex = String(index);
+    const stack = document.createElement("div");
+    stack.className = "mmviz-image-stack";
+    stack.style.width = `${w}px`;
+    stack.style.height = `${h}px`;
+    const mk = (cls: string): HTMLCanvasElement => {
+      const c = document.createElement("canvas");
+      c.className = cls;
+      c.width = w;
+      c.height = h;
+      c.style.width = `${w}px`;
+      c.style.height = `${h}px`;
+      stack.append(c);
+      return c;
+    };
+    this.photo = mk("mmviz-photo");
+    this.heat = mk("mmviz-heat");
+    this.outline = mk("mmviz-outline");
+    this.photo.dataset.loaded = "0";
+    this.heat.dataset.row = "-1";
+    this.heat.setAttribute("aria-hidden", "true");
+    this.outline.setAttribute("aria-hidden", "true");
+    this.photo.setAttribute("role", "img");
+    this.photo.setAttribute("aria-label", `input image ${index + 1}`);
+    const label = document.createElement("div");
+    label.className = "mmviz-image-label";
+    label.textContent =
+      `${data.nImages > 1 ? `image ${index + 1} · ` : ""}${this.meta.width}×${this.meta.height} px · ` +
+      `${cols.length} image tokens`;
+    el.append(stack, label);
+    this.el = el;
+
+    const onMove = (ev: MouseEvent): void => {
+      const r = stack.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) return;
+      const x = ((ev.clientX - r.left) * w) / r.width;
+      const y = ((ev.clientY - r.top) * h) / r.height;
+      this.store.set({ hoverPatch: this.columnAt(x / this.sx, y / this.sy) });
+    };
+    const onLeave = (): void => this.store.set({ hoverPatch: null });
+    stack.addEventListener("mousemove", onMove);
+    stack.addEventListener("mouseleave", onLeave);
+    this.disposers.push(() => {
+      stack.removeEventListener("mousemove", onMove);
+      stack.removeEventListener("mouseleave", onLeave);
+    });
+
+    this.drawPlaceholder();
+    void data.bitmap(index).then((bmp) => this.drawPhoto(bmp));
+  }
+
+  /**
+   * Column of this image whose box contains (x, y) in original pixels (half-open boxes); the smallest
+   * box wins when boxes overlap (e.g. a global view and local crops of the same image). Null if none.
+   */
+  columnAt(x: number, y: number): number | null {
+    let best: number | null = null;
+    let bestArea = Infinity;
+    for (const p of this.data.columnsOf(this.index)) {
+      const [x0, y0, x1, y1] = this.data.box(p);
+      if (x >= x0 && x < x1 && y >= y0 && y < y1) {
+        const a = (x1 - x0) * (y1 - y0);
+        if (a < bestArea) {
+          bestArea = a;
+          best = p;
+        }
+      }
+    }
+    return best;
+  }
+
+  private ctx(c: HTMLCanvasElement): CanvasRenderingContext2D | null {
+    return c.getContext("2d");
+  }
+
+  private drawPlaceholder(): void {
+    const ctx = this.ctx(this.photo);
+    if (!ctx) return;
+    ctx.fillStyle = "#9a9a9a";
+    ctx.fillRect(0, 0, this.width, this.height);
+  }
+
+  private drawPhoto(bmp: ImageBitmap | null): void {
+    if (this.disposed) return;
+    const ctx = this.ctx(this.photo);
+    if (!ctx) return;
+    const { width: w, height: h } = this;
+    if (bmp) {
+      ctx.clearRect(0, 0, w, h);
+      ctx.imageSmoothingEnabled = true;
+      ctx.imageSmoothingQuality = "high";
+      ctx.drawImage(bmp, 0, 0, w, h);
+    }
+    const cov = this.meta.covered;
+    if (cov) {
+      // Grey wash over pixels that reach no token.
+      const [x0, y0, x1, y1] = pixelRect(cov, this.sx, this.sy, w, h);
+      ctx.fillStyle = WASH;
+      if (y0 > 0) ctx.fillRect(0, 0, w, y0);
+      if (y1 < h) ctx.fillRect(0, y1, w, h - y1);
+      if (x0 > 0) ctx.fillRect(0, y0, x0, y1 - y0);
+      if (x1 < w) ctx.fillRect(x1, y0, w - x1, y1 - y0);
+    }
+    this.photo.dataset.loaded = bmp ? "1" : "error";
+  }
+
+  /**
+   * Fill every box of this image with the opaque LUT colour of value / vmax; transparent elsewhere.
+   * `map` holds all P columns (null = nothing focused). Painting is skipped when `key` is unchanged.
+   */
+  paintHeat(map: Float32Array | null, vmax: number, row: number, key: unknown): void {
+    if (key === this.heatKey) return;
+    this.heatKey = key;
+    const ctx = this.ctx(this.heat);
+    const { width: w, height: h } = this;
+    if (ctx) {
+      if (map === null || !(vmax > 0)) {
+        ctx.clearRect(0, 0, w, h);
+      } else {
+        if (this.heatImage === null) this.heatImage = ctx.createImageData(w, h);
+        const px = this.heatImage.data;
+        px.fill(0);
+        for (const p of this.paintOrder) {
+          const v = map[p]!;
+          if (!Number.isFinite(v)) continue; // NaN stays transparent
+          const [r, g, b] = colorFor(v / vmax);
+          const [x0, y0, x1, y1] = this.rects.get(p)!;
+          for (let y = y0; y < y1; y++) {
+            let i = (y * w + x0) * 4;
+            for (let x = x0; x < x1; x++, i += 4) {
+              px[i] = r;
+              px[i + 1] = g;
+              px[i + 2] = b;
+              px[i + 3] = 255;
+            }
+          }
+        }
+        ctx.putImageData(this.heatImage, 0, 0);
+      }
+    }
+    this.heat.dataset.row = String(row);
+  }
+
+  /** Outline the hovered column when it belongs to this image. */
+  paintOutline(patch: number | null): void {
+    const mine = patch !== null && this.rects.has(patch) ? patch : null;
+    if (mine === this.outlinePatch) return;
+    this.outlinePatch = mine;
+    const ctx = this.ctx(this.outline);
+    if (!ctx) return;
+    ctx.clearRect(0, 0, this.width, this.height);
+    if (mine === null) return;
+    const [x0, y0, x1, y1] = this.rects.get(mine)!;
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = "#000";
+    ctx.strokeRect(x0 + 1, y0 + 1, Math.max(0, x1 - x0 - 2), Math.max(0, y1 - y0 - 2));
+    ctx.lineWidth = 1;
+    ctx.strokeStyle = "#fff";
+    ctx.strokeRect(x0 + 0.5, y0 + 0.5, Math.max(0, x1 - x0 - 1), Math.max(0, y1 - y0 - 1));
+    if (x1 - x0 > 6 && y1 - y0 > 6) ctx.strokeRect(x0 + 2.5, y0 + 2.5, x1 - x0 - 5, y1 - y0 - 5);
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    for (const d of this.disposers) d();
+    this.disposers.length = 0;
+  }
+}

@@ -1,0 +1,87 @@
+/** A small synthetic widget state (what the Python Inspector would send), built with the test encoder. */
+
+import { encodeFloat32, encodeUint8, float32Bytes, int32Bytes, subView } from "./helpers";
+
+export const L = 2;
+export const H = 3;
+export const TOKENS = ["<s>", "Hi", "<img>", "<img>", "<img>", "<img>", "\n", " what", "?", "A"];
+export const KINDS = [1, 0, 2, 2, 2, 2, 3, 0, 0, 0];
+export const QUERY_POSITIONS = [1, 7, 8, 9];
+export const IMAGE_POSITIONS = [2, 3, 4, 5];
+export const Q = QUERY_POSITIONS.length;
+export const P = IMAGE_POSITIONS.length;
+/** 2×2 grid over a 200×120 image. */
+export const BOXES = [0, 0, 100, 60, 100, 0, 200, 60, 0, 60, 100, 120, 100, 60, 200, 120];
+
+/** The attention value at (l, h, q, p): distinct everywhere. */
+export function att(l: number, h: number, q: number, p: number): number {
+  return (1 + l * 1000 + h * 100 + q * 10 + p) / 4096;
+}
+
+export function headsArray(): Float32Array {
+  const out = new Float32Array(L * H * Q * P);
+  let i = 0;
+  for (let l = 0; l < L; l++)
+    for (let h = 0; h < H; h++) for (let q = 0; q < Q; q++) for (let p = 0; p < P; p++) out[i++] = att(l, h, q, p);
+  return out;
+}
+
+export function meanArray(): Float32Array {
+  const out = new Float32Array(L * Q * P);
+  let i = 0;
+  for (let l = 0; l < L; l++)
+    for (let q = 0; q < Q; q++)
+      for (let p = 0; p < P; p++) {
+        let s = 0;
+        for (let h = 0; h < H; h++) s += att(l, h, q, p);
+        out[i++] = s / H;
+      }
+  return out;
+}
+
+export interface StateOptions {
+  dtype?: "uint8" | "float32";
+  withMean?: boolean;
+  withHeads?: boolean;
+}
+
+export function makeState(opts: StateOptions = {}): Record<string, unknown> {
+  const { dtype = "float32", withMean = true, withHeads = true } = opts;
+  const enc = (v: Float32Array, shape: number[]) => (dtype === "uint8" ? encodeUint8(v, shape) : encodeFloat32(v, shape));
+  return {
+    revision: 1,
+    tokens: TOKENS,
+    token_layout: {
+      v: 1,
+      n_positions: TOKENS.length,
+      kinds: subView(Uint8Array.from(KINDS), 1),
+      answer_start: 9,
+      query_positions: subView(int32Bytes(QUERY_POSITIONS), 3),
+      image_positions: int32Bytes(IMAGE_POSITIONS),
+      boxes: subView(float32Bytes(BOXES), 2),
+      grid: int32Bytes([0, 0, 0, 1, 1, 0, 1, 1]),
+      image_index: int32Bytes([0, 0, 0, 0]),
+      images: [{ width: 200, height: 120, covered: [0, 0, 200, 120] }],
+    },
+    images: [],
+    attention: withHeads ? enc(headsArray(), [L, H, Q, P]) : {},
+    attention_mean: withMean ? enc(meanArray(), [L, Q, P]) : {},
+    meta: {
+      family: "llava",
+      model_name: "tiny",
+      n_layers: L,
+      n_heads: H,
+      map_label: "raw attention",
+      map_description: "Softmax attention.",
+    },
+    layer: 1,
+    head: -1,
+    pinned: -1,
+    error: "",
+  };
+}
+
+/** A TraitSource over a plain state object. */
+export function source(state: Record<string, unknown>): { get(key: string): unknown } {
+  return { get: (key: string) => state[key] };
+}
