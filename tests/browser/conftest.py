@@ -1,0 +1,103 @@
+"""Headless Debian Chromium through Playwright, with no network beyond this machine and console errors caught."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mmviz.widget import bundle
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+
+def _unavailable(reason: str) -> None:
+    """Skip locally; fail in CI (MMVIZ_REQUIRE_BROWSER=1), where a skipped browser test would hide a gap."""
+    if os.environ.get("MMVIZ_REQUIRE_BROWSER"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/browser" in str(item.fspath):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = os.environ.get("MMVIZ_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        _unavailable("Debian's chromium is not installed (apt-get install -y chromium)")
+    if not bundle.bundle_built():
+        _unavailable("the JS bundle is not built (npm --prefix js ci && npm --prefix js run build)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+class PageWatch:
+    """What a page did that a test must see: console errors, uncaught exceptions, requests leaving the machine."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.external_requests: list[str] = []
+
+    def assert_clean(self) -> None:
+        assert not self.errors, f"console errors: {self.errors}"
+        assert not self.external_requests, f"requests left the machine: {self.external_requests}"
+
+
+def allow_only_local(page, watch: PageWatch, allowed_hosts: tuple[str, ...] = ()) -> None:
+    def route(route_request):
+        url = route_request.request.url
+        local = url.startswith(LOCAL_SCHEMES) or any(url.startswith(host) for host in allowed_hosts)
+        if local:
+            route_request.continue_()
+        else:
+            watch.external_requests.append(url)
+            route_request.abort()
+
+    page.route("**/*", route)
+
+
+@pytest.fixture()
+def page_watch(browser) -> Iterator[tuple[object, PageWatch]]:
+    context = browser.new_context(viewport={"width": 1200, "height": 800}, device_scale_factor=1)
+    page = context.new_page()
+    watch = PageWatch()
+    page.on("console", lambda message: message.type == "error" and watch.errors.append(message.text))
+    page.on("pageerror", lambda error: watch.errors.append(str(error)))
+    allow_only_local(page, watch)
+    yield page, watch
+    context.close()
+
+
+def open_inspector(page, inspector, tmp_path: Path):
+    """Export ``inspector`` to a standalone page, open it and wait for the first paint."""
+    path = tmp_path / "inspector.html"
+    inspector.to_html(path)
+    page.goto(path.as_uri())
+    page.wait_for_selector(".mmviz-root", timeout=15_000)
+    page.wait_for_function("() => document.querySelector('.mmviz-heat') !== null", timeout=15_000)
+    return page

@@ -1,0 +1,113 @@
+"""Bad input gets one clear error that says what to do, and nothing in the model changes."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import mmviz
+from mmviz.capture import snapshot
+from mmviz.inputs import load_image
+from mmviz.zoo import tiny_llava
+
+
+def test_images_come_as_pil_arrays_or_paths(tmp_path, photo):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    array = np.asarray(photo)
+    for image in (photo, array, path, str(path)):
+        loaded = load_image(image)
+        assert loaded.mode == "RGB" and np.array_equal(np.asarray(loaded), array)
+    gray = load_image(np.full((4, 5), 7, np.uint8))
+    assert np.asarray(gray).shape == (4, 5, 3)
+    transparent = Image.new("RGBA", (3, 3), (0, 0, 0, 0))
+    assert np.asarray(load_image(transparent)).min() == 255  # composited on white, not black
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((4, 5, 3), np.float32), "dtype uint8"),
+        (np.zeros((3, 4, 5), np.uint8), "H×W×3"),
+        ("/no/such/file.png", "does not exist"),
+        (42, "PIL image"),
+        (Image.new("RGB", (0, 0)), "empty"),
+    ],
+)
+def test_unusable_images_say_what_to_pass(llava_small, image, message):
+    model, processor = llava_small
+    with pytest.raises(mmviz.InputError, match=message):
+        mmviz.trace(model, processor, image, "What is it?")
+
+
+def test_a_file_that_is_not_an_image(tmp_path, llava_small):
+    model, processor = llava_small
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(mmviz.InputError, match="cannot read"):
+        mmviz.trace(model, processor, path, "What is it?")
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", None])
+def test_empty_prompts_are_rejected(llava_small, photo, prompt):
+    model, processor = llava_small
+    with pytest.raises(mmviz.InputError, match="prompt"):
+        mmviz.trace(model, processor, photo, prompt)
+
+
+def test_bad_answers_and_lengths(llava_small, photo):
+    model, processor = llava_small
+    with pytest.raises(mmviz.InputError, match="answer is empty"):
+        mmviz.trace(model, processor, photo, "What?", answer=" ")
+    with pytest.raises(mmviz.InputError, match="must lie in"):
+        mmviz.trace(model, processor, photo, "What?", answer=[10**6])
+    with pytest.raises(mmviz.InputError, match="max_new_tokens"):
+        mmviz.trace(model, processor, photo, "What?", max_new_tokens=0)
+    with pytest.raises(TypeError):
+        mmviz.trace(model, processor, photo, "What?", max_tokens=3)  # unknown keyword
+
+
+def test_unsupported_models_name_the_supported_families():
+    config = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+    )
+    model = LlamaForCausalLM(config)
+    _, processor = tiny_llava(image_size=28, num_layers=1)
+    with pytest.raises(mmviz.UnsupportedModelError, match=r"'llama'.*LLaVA-1\.5 \(llava\).*register_adapter"):
+        mmviz.trace(model, processor, np.zeros((8, 8, 3), np.uint8), "What?")
+
+
+def test_a_processor_from_another_model_is_caught_before_the_model_runs(llava_small, photo):
+    model, _ = llava_small
+    state = snapshot(model)
+    _, other_size = tiny_llava(image_size=112, num_layers=1)
+    with pytest.raises(mmviz.ProcessorMismatchError, match="vision tower takes 56×56"):
+        mmviz.trace(model, other_size, photo, "What?")
+    with pytest.raises(mmviz.ProcessorMismatchError, match="not a tokenizer"):
+        mmviz.trace(model, other_size.tokenizer, photo, "What?")
+    wrong_token = copy.deepcopy(model)
+    wrong_token.config.image_token_id = 5
+    with pytest.raises(mmviz.ProcessorMismatchError, match="image token"):
+        mmviz.trace(wrong_token, other_size, photo, "What?")
+    _, processor = llava_small
+    with pytest.raises(mmviz.ProcessorMismatchError, match="placeholders"):
+        mmviz.trace(model, processor, photo, "USER: <image><image>\nWhat? ASSISTANT:")
+    assert snapshot(model) == state
+
+
+def test_a_processor_with_the_wrong_token_count_is_caught(llava_small, photo):
+    model, processor = llava_small
+    wrong = copy.deepcopy(processor)
+    wrong.num_additional_image_tokens = 0  # inserts 15 tokens where the model needs 16
+    with pytest.raises(mmviz.ProcessorMismatchError, match="inserted 15 image tokens"):
+        mmviz.trace(model, wrong, photo, "What?")
+    small_vocab = copy.deepcopy(model)
+    small_vocab.config.text_config.vocab_size = 10
+    with pytest.raises(mmviz.ProcessorMismatchError, match="vocabulary"):
+        mmviz.trace(small_vocab, processor, photo, "What?")
+    assert torch.is_tensor(next(model.parameters()))
