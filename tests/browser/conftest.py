@@ -68,17 +68,15 @@ class PageWatch:
         assert not self.external_requests, f"requests left the machine: {self.external_requests}"
 
 
-def allow_only_local(page, watch: PageWatch, allowed_hosts: tuple[str, ...] = ()) -> None:
-    def route(route_request):
-        url = route_request.request.url
-        local = url.startswith(LOCAL_SCHEMES) or any(url.startswith(host) for host in allowed_hosts)
-        if local:
-            route_request.continue_()
-        else:
-            watch.external_requests.append(url)
-            route_request.abort()
+def watch_requests(page, watch: PageWatch, allowed_hosts: tuple[str, ...] = ()) -> None:
+    """Record every request that would leave this machine (passive: intercepting would slow JupyterLab down)."""
 
-    page.route("**/*", route)
+    def check(request) -> None:
+        url = request.url
+        if not (url.startswith(LOCAL_SCHEMES) or any(url.startswith(host) for host in allowed_hosts)):
+            watch.external_requests.append(url)
+
+    page.on("request", check)
 
 
 @pytest.fixture()
@@ -88,7 +86,7 @@ def page_watch(browser) -> Iterator[tuple[object, PageWatch]]:
     watch = PageWatch()
     page.on("console", lambda message: message.type == "error" and watch.errors.append(message.text))
     page.on("pageerror", lambda error: watch.errors.append(str(error)))
-    allow_only_local(page, watch)
+    watch_requests(page, watch)
     yield page, watch
     context.close()
 

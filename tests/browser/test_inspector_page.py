@@ -1,0 +1,178 @@
+"""The Inspector in real headless Chromium: pixels and DOM follow the attention Python computed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mmviz
+from tests.browser.conftest import open_inspector
+
+# Rec. 709 luminance: monotone along viridis, so brighter heatmap pixels mean larger values.
+LUMA = np.array([0.2126, 0.7152, 0.0722])
+
+
+@pytest.fixture(scope="module")
+def inspector_576(llava_576, photo):
+    model, processor = llava_576
+    return mmviz.inspect(model, processor, photo, "What is in the picture?", answer="A red square above a circle.")
+
+
+def clear_argmax_row(maps: np.ndarray, rows: np.ndarray) -> int:
+    """A row (among ``rows``) whose largest value beats the runner-up by more than two quantisation steps."""
+    for row in rows:
+        top = np.sort(maps[row])[::-1]
+        if top[0] - top[1] > 2 * (top[0] - top[-1]) / 255:
+            return int(row)
+    raise AssertionError("no row with a clear maximum")
+
+
+def heat_pixels(page, boxes: np.ndarray, width: int) -> np.ndarray:
+    """RGBA of the heat canvas at the centre of every box (boxes in original pixels)."""
+    centres = [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in boxes.tolist()]
+    return np.array(
+        page.evaluate(
+            """([centres, width]) => {
+                const canvas = document.querySelector('.mmviz-heat');
+                const scale = canvas.width / width;
+                const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                return centres.map(([x, y]) => {
+                    const i = (Math.floor(y * scale) * canvas.width + Math.floor(x * scale)) * 4;
+                    return [pixels[i], pixels[i + 1], pixels[i + 2], pixels[i + 3]];
+                });
+            }""",
+            [centres, width],
+        )
+    )
+
+
+def hover_token(page, position: int) -> None:
+    page.hover(f'.mmviz-token[data-pos="{position}"]')
+    page.wait_for_selector(f'.mmviz-root[data-focus="{position}"]')
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)  # noqa: E731
+    return float(np.corrcoef(rank(a), rank(b))[0, 1])
+
+
+def test_hovering_a_token_paints_its_attention_where_python_puts_it(page_watch, inspector_576, tmp_path):
+    page, watch = page_watch
+    trace = inspector_576.trace
+    layer = trace.num_layers - 1
+    maps = trace.attention(layer=layer, head="mean")
+    answer_rows = np.flatnonzero(trace.query_positions >= trace.answer_start)
+    row = clear_argmax_row(maps, answer_rows)
+    position = int(trace.query_positions[row])
+    open_inspector(page, inspector_576, tmp_path)
+    hover_token(page, position)
+
+    boxes = trace.layout.boxes[trace.image_positions]
+    pixels = heat_pixels(page, boxes, trace.images[0].width)
+    assert (pixels[:, 3] == 255).all(), "every image token's box is painted, opaquely"
+    luminance = pixels[:, :3] @ LUMA
+    assert luminance.argmax() == maps[row].argmax(), "brightest patch is where Python's argmax is"
+    assert spearman(luminance, maps[row]) > 0.97
+    legend_max = float(page.text_content(".mmviz-legend-max"))
+    assert legend_max == pytest.approx(maps[row].max(), rel=0.01)
+    # Outside the centre crop nothing is painted (those pixels reach no token).
+    x0 = trace.layout.images[0].covered[0]
+    outside = heat_pixels(page, np.array([[0, 40, x0 - 2, 50]]), trace.images[0].width)
+    assert outside[0, 3] == 0
+    watch.assert_clean()
+
+
+def test_hovering_a_patch_tints_tokens_by_the_attention_they_pay_it(page_watch, inspector_576, tmp_path):
+    page, watch = page_watch
+    trace = inspector_576.trace
+    maps = trace.attention(layer=trace.num_layers - 1, head="mean")  # (rows, patches)
+    column = int(np.argmax(maps.max(axis=0) - np.median(maps, axis=0)))
+    open_inspector(page, inspector_576, tmp_path)
+    box = trace.layout.boxes[trace.image_positions[column]]
+    canvas = page.query_selector(".mmviz-heat").bounding_box()
+    scale = canvas["width"] / trace.images[0].width
+    centre_x, centre_y = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+    page.mouse.move(canvas["x"] + centre_x * scale, canvas["y"] + centre_y * scale)
+    page.wait_for_selector(f'.mmviz-root[data-patch="{column}"]')
+
+    tinted = page.eval_on_selector_all(
+        ".mmviz-token.mmviz-tinted",
+        "spans => spans.map(s => [+s.dataset.pos, +s.dataset.value, getComputedStyle(s).backgroundColor])",
+    )
+    values = {position: value for position, value, _ in tinted}
+    expected = {int(p): float(maps[r, column]) for r, p in enumerate(trace.query_positions)}
+    assert set(values) == set(expected), "every token with an attention row is tinted"
+    step = float(maps[:, column].max()) / 255
+    for position, value in values.items():
+        assert value == pytest.approx(expected[position], abs=step)
+    colours = {p: np.array([float(v) for v in c[c.index("(") + 1 : -1].split(",")[:3]]) for p, _, c in tinted}
+    strongest = max(expected, key=expected.get)
+    assert max(colours, key=lambda p: colours[p] @ LUMA) == strongest
+    watch.assert_clean()
+
+
+def test_click_pins_and_click_again_or_escape_unpins(page_watch, small_trace, tmp_path):
+    page, watch = page_watch
+    open_inspector(page, mmviz.Inspector(small_trace), tmp_path)
+    first, second = (int(p) for p in small_trace.query_positions[-2:])
+    page.click(f'.mmviz-token[data-pos="{first}"]')
+    page.hover(f'.mmviz-token[data-pos="{second}"]')
+    page.wait_for_timeout(50)
+    assert page.get_attribute(".mmviz-root", "data-focus") == str(first), "a pin outlives hovering elsewhere"
+    assert "mmviz-pinned" in page.get_attribute(f'.mmviz-token[data-pos="{first}"]', "class")
+    page.click(f'.mmviz-token[data-pos="{first}"]')
+    page.mouse.move(0, 0)
+    page.wait_for_selector('.mmviz-root[data-focus="-1"]')
+    page.click(f'.mmviz-token[data-pos="{second}"]')
+    page.mouse.move(0, 0)
+    page.wait_for_selector(f'.mmviz-root[data-focus="{second}"]')
+    page.keyboard.press("Escape")
+    page.wait_for_selector('.mmviz-root[data-focus="-1"]')
+    page.wait_for_function("() => window.mmvizView.model.get('pinned') === -1")  # debounced sync to the model
+    watch.assert_clean()
+
+
+def test_layer_and_head_selectors_change_the_map(page_watch, inspector_576, tmp_path):
+    page, watch = page_watch
+    trace = inspector_576.trace
+    everything = trace.attention()  # (L, H, Q, P)
+    answer_rows = np.flatnonzero(trace.query_positions >= trace.answer_start)
+    row = clear_argmax_row(everything[0, 1], answer_rows)
+    position = int(trace.query_positions[row])
+    open_inspector(page, inspector_576, tmp_path)
+    page.click(f'.mmviz-token[data-pos="{position}"]')  # pin, so the mouse can go to the controls
+    page.eval_on_selector(
+        ".mmviz-layer", "el => { el.value = '0'; el.dispatchEvent(new Event('input', {bubbles: true})); }"
+    )
+    page.select_option(".mmviz-head", "1")
+    page.wait_for_selector('.mmviz-root[data-layer="0"][data-head="1"]')
+    boxes = trace.layout.boxes[trace.image_positions]
+    luminance = heat_pixels(page, boxes, trace.images[0].width)[:, :3] @ LUMA
+    assert luminance.argmax() == everything[0, 1, row].argmax()
+    assert spearman(luminance, everything[0, 1, row]) > 0.97
+    synced = "() => window.mmvizView.model.get('layer') === 0 && window.mmvizView.model.get('head') === 1"
+    page.wait_for_function(synced)  # the choice reaches the model (debounced)
+    watch.assert_clean()
+
+
+def test_hostile_token_strings_render_as_inert_text(page_watch, small_trace, tmp_path):
+    page, watch = page_watch
+    inspector = mmviz.Inspector(small_trace)
+    hostile = [
+        "<img src=x onerror=window.__pwned=1>",
+        "</script><script>window.__pwned=1</script>",
+        '"><svg onload=window.__pwned=1>',
+        "\u202eevil\u202c",
+        "x" * 500,
+    ]
+    tokens = list(inspector.tokens)
+    text_positions = [int(p) for p in small_trace.query_positions][-len(hostile) :]
+    for position, text in zip(text_positions, hostile, strict=True):
+        tokens[position] = text
+    inspector.tokens = tokens
+    open_inspector(page, inspector, tmp_path)
+    for position, text in zip(text_positions, hostile, strict=True):
+        assert page.text_content(f'.mmviz-token[data-pos="{position}"]') == text
+    assert page.evaluate("() => window.__pwned === undefined")
+    assert page.query_selector(".mmviz-tokens img, .mmviz-tokens svg, .mmviz-tokens script") is None
+    watch.assert_clean()
