@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from mmviz.adapters import Adapter, TokenLayout, adapter_for
-from mmviz.capture import AttentionRecorder, preserved, recording
+from mmviz.capture import AttentionRecorder, CapturePlan, preserved, recording, recording_hidden_states
 from mmviz.errors import InputError
 from mmviz.inputs import ImageLike, check_prompt, load_image
 
@@ -31,8 +31,14 @@ class Trace:
         answer_start: position of the first answer token.
         answer_logprobs: ``log p(answer token | everything before it)`` per answer token.
         images: the original images, RGB.
-        query_positions: positions whose attention rows were recorded (every text position).
-        attention_rows: float32 ``(L, H, Q, N)``: attention of each recorded query row over every position.
+        query_positions: positions whose attention rows were recorded (every text position by default).
+        attention_rows: float32 ``(L, H, Q, N)``: attention of each recorded query row over every position
+            (``L`` = :attr:`layers`; ``H`` = 1 when the plan asked for the head mean only).
+        layers: the decoder layers whose rows were recorded.
+        head_mean: whether only the mean over heads was kept.
+        hidden_states: float32 ``(L + 1, N, d)`` residual stream (index 0 = embeddings, ℓ + 1 = after layer ℓ,
+            before the final norm), when the plan asked for it.
+        vision_attention: float32 ``(L_v, images, H_v, N_v, N_v)``: the vision tower's own attention, when asked.
 
     Example:
         >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
@@ -54,6 +60,10 @@ class Trace:
     num_heads: int
     query_positions: np.ndarray
     attention_rows: np.ndarray
+    layers: np.ndarray
+    head_mean: bool = False
+    hidden_states: np.ndarray | None = None
+    vision_attention: np.ndarray | None = None
 
     @property
     def image_positions(self) -> np.ndarray:
@@ -73,13 +83,18 @@ class Trace:
         """
         values = self.attention_rows[..., self.image_positions]
         if layer is not None:
-            values = values[_index(layer, self.num_layers, "layer")]
+            number = _index(layer, self.num_layers, "layer")
+            if number not in self.layers:
+                raise ValueError(f"layer {number} was not captured (captured: {self.layers.tolist()})")
+            values = values[int(np.flatnonzero(self.layers == number)[0])]
         head_axis = 0 if layer is not None else 1
         if head == "mean":
             values = values.mean(axis=head_axis)
         elif head is not None:
             if isinstance(head, str):
                 raise ValueError(f"head must be an int, 'mean' or None, not {head!r}")
+            if self.head_mean:
+                raise ValueError("only the mean over heads was captured (head_mean=True); use head='mean'")
             values = np.take(values, _index(head, self.num_heads, "head"), axis=head_axis)
         return values
 
@@ -107,6 +122,7 @@ def trace(
     *,
     answer: str | Sequence[int] | None = None,
     max_new_tokens: int = 32,
+    capture: CapturePlan | None = None,
 ) -> Trace:
     """Run an unmodified Hugging Face vision-language model and record what mmviz's views need.
 
@@ -122,6 +138,9 @@ def trace(
             that already holds the image placeholder.
         answer: the answer to analyse (text, or token ids); None generates it.
         max_new_tokens: generation length limit when ``answer`` is None.
+        capture: what to record (:class:`~mmviz.capture.CapturePlan`); the default records every text row of
+            every layer and head. Its memory estimate is checked against its budget BEFORE the model runs
+            (:class:`~mmviz.capture.CaptureBudgetError`).
 
     Example:
         >>> model, processor = mmviz.zoo.tiny_llava()
@@ -131,32 +150,57 @@ def trace(
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
+    plan = CapturePlan() if capture is None else capture
     check_prompt(prompt)
     images = [load_image(image)]
     adapter = adapter_for(model, processor)
     text = adapter.format_prompt(prompt, n_images=len(images))
     inputs = _to_model(adapter.encode(images, text), model)
     prompt_ids = inputs["input_ids"]
+    answer_ids = None if answer is None else _answer_ids(adapter, answer)
+    # Check the budget before anything runs, with the longest answer generation may give.
+    planned_length = prompt_ids.shape[1] + (max_new_tokens if answer_ids is None else len(answer_ids))
+    prompt_layout = adapter.layout(prompt_ids[0].cpu().numpy(), images, inputs)
+    n_image = len(prompt_layout.positions("image", "image_newline", "image_sep"))
+    planned_queries = _n_queries(plan, planned_length, planned_length - n_image)
+    plan.check(adapter.model_shape(len(images)), planned_length, planned_queries)
 
     with preserved(model):
         model.eval()
-        answer_ids = _answer_ids(adapter, model, inputs, answer, max_new_tokens)
+        if answer_ids is None:
+            answer_ids = _generate(model, inputs, max_new_tokens)
         input_ids = torch.cat([prompt_ids, answer_ids[None].to(prompt_ids.device)], dim=1)
         ids = input_ids[0].cpu().numpy()
         layout = adapter.layout(ids, images, inputs)
-        query_positions = layout.text_positions
-        recorder = AttentionRecorder(query_positions)
-        answer_start = prompt_ids.shape[1]
-        forward_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        with torch.no_grad(), recording(model, adapter.text_config_key, recorder):
-            output = model(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                use_cache=False,
-                logits_to_keep=len(ids) - answer_start + 1,
-                **forward_inputs,
+        query_positions = _query_positions(plan, layout)
+        layers = (
+            np.arange(adapter.num_layers)
+            if plan.layers is None
+            else np.unique([_index(layer, adapter.num_layers, "layer") for layer in plan.layers])
+        )
+        with tqdm(total=len(layers), desc="mmviz: analysis forward", unit="layer", leave=False) as bar:
+            recorder = AttentionRecorder(
+                query_positions, layers=layers.tolist(), head_mean=plan.head_mean, on_layer=lambda _: bar.update()
             )
-    rows = torch.stack([recorder.rows[layer][0] for layer in range(adapter.num_layers)])
+            recorders: dict[str, AttentionRecorder | None] = {adapter.text_config_key: recorder}
+            vision = AttentionRecorder() if plan.vision_attention else None
+            if vision is not None:
+                recorders[adapter.vision_config_key] = vision
+            answer_start = prompt_ids.shape[1]
+            forward_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            with (
+                torch.no_grad(),
+                recording(model, recorders),
+                recording_hidden_states(adapter.decoder_layers(), None if plan.hidden_states else []) as hidden,
+            ):
+                output = model(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    use_cache=False,
+                    logits_to_keep=len(ids) - answer_start + 1,
+                    **forward_inputs,
+                )
+    rows = torch.stack([recorder.rows[int(layer)][0] for layer in layers])
     return Trace(
         tokens=layout.tokens,
         token_ids=ids,
@@ -172,7 +216,30 @@ def trace(
         num_heads=adapter.num_heads,
         query_positions=np.asarray(query_positions),
         attention_rows=rows.numpy().astype(np.float32),
+        layers=layers,
+        head_mean=plan.head_mean,
+        hidden_states=torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy() if plan.hidden_states else None,
+        vision_attention=None if vision is None else torch.stack([vision.rows[i] for i in sorted(vision.rows)]).numpy(),
     )
+
+
+def _query_positions(plan: CapturePlan, layout: TokenLayout) -> np.ndarray:
+    if plan.queries == "text":
+        return layout.text_positions
+    if plan.queries == "all":
+        return np.arange(len(layout))
+    positions = np.unique(np.asarray(plan.queries, dtype=np.int64))
+    if len(positions) == 0 or positions.min() < 0 or positions.max() >= len(layout):
+        raise InputError(f"capture queries must be positions in 0…{len(layout) - 1}")
+    return positions
+
+
+def _n_queries(plan: CapturePlan, n_positions: int, n_text: int) -> int:
+    if plan.queries == "text":
+        return n_text
+    if plan.queries == "all":
+        return n_positions
+    return len(plan.queries)
 
 
 def _to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -183,15 +250,7 @@ def _to_model(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[s
     }
 
 
-def _answer_ids(
-    adapter: Adapter,
-    model: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    answer: str | Sequence[int] | None,
-    max_new_tokens: int,
-) -> torch.Tensor:
-    if answer is None:
-        return _generate(model, inputs, max_new_tokens)
+def _answer_ids(adapter: Adapter, answer: str | Sequence[int]) -> torch.Tensor:
     if isinstance(answer, str):
         if not answer.strip():
             raise InputError("answer is empty; pass the answer text to analyse, or None to generate it")

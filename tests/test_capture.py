@@ -42,7 +42,7 @@ def test_logits_with_capture_on_are_identical_to_logits_with_it_off(llava_small,
     with torch.no_grad():
         plain = model(**inputs).logits
         recorder = AttentionRecorder()
-        with recording(model, "text_config", recorder):
+        with recording(model, {"text_config": recorder}):
             captured = model(**inputs).logits
     assert torch.equal(plain, captured)
     assert sorted(recorder.rows) == list(range(model.config.text_config.num_hidden_layers))
@@ -59,12 +59,12 @@ def test_padding_reaches_the_function_as_a_bool_mask_and_rows_still_match_eager(
     seen = []
     original = recorder.record
 
-    def spy(module, query, key, attention_mask, scaling, kwargs):
+    def spy(layer, module, query, key, attention_mask, scaling, kwargs):
         seen.append(None if attention_mask is None else attention_mask.dtype)
-        original(module, query, key, attention_mask, scaling, kwargs)
+        original(layer, module, query, key, attention_mask, scaling, kwargs)
 
     recorder.record = spy
-    with torch.no_grad(), recording(model, "text_config", recorder):
+    with torch.no_grad(), recording(model, {"text_config": recorder}):
         model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"])
     assert set(seen) == {torch.bool}
     reference = eager_attentions(model, ids, inputs["pixel_values"], attention_mask=mask)
@@ -148,7 +148,7 @@ def test_recording_only_the_chosen_positions(llava_small, photo):
     inputs = processor(images=[photo], text="USER: <image>\nWhat is it? ASSISTANT:", return_tensors="pt")
     last = inputs["input_ids"].shape[1] - 1
     recorder = AttentionRecorder([last])
-    with torch.no_grad(), recording(model, "text_config", recorder):
+    with torch.no_grad(), recording(model, {"text_config": recorder}):
         model(**inputs)
     reference = eager_attentions(model, inputs["input_ids"], inputs["pixel_values"])
     for layer, rows in recorder.rows.items():

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from mmviz.adapters.base import Adapter
+from mmviz.adapters.base import Adapter, ModelShape
 from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
 from mmviz.errors import UnsupportedModelError
@@ -64,6 +64,7 @@ __all__ = [
     "Adapter",
     "ImageGeometry",
     "LlavaAdapter",
+    "ModelShape",
     "TokenLayout",
     "adapter_for",
     "register_adapter",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,6 +13,19 @@ from PIL import Image
 from mmviz.adapters.layout import TokenLayout
 from mmviz.adapters.tokens import display_strings
 from mmviz.errors import ProcessorMismatchError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes a capture estimate needs, read from the model's config by its adapter."""
+
+    num_layers: int
+    num_heads: int
+    hidden_size: int
+    vision_layers: int = 0
+    vision_heads: int = 0
+    vision_tokens: int = 0
+    num_images: int = 1
 
 
 class Adapter:
@@ -32,6 +46,8 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     text_config_key: ClassVar[str] = "text_config"
     """Sub-config of the language model: the one whose attention implementation mmviz switches."""
+    vision_config_key: ClassVar[str] = "vision_config"
+    """Sub-config of the vision tower (for its own attention maps)."""
     fallback_template: ClassVar[str] = "{image}\n{prompt}"
     """Prompt format used when the processor has no chat template."""
 
@@ -58,6 +74,26 @@ class Adapter:
     @property
     def num_heads(self) -> int:
         return int(self.text_config.num_attention_heads)
+
+    def decoder_layers(self) -> Sequence[torch.nn.Module]:
+        """The language model's decoder layers, in order (for residual-stream capture)."""
+        return self.model.model.language_model.layers
+
+    def vision_tokens_per_image(self) -> int:
+        """Sequence length inside the vision tower for one image (for capture estimates)."""
+        return 0
+
+    def model_shape(self, num_images: int) -> ModelShape:
+        vision = getattr(self.model.config, self.vision_config_key, None)
+        return ModelShape(
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            hidden_size=int(self.text_config.hidden_size),
+            vision_layers=int(getattr(vision, "num_hidden_layers", 0)),
+            vision_heads=int(getattr(vision, "num_attention_heads", 0)),
+            vision_tokens=self.vision_tokens_per_image(),
+            num_images=num_images,
+        )
 
     # -- prompt and inputs -----------------------------------------------------------------------------------
     @property

@@ -39,6 +39,9 @@ class LlavaAdapter(Adapter):
         keeps_cls = self.model.config.vision_feature_select_strategy == "full"
         return self.grid_size**2 + int(keeps_cls)
 
+    def vision_tokens_per_image(self) -> int:
+        return self.grid_size**2 + 1  # patches and CLS
+
     def check(self) -> None:
         processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         if processor_id != self.image_token_id:

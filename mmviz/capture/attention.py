@@ -1,16 +1,21 @@
 """mmviz's attention function: the stock SDPA output, plus exact probabilities for the query rows a view needs.
 
 It is registered in transformers' ``AttentionInterface`` (with ``sdpa_mask`` in ``AttentionMaskInterface``, without
-which it would receive no mask) and switched in for the language model only, for one analysis forward. The output
-is computed by ``sdpa_attention_forward`` itself, so logits are those of the user's default path; the recorded rows
-are ``softmax(q·kᵀ·scaling + mask)`` in float32 for the chosen query positions only (never the N×N matrix).
+which it would receive no mask) and switched in only for the sub-models being recorded, for one analysis forward.
+The output is computed by ``sdpa_attention_forward`` itself, so logits are those of the user's default path; the
+recorded rows are ``softmax(q·kᵀ·scaling + mask)`` in float32 for the chosen query positions only (never N×N).
+
+It is also the one place where interventions act: an :data:`EdgeBlock` callback can remove attention edges
+(query → key) in chosen layers; the block is folded into whatever mask form the layer received, so it changes the
+output and the recorded rows alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,24 +27,49 @@ from mmviz.capture.model_state import preserved
 
 ATTENTION_NAME = "mmviz"
 
+EdgeBlock = Callable[[int, torch.Tensor, int], "torch.Tensor | None"]
+"""``block(layer, query_positions, n_keys) -> bool[len(query_positions), n_keys] | None``: True removes the edge.
+
+``query_positions`` are absolute sequence positions of the queries in the current call (KV cache included).
+"""
+
 
 class AttentionRecorder:
     """Keeps the attention rows of chosen query positions, per layer, as float32 ``(B, H, Q, K)`` tensors.
 
+    Args:
+        query_positions: absolute positions whose rows are kept (None: every query of the call).
+        layers: layer indices to record (None: all).
+        head_mean: keep only the mean over heads (``H`` becomes 1): ``H×`` less memory.
+
     Example:
         >>> recorder = AttentionRecorder(query_positions=[10, 11])
-        >>> with recording(model, "text_config", recorder):        # doctest: +SKIP
+        >>> with recording(model, {"text_config": recorder}):        # doctest: +SKIP
         ...     model(**inputs)
-        >>> recorder.rows[0].shape                                   # doctest: +SKIP
+        >>> recorder.rows[0].shape                                     # doctest: +SKIP
         torch.Size([1, 4, 2, 12])
     """
 
-    def __init__(self, query_positions: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        query_positions: Sequence[int] | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+        head_mean: bool = False,
+        on_layer: Callable[[int], None] | None = None,
+    ) -> None:
         self.query_positions = None if query_positions is None else torch.as_tensor(query_positions, dtype=torch.long)
+        self.layers = None if layers is None else frozenset(int(layer) for layer in layers)
+        self.head_mean = head_mean
+        self.on_layer = on_layer
         self.rows: dict[int, torch.Tensor] = {}
+
+    def wants(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
 
     def record(
         self,
+        layer: int,
         module: torch.nn.Module,
         query: torch.Tensor,
         key: torch.Tensor,
@@ -54,9 +84,31 @@ class AttentionRecorder:
         else:
             rows = self.query_positions.to(query.device) - offset
             rows = rows[(rows >= 0) & (rows < n_query)]
-        if rows.numel() == 0:
-            return
-        self.rows[int(module.layer_idx)] = row_probabilities(module, query, key, attention_mask, scaling, rows, kwargs)
+        if rows.numel():
+            probabilities = row_probabilities(module, query, key, attention_mask, scaling, rows, kwargs)
+            self.rows[layer] = probabilities.mean(dim=1, keepdim=True) if self.head_mean else probabilities
+        if self.on_layer is not None:
+            self.on_layer(layer)
+
+
+def _is_causal(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
+    flag = kwargs.get("is_causal")
+    return bool(getattr(module, "is_causal", True) if flag is None else flag)
+
+
+def _allowed_without_mask(
+    module: torch.nn.Module, rows: torch.Tensor, n_query: int, n_key: int, kwargs: dict[str, Any]
+) -> torch.Tensor | None:
+    """What a ``None`` mask means: causal with the KV-cache offset and the sliding window, or nothing (encoders)."""
+    if not _is_causal(module, kwargs):
+        return None
+    absolute = rows + (n_key - n_query)
+    key_index = torch.arange(n_key, device=rows.device)
+    allowed = key_index[None, :] <= absolute[:, None]
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    if window:
+        allowed &= key_index[None, :] > absolute[:, None] - int(window)
+    return allowed
 
 
 def row_probabilities(
@@ -70,9 +122,9 @@ def row_probabilities(
 ) -> torch.Tensor:
     """``softmax(q·kᵀ·scaling + mask)`` in float32 for query ``rows`` (indices within this call), all keys.
 
-    Honours every mask form the function can receive: ``None`` (causal, offset by the KV cache, plus the layer's
-    sliding window), boolean (True = attend) and additive float; GQA (keys repeated over query-head groups) and
-    Gemma-2-style ``softcap``.
+    Honours every mask form the function can receive: ``None`` (causal with the KV-cache offset and the layer's
+    sliding window, or no mask at all for a non-causal encoder), boolean (True = attend) and additive float; GQA
+    (keys repeated over query-head groups) and Gemma-2-style ``softcap``.
     """
     with torch.no_grad():
         n_query, n_key = query.shape[2], key.shape[2]
@@ -84,13 +136,9 @@ def row_probabilities(
         if softcap:
             scores = softcap * torch.tanh(scores / softcap)
         if attention_mask is None:
-            absolute = rows + (n_key - n_query)
-            key_index = torch.arange(n_key, device=query.device)
-            allowed = key_index[None, :] <= absolute[:, None]
-            window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
-            if window:
-                allowed &= key_index[None, :] > absolute[:, None] - int(window)
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            allowed = _allowed_without_mask(module, rows, n_query, n_key, kwargs)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
         else:
             mask = attention_mask[:, :, rows] if attention_mask.shape[2] > 1 else attention_mask
             mask = mask[..., :n_key]
@@ -99,7 +147,44 @@ def row_probabilities(
         return torch.softmax(scores, dim=-1).cpu()
 
 
-_ACTIVE: ContextVar[AttentionRecorder | None] = ContextVar("mmviz_attention_recorder", default=None)
+def block_edges(
+    module: torch.nn.Module,
+    attention_mask: torch.Tensor | None,
+    blocked: torch.Tensor,
+    n_query: int,
+    n_key: int,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """``attention_mask`` with the ``blocked[q, k]`` edges removed, in the mask form the layer expects.
+
+    ``None`` becomes an explicit boolean mask (causal and windowed as the layer would have been); a boolean mask
+    loses the edges; an additive float mask gets the dtype's minimum on them (writing False into a float mask
+    would do nothing).
+    """
+    if attention_mask is None:
+        rows = torch.arange(n_query, device=blocked.device)
+        allowed = _allowed_without_mask(module, rows, n_query, n_key, kwargs)
+        allowed = torch.ones(n_query, n_key, dtype=torch.bool, device=blocked.device) if allowed is None else allowed
+        return (allowed & ~blocked)[None, None]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & ~blocked
+    return attention_mask.masked_fill(blocked, torch.finfo(attention_mask.dtype).min)
+
+
+@dataclass
+class _Target:
+    recorder: AttentionRecorder | None
+    layer: int
+    tower: str
+
+
+@dataclass
+class _Session:
+    targets: dict[int, _Target]
+    block: EdgeBlock | None
+
+
+_ACTIVE: ContextVar[_Session | None] = ContextVar("mmviz_attention_session", default=None)
 
 
 def mmviz_attention(
@@ -112,13 +197,20 @@ def mmviz_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """The function transformers calls in every decoder layer while mmviz records (signature of the interface)."""
+    """The function transformers calls in every switched attention module (signature of the interface)."""
+    session = _ACTIVE.get()
+    target = None if session is None else session.targets.get(id(module))
+    if session is not None and target is not None and session.block is not None and target.tower == "text":
+        n_query, n_key = query.shape[2], key.shape[2]
+        positions = torch.arange(n_key - n_query, n_key)
+        blocked = session.block(target.layer, positions, n_key)
+        if blocked is not None and bool(blocked.any()):
+            attention_mask = block_edges(module, attention_mask, blocked.to(query.device), n_query, n_key, kwargs)
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )
-    recorder = _ACTIVE.get()
-    if recorder is not None:
-        recorder.record(module, query, key, attention_mask, scaling, kwargs)
+    if target is not None and target.recorder is not None and target.recorder.wants(target.layer):
+        target.recorder.record(target.layer, module, query, key, attention_mask, scaling, kwargs)
     return output, None
 
 
@@ -127,18 +219,49 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-@contextmanager
-def recording(model: torch.nn.Module, text_config_key: str, recorder: AttentionRecorder) -> Iterator[AttentionRecorder]:
-    """Switch the language model to mmviz's attention function for the block; restore everything afterwards.
+def attention_modules(model: torch.nn.Module, config_key: str) -> list[torch.nn.Module]:
+    """The attention modules of the sub-model whose config is ``model.config.<config_key>`` ("" = the model's own),
+    in layer order (``layer_idx`` where the module has one, else order of appearance)."""
+    config = model.config if config_key == "" else getattr(model.config, config_key)
+    found = [
+        module
+        for module in model.modules()
+        if getattr(module, "config", None) is config and type(module).__name__.endswith("Attention")
+    ]
+    if all(hasattr(module, "layer_idx") for module in found):
+        found.sort(key=lambda module: module.layer_idx)
+    return found
 
-    Only the sub-model named by ``text_config_key`` changes (the vision tower keeps its implementation), and the
-    model's attention implementations, flags and hooks are restored even when the block raises.
+
+@contextmanager
+def recording(
+    model: torch.nn.Module,
+    recorders: Mapping[str, AttentionRecorder | None],
+    *,
+    block: EdgeBlock | None = None,
+) -> Iterator[None]:
+    """Switch the named sub-models to mmviz's attention function for the block; restore everything afterwards.
+
+    Args:
+        model: a transformers model.
+        recorders: sub-config key (``"text_config"``, ``"vision_config"``; ``""`` for the top-level model) → the
+            recorder of its attention rows (None: switch it, e.g. to apply ``block``, without recording).
+        block: optional edge removal for the language model (``"text_config"`` or ``""``), see :data:`EdgeBlock`.
+
+    Only the named sub-models change; their attention implementations, the model's flags and hooks are restored
+    even when the block raises.
     """
     _register()
+    targets: dict[int, _Target] = {}
+    for key, recorder in recorders.items():
+        tower = "vision" if "vision" in key else "text"
+        for index, module in enumerate(attention_modules(model, key)):
+            targets[id(module)] = _Target(recorder, int(getattr(module, "layer_idx", index)), tower)
+    switch: str | dict[str, str] = ATTENTION_NAME if "" in recorders else dict.fromkeys(recorders, ATTENTION_NAME)
     with preserved(model):
-        model.set_attn_implementation({text_config_key: ATTENTION_NAME})
-        token = _ACTIVE.set(recorder)
+        model.set_attn_implementation(switch)
+        token = _ACTIVE.set(_Session(targets, block))
         try:
-            yield recorder
+            yield
         finally:
             _ACTIVE.reset(token)

@@ -57,6 +57,11 @@ class Inspector(anywidget.AnyWidget):
     def __init__(self, trace: Trace, *, layer: int | None = None, head: int = -1) -> None:
         if not isinstance(trace, Trace):
             raise TypeError(f"Inspector takes an mmviz.Trace (from mmviz.trace(...)), not {type(trace).__name__}")
+        if trace.head_mean or len(trace.layers) != trace.num_layers:
+            raise ValueError(
+                "the Inspector shows every layer and head; trace with the default capture plan "
+                "(CapturePlan(layers=None, head_mean=False)) to inspect it"
+            )
         bundle.warn_if_missing()
         self._trace = trace
         super().__init__()

@@ -1,0 +1,51 @@
+"""Residual-stream capture: the hidden state entering the first decoder layer and leaving every layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+@contextmanager
+def recording_hidden_states(
+    decoder_layers: Sequence[torch.nn.Module], layers: Sequence[int] | None = None
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record ``h_ℓ`` (float32, CPU, ``(B, N, d)``) during the block; the hooks are removed afterwards.
+
+    Index 0 is the input of the first decoder layer (the embeddings, with image features scattered in); index
+    ``ℓ + 1`` is the output of layer ``ℓ``, before the final norm (apply it exactly once for a logit lens).
+
+    Example:
+        >>> with recording_hidden_states(model.model.language_model.layers) as states:   # doctest: +SKIP
+        ...     model(**inputs)
+        >>> sorted(states)[:3]                                                            # doctest: +SKIP
+        [0, 1, 2]
+    """
+    wanted = set(range(len(decoder_layers) + 1)) if layers is None else {int(layer) for layer in layers}
+    states: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def keep(index: int, hidden: torch.Tensor) -> None:
+        states[index] = hidden.detach().float().cpu()
+
+    if 0 in wanted:
+
+        def before_first(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            keep(0, args[0] if args else kwargs["hidden_states"])
+
+        handles.append(decoder_layers[0].register_forward_pre_hook(before_first, with_kwargs=True))
+    for index, layer in enumerate(decoder_layers):
+        if index + 1 in wanted:
+
+            def after(module: torch.nn.Module, args: Any, output: Any, index: int = index) -> None:
+                keep(index + 1, output[0] if isinstance(output, tuple) else output)
+
+            handles.append(layer.register_forward_hook(after))
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()

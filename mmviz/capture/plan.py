@@ -1,0 +1,89 @@
+"""Capture plans: what one analysis forward records, and how many bytes that takes, checked before running."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mmviz.adapters.base import ModelShape
+from mmviz.errors import MmvizError
+
+FLOAT_BYTES = 4
+
+
+class CaptureBudgetError(MmvizError, MemoryError):
+    """The planned capture would exceed the memory budget; raised before anything is allocated."""
+
+
+def default_budget() -> int:
+    """A quarter of the machine's physical memory (the rest stays for the model and the user)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class CapturePlan:
+    """What the analysis forward records.
+
+    Args:
+        queries: positions whose attention rows are recorded: ``"text"`` (every text and answer token, the
+            default), ``"all"``, or explicit positions.
+        layers: decoder layers whose attention rows are recorded (None: all).
+        head_mean: store only the mean over heads (H× less memory; per-head views become unavailable).
+        hidden_states: also record the residual stream entering the first layer and leaving every layer.
+        vision_attention: also record the vision tower's own attention (every row of every layer).
+        budget_bytes: refuse plans above this many bytes (None: :func:`default_budget`).
+
+    Example:
+        >>> mmviz.trace(model, processor, image, "Why?", capture=CapturePlan(layers=[20, 21], head_mean=True))
+        ... # doctest: +SKIP
+    """
+
+    queries: str | Sequence[int] = "text"
+    layers: Sequence[int] | None = None
+    head_mean: bool = False
+    hidden_states: bool = False
+    vision_attention: bool = False
+    budget_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.queries, str) and self.queries not in ("text", "all"):
+            raise ValueError(f"queries must be 'text', 'all' or a list of positions, not {self.queries!r}")
+
+    def estimate(self, shape: ModelShape, n_positions: int, n_queries: int) -> dict[str, int]:
+        """Bytes each part of the capture keeps (and the largest transient per layer), before running."""
+        n_layers = len(self.layers) if self.layers is not None else shape.num_layers
+        heads = 1 if self.head_mean else shape.num_heads
+        parts = {
+            "attention rows": FLOAT_BYTES * n_layers * heads * n_queries * n_positions,
+            # scores of one layer for every head, alive while its rows are computed
+            "transient per layer": FLOAT_BYTES * shape.num_heads * n_queries * n_positions * 2,
+        }
+        if self.hidden_states:
+            parts["hidden states"] = FLOAT_BYTES * (shape.num_layers + 1) * n_positions * shape.hidden_size
+        if self.vision_attention:
+            parts["vision attention"] = (
+                FLOAT_BYTES * shape.vision_layers * shape.vision_heads * shape.vision_tokens**2 * shape.num_images
+            )
+        return parts
+
+    def check(self, shape: ModelShape, n_positions: int, n_queries: int) -> dict[str, int]:
+        """Raise :class:`CaptureBudgetError` (saying how to shrink the plan) if the estimate exceeds the budget."""
+        parts = self.estimate(shape, n_positions, n_queries)
+        total = sum(parts.values())
+        budget = self.budget_bytes if self.budget_bytes is not None else default_budget()
+        if total > budget:
+            listed = ", ".join(f"{name} {_gib(size)}" for name, size in parts.items() if size)
+            raise CaptureBudgetError(
+                f"this capture needs ≈{_gib(total)} ({listed}) but the budget is {_gib(budget)}; shrink it with "
+                f"CapturePlan(layers=[...] for fewer layers, queries=[...] for fewer query rows, head_mean=True, "
+                f"hidden_states=False, vision_attention=False) or raise budget_bytes"
+            )
+        return parts
+
+
+def _gib(size: int) -> str:
+    return f"{size / 1024**3:.2f} GiB" if size >= 1024**3 / 10 else f"{size / 1024**2:.1f} MiB"
