@@ -1,9 +1,11 @@
 """mmviz's attention function: the stock SDPA output, plus exact probabilities for the query rows a view needs.
 
-It is registered in transformers' ``AttentionInterface`` (with ``sdpa_mask`` in ``AttentionMaskInterface``, without
+It is registered in transformers' ``AttentionInterface`` (with its mask function in ``AttentionMaskInterface``, without
 which it would receive no mask) and switched in only for the sub-models being recorded, for one analysis forward.
-The output is computed by ``sdpa_attention_forward`` itself, so logits are those of the user's default path; the
-recorded rows are ``softmax(q·kᵀ·scaling + mask)`` in float32 for the chosen query positions only (never N×N).
+The output is computed by the path the sub-model was already on (``sdpa_attention_forward``, or the model's own
+``eager_attention_forward`` for sub-models running eager, e.g. Gemma 2 with its logit softcapping), so logits are
+those of the user's default path; the recorded rows are ``softmax(q·kᵀ·scaling + mask)`` in float32 for the chosen
+query positions only (never N×N).
 
 It is also the one place where interventions act: an :data:`EdgeBlock` callback can remove attention edges
 (query → key) in chosen layers; the block is folded into whatever mask form the layer received, so it changes the
@@ -12,6 +14,7 @@ output and the recorded rows alike.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,11 +24,12 @@ from typing import Any
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from mmviz.capture.model_state import preserved
 
 ATTENTION_NAME = "mmviz"
+EAGER_ATTENTION_NAME = "mmviz_eager"  # for sub-models whose own implementation is eager (Gemma 2)
 
 EdgeBlock = Callable[[int, torch.Tensor, int], "torch.Tensor | None"]
 """``block(layer, query_positions, n_keys) -> bool[len(query_positions), n_keys] | None``: True removes the edge.
@@ -111,6 +115,38 @@ def _allowed_without_mask(
     return allowed
 
 
+def row_scores(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    rows: torch.Tensor,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """Masked float32 logits ``q·kᵀ·scaling`` (softcapped where the model caps) for query ``rows``, all keys.
+
+    Honours every mask form the function can receive: ``None`` (causal with the KV-cache offset and the layer's
+    sliding window, or no mask at all for a non-causal encoder), boolean (True = attend) and additive float; GQA
+    (keys repeated over query-head groups) and Gemma-2-style ``softcap``.
+    """
+    n_query, n_key = query.shape[2], key.shape[2]
+    group = query.shape[1] // key.shape[1]
+    keys = key.float().repeat_interleave(group, dim=1) if group > 1 else key.float()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = query[:, :, rows].float() @ keys.transpose(-1, -2) * scale
+    softcap = kwargs.get("softcap")
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    if attention_mask is None:
+        allowed = _allowed_without_mask(module, rows, n_query, n_key, kwargs)
+        return scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+    mask = attention_mask[:, :, rows] if attention_mask.shape[2] > 1 else attention_mask
+    mask = mask[..., :n_key]
+    is_bool = mask.dtype == torch.bool  # bool: True = attend; float: additive
+    return scores.masked_fill(~mask, float("-inf")) if is_bool else scores + mask.float()
+
+
 def row_probabilities(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -120,31 +156,9 @@ def row_probabilities(
     rows: torch.Tensor,
     kwargs: dict[str, Any],
 ) -> torch.Tensor:
-    """``softmax(q·kᵀ·scaling + mask)`` in float32 for query ``rows`` (indices within this call), all keys.
-
-    Honours every mask form the function can receive: ``None`` (causal with the KV-cache offset and the layer's
-    sliding window, or no mask at all for a non-causal encoder), boolean (True = attend) and additive float; GQA
-    (keys repeated over query-head groups) and Gemma-2-style ``softcap``.
-    """
+    """``softmax(q·kᵀ·scaling + mask)`` in float32 for query ``rows`` (indices within this call), on the CPU."""
     with torch.no_grad():
-        n_query, n_key = query.shape[2], key.shape[2]
-        group = query.shape[1] // key.shape[1]
-        keys = key.float().repeat_interleave(group, dim=1) if group > 1 else key.float()
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        scores = query[:, :, rows].float() @ keys.transpose(-1, -2) * scale
-        softcap = kwargs.get("softcap")
-        if softcap:
-            scores = softcap * torch.tanh(scores / softcap)
-        if attention_mask is None:
-            allowed = _allowed_without_mask(module, rows, n_query, n_key, kwargs)
-            if allowed is not None:
-                scores = scores.masked_fill(~allowed, float("-inf"))
-        else:
-            mask = attention_mask[:, :, rows] if attention_mask.shape[2] > 1 else attention_mask
-            mask = mask[..., :n_key]
-            is_bool = mask.dtype == torch.bool  # bool: True = attend; float: additive
-            scores = scores.masked_fill(~mask, float("-inf")) if is_bool else scores + mask.float()
-        return torch.softmax(scores, dim=-1).cpu()
+        return torch.softmax(row_scores(module, query, key, attention_mask, scaling, rows, kwargs), dim=-1).cpu()
 
 
 def block_edges(
@@ -187,6 +201,26 @@ class _Session:
 _ACTIVE: ContextVar[_Session | None] = ContextVar("mmviz_attention_session", default=None)
 
 
+def _eager_output(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    dropout: float,
+    kwargs: dict[str, Any],
+) -> torch.Tensor | None:
+    """The model's own ``eager_attention_forward`` (softcap, sinks...), given the additive float mask it expects."""
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        return None
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # bool under eager is added as 0/1
+        zero = torch.zeros((), dtype=query.dtype, device=attention_mask.device)
+        attention_mask = torch.where(attention_mask, zero, torch.finfo(query.dtype).min)
+    return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+
 def mmviz_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -206,17 +240,33 @@ def mmviz_attention(
         blocked = session.block(target.layer, positions, n_key)
         if blocked is not None and bool(blocked.any()):
             attention_mask = block_edges(module, attention_mask, blocked.to(query.device), n_query, n_key, kwargs)
-    output, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-    )
+    output = None
+    if kwargs.pop("_mmviz_eager", False):  # the sub-model runs eager: keep its numerics (and its quirks)
+        output = _eager_output(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+    if output is None:
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     if target is not None and target.recorder is not None and target.recorder.wants(target.layer):
         target.recorder.record(target.layer, module, query, key, attention_mask, scaling, kwargs)
     return output, None
 
 
+def mmviz_eager_attention(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """:func:`mmviz_attention` for sub-models that run eager: the same recording, the model's own eager output."""
+    return mmviz_attention(*args, _mmviz_eager=True, **kwargs)
+
+
 def _register() -> None:
     AttentionInterface.register(ATTENTION_NAME, mmviz_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    AttentionInterface.register(EAGER_ATTENTION_NAME, mmviz_eager_attention)
+    AttentionMaskInterface.register(EAGER_ATTENTION_NAME, eager_mask)
+
+
+def _switch_name(config: Any) -> str:
+    """Keep the user's numerics: a sub-model running eager (Gemma 2 cannot run sdpa) stays on eager's path."""
+    return EAGER_ATTENTION_NAME if config._attn_implementation == "eager" else ATTENTION_NAME
 
 
 def attention_modules(model: torch.nn.Module, config_key: str) -> list[torch.nn.Module]:
@@ -257,7 +307,11 @@ def recording(
         tower = "vision" if "vision" in key else "text"
         for index, module in enumerate(attention_modules(model, key)):
             targets[id(module)] = _Target(recorder, int(getattr(module, "layer_idx", index)), tower)
-    switch: str | dict[str, str] = ATTENTION_NAME if "" in recorders else dict.fromkeys(recorders, ATTENTION_NAME)
+    switch: str | dict[str, str] = (
+        _switch_name(model.config)
+        if "" in recorders
+        else {key: _switch_name(getattr(model.config, key)) for key in recorders}
+    )
     with preserved(model):
         model.set_attn_implementation(switch)
         token = _ACTIVE.set(_Session(targets, block))
