@@ -18,6 +18,7 @@ from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, Unsuppo
 if TYPE_CHECKING:
     from mmviz import adapters, zoo
     from mmviz.adapters import register_adapter, supported_families
+    from mmviz.capture import CaptureBudgetError, CapturePlan
     from mmviz.tracing import Trace, trace
     from mmviz.widget.inspector import Inspector, inspect
 
@@ -30,6 +31,8 @@ _LAZY = {
     "register_adapter": "mmviz.adapters",
     "supported_families": "mmviz.adapters",
     "adapters": "mmviz.adapters",
+    "CapturePlan": "mmviz.capture",
+    "CaptureBudgetError": "mmviz.capture",
     "zoo": "mmviz.zoo",
 }
 
@@ -48,6 +51,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CaptureBudgetError",
+    "CapturePlan",
     "InputError",
     "Inspector",
     "MmvizError",
