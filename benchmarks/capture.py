@@ -1,0 +1,362 @@
+"""Cost of mmviz's attention capture vs a plain forward and vs eager ``output_attentions=True``.
+
+Run: ``python benchmarks/capture.py`` (about a minute on 2 idle CPU cores) or ``python benchmarks/capture.py --quick``
+(a smoke run of ~10 s, used by CI). Prints one markdown table and two PASS/FAIL lines; the exit status is
+0 either way (a benchmark, not a test).
+
+Everything runs in this one process, on the CPU, inside ``torch.no_grad()``, with ``torch.set_num_threads`` set to
+the cores this process may use and fixed seeds. Three ways of running the same teacher-forced analysis forward
+(prompt + answer, ``use_cache=False``, ``logits_to_keep`` = answer length + 1, exactly as ``mmviz.trace`` calls it)
+are compared:
+
+* ``plain``: the model's default SDPA attention, nothing recorded (the baseline);
+* ``capture``: the same forward inside ``recording(model, {"text_config": AttentionRecorder(text_positions)})``,
+  i.e. mmviz's attention function recording the rows of every text (non-image) position of every layer and head,
+  the default of ``mmviz.trace``;
+* ``eager``: a deep copy of the model with ``set_attn_implementation({"text_config": "eager"})``, called with
+  ``output_attentions=True``: what existing tools do (every layer's full ``(B, H, N, N)`` matrix).
+
+Model: ``mmviz.zoo.tiny_llava`` (a real ``LlavaForConditionalGeneration`` with random weights and a real processor)
+with the language model scaled so that the whole run stays on a CPU budget: hidden size 512, 8 decoder layers,
+8 query heads with 4 key/value heads (GQA, head dim 64, as in real LLaVA checkpoints), MLP width 1024. The attention
+cost, which is what differs between the modes, depends on the sequence length, heads and head dim, all realistic
+here; only the width of the projections and the depth are smaller than in a 7B model. ``--quick`` uses hidden
+size 256 and 4 layers. Two real token counts:
+
+* LLaVA-1.5: 336 px canvas, 14 px patches → 24² = 576 image tokens + ~60 text tokens (prompt + answer);
+* LLaVA-NeXT-sized: 742 px canvas, 14 px patches → 53² = 2809 image tokens + ~60 text ≈ 2.87k tokens (the token
+  count of a LLaVA-NeXT any-res sequence, 2,928 for a 672×672 image, as one grid).
+
+Time: wall-clock (``time.perf_counter``) of the forward alone (for ``capture`` including entering and leaving
+``recording`` and building the recorder); inputs are preprocessed once beforehand. Each mode is warmed up once per
+shape, then the modes are run round-robin k times (k = 7 at 576 image tokens, 5 at 2.9k; 3 and 1 with ``--quick``)
+and the median is reported. The timed runs are the memory runs, so they include the cost of the RSS sampler
+thread and of re-faulting pages after ``malloc_trim`` (both measured at a few percent at most, and the same for every mode).
+Other load on the machine shows up directly in the times: run it on an otherwise idle machine.
+
+Memory: peak resident set size above the pre-run baseline. Before every run: ``gc.collect()`` and glibc's
+``malloc_trim(0)`` (so freed heap pages of the previous run are returned to the OS and the next run's allocations
+show up in RSS again), then the baseline RSS is read. During the run a background thread reads ``/proc/self/statm``
+every ~1 ms and keeps the maximum; the peak is that maximum minus the baseline, measured while the run's outputs
+(logits, recorded rows, ``out.attentions``) are still alive, since a caller holds them. When the kernel allows it the
+sampled maximum is cross-checked against the kernel's exact high-water mark (``VmHWM`` in ``/proc/self/status``,
+reset by writing ``5`` to ``/proc/self/clear_refs``), and the larger of the two is used; the footnote prints how much
+sampling alone missed. Models (and the eager copy) are built before any measurement, so their weights are part of
+the baseline. The table reports the largest peak over the measured runs of a mode. MB = 10⁶ bytes.
+
+Captured data: the sum of ``nbytes`` of ``recorder.rows`` (capture) and of ``out.attentions`` (eager).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import gc
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from tqdm.auto import tqdm
+
+from mmviz.adapters import adapter_for
+from mmviz.capture import AttentionRecorder, recording
+from mmviz.zoo import tiny_llava
+
+MODES: tuple[str, ...] = ("plain", "capture", "eager")
+PROMPT = "What is in the picture? Describe the shapes and colors."
+ANSWER = "There is a yellow square above a purple circle on a white background, and the cat sits on the left."
+TIME_TARGET = 1.3  # capture time ÷ plain time at 576 image tokens, at most
+MEMORY_TARGET = 4.0  # eager peak ÷ capture peak at ~2.9k tokens, at least
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One token count: the canvas and patch size of the vision tower and how often each mode is repeated."""
+
+    name: str
+    image_size: int
+    patch_size: int
+    repeats: int
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Width and depth of the language model."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int = 8
+    num_kv_heads: int = 4
+
+
+@dataclass
+class Measurement:
+    """Wall times, peak memory above baseline and captured bytes of every measured run of one (shape, mode)."""
+
+    seconds: list[float] = field(default_factory=list)
+    peak_bytes: list[int] = field(default_factory=list)
+    missed_by_sampling: list[int] = field(default_factory=list)
+    captured_bytes: int = 0
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def peak(self) -> int:
+        return max(self.peak_bytes)
+
+
+# -- memory ----------------------------------------------------------------------------------------------------------
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """``gc.collect()``, then glibc's ``malloc_trim(0)``: give freed heap pages back to the OS (no-op elsewhere)."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def rss_bytes(fd: int) -> int:
+    """Resident set size of this process, from the already open ``/proc/self/statm``."""
+    return int(os.pread(fd, 128, 0).split()[1]) * PAGE_SIZE
+
+
+def reset_high_water_mark() -> bool:
+    """Reset the kernel's peak-RSS counter (``VmHWM``); False when the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def high_water_mark() -> int:
+    """``VmHWM`` (peak RSS since the last reset) in bytes."""
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0  # pragma: no cover
+
+
+class RssSampler:
+    """Background thread reading the RSS every ``interval`` seconds and keeping the maximum.
+
+    Example:
+        >>> with RssSampler() as sampler:
+        ...     work()                                  # doctest: +SKIP
+        >>> sampler.peak - sampler.baseline            # doctest: +SKIP
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.fd = os.open("/proc/self/statm", os.O_RDONLY)
+        self.baseline = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes(self.fd))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self.baseline = self.peak = rss_bytes(self.fd)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes(self.fd))
+        os.close(self.fd)
+
+
+@contextlib.contextmanager
+def measured(into: Measurement) -> Iterator[None]:
+    """Time the block and record its peak RSS above the baseline taken just before it."""
+    release_free_memory()
+    exact = reset_high_water_mark()
+    with RssSampler() as sampler:
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+    peak = max(sampler.peak, high_water_mark()) if exact else sampler.peak
+    into.seconds.append(seconds)
+    into.peak_bytes.append(peak - sampler.baseline)
+    into.missed_by_sampling.append(peak - sampler.peak)
+
+
+# -- the three modes -------------------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    """One shape's models and inputs, built before anything is measured."""
+
+    model: torch.nn.Module
+    eager: torch.nn.Module
+    inputs: dict[str, Any]
+    query_positions: np.ndarray
+    sequence_length: int
+
+
+def build_case(shape: Shape, size: ModelSize, seed: int = 0) -> Case:
+    """The tiny LLaVA for ``shape`` (plus its eager copy) and the inputs of one teacher-forced forward."""
+    model, processor = tiny_llava(
+        image_size=shape.image_size,
+        patch_size=shape.patch_size,
+        num_layers=size.num_layers,
+        num_heads=size.num_heads,
+        num_kv_heads=size.num_kv_heads,
+        hidden_size=size.hidden_size,
+        seed=seed,
+    )
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation({"text_config": "eager"})
+    adapter = adapter_for(model, processor)
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    encoded = adapter.encode([image], adapter.format_prompt(PROMPT, n_images=1))
+    answer = adapter.tokenizer(" " + ANSWER, add_special_tokens=False)["input_ids"]
+    input_ids = torch.cat([encoded["input_ids"], torch.tensor([answer])], dim=1)
+    layout = adapter.layout(input_ids[0].numpy(), [image], encoded)
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values": encoded["pixel_values"],
+        "use_cache": False,
+        "logits_to_keep": len(answer) + 1,
+    }
+    return Case(model, eager, inputs, layout.text_positions, int(input_ids.shape[1]))
+
+
+def run(case: Case, mode: str) -> tuple[Any, int]:
+    """Run one forward in ``mode``; returns what a caller keeps (outputs, recorder) and the bytes of attention."""
+    if mode == "plain":
+        return case.model(**case.inputs), 0
+    if mode == "capture":
+        recorder = AttentionRecorder(case.query_positions)
+        with recording(case.model, {"text_config": recorder}):
+            output = case.model(**case.inputs)
+        return (output, recorder), sum(rows.nbytes for rows in recorder.rows.values())
+    if mode == "eager":
+        output = case.eager(**case.inputs, output_attentions=True)
+        return output, sum(attention.nbytes for attention in output.attentions)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def benchmark(shapes: list[Shape], size: ModelSize) -> dict[tuple[str, str], Measurement]:
+    """Warm up and measure every (shape, mode); the modes run round-robin so drift hits them alike."""
+    results: dict[tuple[str, str], Measurement] = {}
+    total = sum((1 + shape.repeats) * len(MODES) for shape in shapes)
+    with tqdm(total=total, desc="runs", unit="run") as progress:
+        for shape in shapes:
+            progress.set_postfix_str(f"building {shape.name}")
+            case = build_case(shape, size)
+            for mode in MODES:
+                progress.set_postfix_str(f"{shape.name} {mode} warm-up")
+                run(case, mode)
+                progress.update()
+                results[shape.name, mode] = Measurement()
+            for _ in range(shape.repeats):
+                for mode in MODES:
+                    progress.set_postfix_str(f"{shape.name} {mode}")
+                    measurement = results[shape.name, mode]
+                    with measured(measurement):
+                        kept, measurement.captured_bytes = run(case, mode)
+                    del kept  # freed after the measured window: a caller holds the outputs
+                    progress.update()
+            tqdm.write(
+                f"{shape.name}: {case.sequence_length} tokens ({shape.image_tokens} image, "
+                f"{len(case.query_positions)} text positions recorded)"
+            )
+            del case
+            gc.collect()
+    return results
+
+
+def report(shapes: list[Shape], results: dict[tuple[str, str], Measurement]) -> None:
+    """Print the markdown table, the PASS/FAIL lines of the two targets and a footnote on the memory sampling."""
+    print("| shape | mode | time (s) | time ÷ plain | peak MB | peak ÷ capture | captured MB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for shape in shapes:
+        plain, capture = results[shape.name, "plain"], results[shape.name, "capture"]
+        for mode in MODES:
+            m = results[shape.name, mode]
+            captured = f"{m.captured_bytes / MB:.2f}" if mode != "plain" else "—"
+            print(
+                f"| {shape.name} | {mode} | {m.median_seconds:.3f} | {m.median_seconds / plain.median_seconds:.2f}× "
+                f"| {m.peak / MB:.1f} | {m.peak / max(capture.peak, 1):.2f}× | {captured} |"
+            )
+    small, large = shapes[0].name, shapes[-1].name
+    time_ratio = results[small, "capture"].median_seconds / results[small, "plain"].median_seconds
+    memory_ratio = results[large, "eager"].peak / max(results[large, "capture"].peak, 1)
+    print()
+    print(
+        f"{'PASS' if time_ratio <= TIME_TARGET else 'FAIL'}: capture time at {small} = {time_ratio:.2f}× plain SDPA "
+        f"(target ≤ {TIME_TARGET}×)"
+    )
+    print(
+        f"{'PASS' if memory_ratio >= MEMORY_TARGET else 'FAIL'}: eager peak memory at {large} = {memory_ratio:.1f}× "
+        f"capture's (target ≥ {MEMORY_TARGET:.0f}×)"
+    )
+    missed = max(max(m.missed_by_sampling) for m in results.values())
+    print(f"\nmemory: largest peak missed by 1 ms RSS sampling alone (vs VmHWM) = {missed / MB:.1f} MB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small model, few repeats: a smoke run for CI")
+    args = parser.parse_args(argv)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    torch.manual_seed(0)
+    transformers.logging.set_verbosity_error()  # the vision tower's "sdpa does not support output_attentions"
+    if args.quick:
+        size = ModelSize(hidden_size=256, num_layers=4)
+        shapes = [Shape("576 img", 336, 14, repeats=3), Shape("2.9k seq", 742, 14, repeats=1)]
+    else:
+        size = ModelSize(hidden_size=512, num_layers=8)
+        shapes = [Shape("576 img", 336, 14, repeats=7), Shape("2.9k seq", 742, 14, repeats=5)]
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
+        f"tiny LLaVA, language model: hidden {size.hidden_size}, {size.num_layers} layers, {size.num_heads} heads "
+        f"/ {size.num_kv_heads} KV heads{' (--quick)' if args.quick else ''}"
+    )
+    with torch.no_grad():
+        results = benchmark(shapes, size)
+    print()
+    report(shapes, results)
+
+
+if __name__ == "__main__":
+    main()
