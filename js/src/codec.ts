@@ -53,40 +53,35 @@ export function isByteSource(x: unknown): x is ByteSource {
   return x instanceof ArrayBuffer || ArrayBuffer.isView(x);
 }
 
-/** Little-endian float32 values of `x`; copies when the bytes are not 4-aligned. */
-export function readFloat32(x: ByteSource): Float32Array {
+type Column = Float32Array | Int32Array;
+
+/** Little-endian 4-byte values of `x` as `Kind`; a view when 4-aligned, else a copy. */
+interface ColumnKind<T extends Column> {
+  new (buffer: ArrayBufferLike, byteOffset: number, length: number): T;
+  new (length: number): T;
+}
+
+function read4<T extends Column>(x: ByteSource, Kind: ColumnKind<T>, name: string): T {
   const b = asBytes(x);
   if (b.byteLength % 4 !== 0) {
-    throw new Error(`mmviz: float32 column of ${b.byteLength} bytes is not a multiple of 4`);
+    throw new Error(`mmviz: ${name} column of ${b.byteLength} bytes is not a multiple of 4`);
   }
   const n = b.byteLength / 4;
-  if (LITTLE_ENDIAN && b.byteOffset % 4 === 0) return new Float32Array(b.buffer, b.byteOffset, n);
-  const out = new Float32Array(n);
-  if (LITTLE_ENDIAN) {
-    new Uint8Array(out.buffer).set(b);
-  } else {
-    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-    for (let i = 0; i < n; i++) out[i] = dv.getFloat32(4 * i, true);
-  }
+  if (!LITTLE_ENDIAN) throw new Error("mmviz: big-endian hosts are not supported");
+  if (b.byteOffset % 4 === 0) return new Kind(b.buffer, b.byteOffset, n);
+  const out = new Kind(n);
+  new Uint8Array(out.buffer).set(b);
   return out;
+}
+
+/** Little-endian float32 values of `x`; copies when the bytes are not 4-aligned. */
+export function readFloat32(x: ByteSource): Float32Array {
+  return read4(x, Float32Array, "float32");
 }
 
 /** Little-endian int32 values of `x`; copies when the bytes are not 4-aligned. */
 export function readInt32(x: ByteSource): Int32Array {
-  const b = asBytes(x);
-  if (b.byteLength % 4 !== 0) {
-    throw new Error(`mmviz: int32 column of ${b.byteLength} bytes is not a multiple of 4`);
-  }
-  const n = b.byteLength / 4;
-  if (LITTLE_ENDIAN && b.byteOffset % 4 === 0) return new Int32Array(b.buffer, b.byteOffset, n);
-  const out = new Int32Array(n);
-  if (LITTLE_ENDIAN) {
-    new Uint8Array(out.buffer).set(b);
-  } else {
-    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-    for (let i = 0; i < n; i++) out[i] = dv.getInt32(4 * i, true);
-  }
-  return out;
+  return read4(x, Int32Array, "int32");
 }
 
 /** Little-endian uint16 values of `x`; copies when the bytes are not 2-aligned. */
