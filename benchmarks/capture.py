@@ -31,7 +31,8 @@ Time: wall-clock (``time.perf_counter``) of the forward alone (for ``capture`` i
 ``recording`` and building the recorder); inputs are preprocessed once beforehand. Each mode is warmed up once per
 shape, then the modes are run round-robin k times (k = 7 at 576 image tokens, 5 at 2.9k; 3 and 1 with ``--quick``)
 and the median is reported. The timed runs are the memory runs, so they include the cost of the RSS sampler
-thread and of re-faulting pages after ``malloc_trim`` (both measured at a few percent at most, and the same for every mode).
+thread and of re-faulting pages after ``malloc_trim`` (both measured at a few percent at most, and the same for
+every mode).
 Other load on the machine shows up directly in the times: run it on an otherwise idle machine.
 
 Memory: peak resident set size above the pre-run baseline. Before every run: ``gc.collect()`` and glibc's
