@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,20 @@ def load_image(image: ImageLike) -> Image.Image:
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image)
     raise InputError(f"image must be a PIL image, an H×W×3 uint8 numpy array or a path, not {type(image).__name__}")
+
+
+def load_images(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
+    """One image or a list/tuple of them (a multi-image prompt) as RGB PIL images, in order.
+
+    Example:
+        >>> [image.size for image in load_images([np.zeros((4, 6, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)])]
+        [(6, 4), (2, 2)]
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError("the image list is empty; pass at least one image")
+        return [load_image(image) for image in images]
+    return [load_image(images)]
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -15,7 +15,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from mmviz.adapters import Adapter, TokenLayout, adapter_for
 from mmviz.capture import AttentionRecorder, CapturePlan, preserved, recording, recording_hidden_states
 from mmviz.errors import InputError
-from mmviz.inputs import ImageLike, check_prompt, load_image
+from mmviz.inputs import ImageLike, check_prompt, load_images
 
 
 @dataclass(frozen=True, repr=False)
@@ -117,7 +117,7 @@ class Trace:
 def trace(
     model: torch.nn.Module,
     processor: Any,
-    image: ImageLike,
+    image: ImageLike | Sequence[ImageLike],
     prompt: str,
     *,
     answer: str | Sequence[int] | None = None,
@@ -133,9 +133,10 @@ def trace(
     Args:
         model: e.g. ``LlavaForConditionalGeneration.from_pretrained(...)``.
         processor: the model's processor (``AutoProcessor.from_pretrained`` of the same checkpoint).
-        image: PIL image, ``H×W×3`` uint8 array or path.
-        prompt: a plain question (the chat template and image placeholder are added) or a fully formatted prompt
-            that already holds the image placeholder.
+        image: PIL image, ``H×W×3`` uint8 array or path; or a list of them for a multi-image prompt (each image
+            gets its own grid, in prompt order).
+        prompt: a plain question (the chat template and one image placeholder per image are added) or a fully
+            formatted prompt that already holds one placeholder per image.
         answer: the answer to analyse (text, or token ids); None generates it.
         max_new_tokens: generation length limit when ``answer`` is None.
         capture: what to record (:class:`~mmviz.capture.CapturePlan`); the default records every text row of
@@ -152,7 +153,7 @@ def trace(
         raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     plan = CapturePlan() if capture is None else capture
     check_prompt(prompt)
-    images = [load_image(image)]
+    images = load_images(image)
     adapter = adapter_for(model, processor)
     text = adapter.format_prompt(prompt, n_images=len(images))
     inputs = _to_model(adapter.encode(images, text), model)

@@ -19,8 +19,10 @@ fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-python -m pip install -q torch==2.13.0
+# torch first and pinned: an unpinned torch would pull whatever build the index has. torchvision is
+# needed by the processors that have a video slot (Qwen2-VL, LLaVA-OneVision, SmolVLM); the registry's
+# torchvision only imports beside torch 2.14.1, so both are pinned together.
+python -m pip install -q torch==2.14.1 torchvision==0.29.1
 
 echo "== building the JS bundle"
 npm --prefix js ci --no-audit --no-fund --loglevel=error

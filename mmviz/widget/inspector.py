@@ -155,7 +155,7 @@ def png_bytes(image: Image.Image) -> bytes:
 def inspect(
     model: torch.nn.Module,
     processor: Any,
-    image: ImageLike,
+    image: ImageLike | Sequence[ImageLike],
     prompt: str,
     *,
     answer: str | Sequence[int] | None = None,
