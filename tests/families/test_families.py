@@ -1,0 +1,90 @@
+"""The same end-to-end checks for every family: trace, layout against the processor, widget payload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mmviz
+from mmviz.adapters import adapter_for
+from tests.families.checks import assert_boxes_inside, assert_views_tile
+from tests.families.registry import cases
+
+CASES = cases()
+WIDE = Image.fromarray(np.tile(np.linspace(0, 255, 120, dtype=np.uint8)[None, :, None], (40, 1, 3)))
+TALL = Image.fromarray(np.tile(np.linspace(0, 255, 90, dtype=np.uint8)[:, None, None], (1, 30, 3)))
+
+
+@pytest.fixture(params=CASES, ids=[case.id for case in CASES])
+def case(request):
+    return request.param
+
+
+def _placeholder_count(adapter, inputs) -> int:
+    """The image tokens the PROCESSOR inserted (its own output, not the adapter's arithmetic)."""
+    image_token_id = adapter.tokenizer.convert_tokens_to_ids(adapter.image_token)
+    return int((inputs["input_ids"] == image_token_id).sum())
+
+
+def test_trace_end_to_end(case):
+    model, processor = case.build()
+    trace = mmviz.trace(model, processor, WIDE, "What is in the picture?", max_new_tokens=3)
+    assert trace.layout.images[0].width == WIDE.width
+    assert len(trace.image_positions) > 0
+    assert trace.attention_rows.shape[-1] == len(trace.tokens)
+    np.testing.assert_allclose(trace.attention_rows.sum(-1), 1.0, atol=1e-4)
+    assert np.isfinite(trace.answer_logprobs).all()
+    assert_views_tile(trace.layout)
+    assert_boxes_inside(trace.layout)
+
+
+@pytest.mark.parametrize("image", [WIDE, TALL, Image.new("RGB", (10, 10), "red")], ids=["wide", "tall", "10x10"])
+def test_layout_matches_processor(case, image):
+    model, processor = case.build()
+    adapter = adapter_for(model, processor)
+    text = adapter.format_prompt("Describe it.", n_images=1)
+    inputs = adapter.encode([image], text)
+    layout = adapter.layout(inputs["input_ids"][0].numpy(), [image], inputs)
+    marked = layout.positions("image", "image_newline", "image_sep", "query")
+    assert len(marked) >= _placeholder_count(adapter, inputs) > 0
+    assert_views_tile(layout)
+    assert_boxes_inside(layout)
+
+
+def test_multi_image(case):
+    if not case.multi_image:
+        pytest.skip(f"{case.model_type}'s processor takes one image per prompt")
+    model, processor = case.build()
+    trace = mmviz.trace(model, processor, [WIDE, TALL], "Compare the two pictures.", answer="same")
+    assert [image.width for image in trace.layout.images] == [WIDE.width, TALL.width]
+    assert set(np.unique(trace.layout.image_index[trace.image_positions])) == {0, 1}
+    assert_views_tile(trace.layout)
+
+
+def test_widget_payload(case):
+    model, processor = case.build()
+    trace = mmviz.trace(model, processor, WIDE, "What is in the picture?", answer="red")
+    widget = mmviz.Inspector(trace)
+    assert len(widget.images) == 1
+    assert widget.token_layout["images"][0]["width"] == WIDE.width
+    html = widget.to_html()
+    assert "mmviz" in html
+
+
+def test_model_left_untouched(case):
+    model, processor = case.build()
+    before = {name: config._attn_implementation for name, config in _configs(model)}
+    mmviz.trace(model, processor, TALL, "What is in the picture?", answer="red")
+    assert {name: config._attn_implementation for name, config in _configs(model)} == before
+    assert not model.training
+    assert all(p.requires_grad for p in model.parameters()) or not any(p.requires_grad for p in model.parameters())
+
+
+def _configs(model: torch.nn.Module):
+    yield "", model.config
+    for key in getattr(model.config, "sub_configs", {}):
+        sub = getattr(model.config, key, None)
+        if sub is not None:
+            yield key, sub
