@@ -75,9 +75,21 @@ class Adapter:
     def num_heads(self) -> int:
         return int(self.text_config.num_attention_heads)
 
+    def language_model(self) -> torch.nn.Module:
+        """The bare decoder (no head) that reads the merged text + image embeddings as ``inputs_embeds``."""
+        return self.model.model.language_model
+
     def decoder_layers(self) -> Sequence[torch.nn.Module]:
         """The language model's decoder layers, in order (for residual-stream capture)."""
-        return self.model.model.language_model.layers
+        return self.language_model().layers
+
+    def final_norm(self) -> torch.nn.Module:
+        """The norm applied once after the last decoder layer (the logit lens applies it exactly once)."""
+        return self.language_model().norm
+
+    def unembedding(self) -> torch.nn.Module:
+        """The head mapping final-normed states to vocabulary logits."""
+        return self.model.get_output_embeddings()
 
     def vision_tokens_per_image(self) -> int:
         """Sequence length inside the vision tower for one image (for capture estimates)."""
@@ -99,6 +111,11 @@ class Adapter:
     @property
     def image_token(self) -> str:
         return str(self.processor.image_token)
+
+    @property
+    def image_token_id(self) -> int:
+        """Id of the placeholder the processor expands into image positions."""
+        return int(self.tokenizer.convert_tokens_to_ids(self.image_token))
 
     def format_prompt(self, prompt: str, n_images: int) -> str:
         """Use ``prompt`` as is when it already holds image placeholders, else wrap it in the chat template."""
