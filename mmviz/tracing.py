@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,8 +14,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from mmviz.adapters import Adapter, TokenLayout, adapter_for
 from mmviz.capture import AttentionRecorder, CapturePlan, preserved, recording, recording_hidden_states
+from mmviz.capture.run import ModelRun
 from mmviz.errors import InputError
 from mmviz.inputs import ImageLike, check_prompt, load_images
+from mmviz.methods import MAP_METHODS, Map
 
 
 @dataclass(frozen=True, repr=False)
@@ -39,6 +41,10 @@ class Trace:
         hidden_states: float32 ``(L + 1, N, d)`` residual stream (index 0 = embeddings, ℓ + 1 = after layer ℓ,
             before the final norm), when the plan asked for it.
         vision_attention: float32 ``(L_v, images, H_v, N_v, N_v)``: the vision tower's own attention, when asked.
+        maps: method name → :class:`~mmviz.methods.Map` computed for this trace (``trace(..., methods=[...])`` or
+            the widget's method switcher add to it).
+        run: the model and inputs of the analysis forward, for methods that run the model again (gradients,
+            perturbations); None for a trace rebuilt without its model.
 
     Example:
         >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
@@ -64,6 +70,8 @@ class Trace:
     head_mean: bool = False
     hidden_states: np.ndarray | None = None
     vision_attention: np.ndarray | None = None
+    maps: dict[str, Map] = field(default_factory=dict)
+    run: ModelRun | None = field(default=None, compare=False)
 
     @property
     def image_positions(self) -> np.ndarray:
@@ -123,6 +131,7 @@ def trace(
     answer: str | Sequence[int] | None = None,
     max_new_tokens: int = 32,
     capture: CapturePlan | None = None,
+    methods: Sequence[str] = (),
 ) -> Trace:
     """Run an unmodified Hugging Face vision-language model and record what mmviz's views need.
 
@@ -142,6 +151,8 @@ def trace(
         capture: what to record (:class:`~mmviz.capture.CapturePlan`); the default records every text row of
             every layer and head. Its memory estimate is checked against its budget BEFORE the model runs
             (:class:`~mmviz.capture.CaptureBudgetError`).
+        methods: names from :data:`mmviz.methods.MAP_METHODS` to compute right away (default settings, every
+            answer token); their maps land in :attr:`Trace.maps`. The widget can compute the others on request.
 
     Example:
         >>> model, processor = mmviz.zoo.tiny_llava()
@@ -152,6 +163,9 @@ def trace(
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     plan = CapturePlan() if capture is None else capture
+    unknown = sorted(set(methods) - set(MAP_METHODS))
+    if isinstance(methods, str) or unknown:
+        raise InputError(f"unknown methods {unknown or methods!r}; choose from {sorted(MAP_METHODS)}")
     check_prompt(prompt)
     images = load_images(image)
     adapter = adapter_for(model, processor)
@@ -202,7 +216,7 @@ def trace(
                     **forward_inputs,
                 )
     rows = torch.stack([recorder.rows[int(layer)][0] for layer in layers])
-    return Trace(
+    result = Trace(
         tokens=layout.tokens,
         token_ids=ids,
         layout=layout,
@@ -221,7 +235,11 @@ def trace(
         head_mean=plan.head_mean,
         hidden_states=torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy() if plan.hidden_states else None,
         vision_attention=None if vision is None else torch.stack([vision.rows[i] for i in sorted(vision.rows)]).numpy(),
+        run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(images)),
     )
+    for name in methods:
+        result.maps[name] = MAP_METHODS[name](result)
+    return result
 
 
 def _query_positions(plan: CapturePlan, layout: TokenLayout) -> np.ndarray:

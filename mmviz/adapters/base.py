@@ -91,6 +91,13 @@ class Adapter:
         """The head mapping final-normed states to vocabulary logits."""
         return self.model.get_output_embeddings()
 
+    def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits the model would give if ``hidden`` (residual stream, before the final norm) were its last state:
+        the final norm applied exactly once, the unembedding, and the final soft cap where the model has one."""
+        logits = self.unembedding()(self.final_norm()(hidden))
+        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        return cap * torch.tanh(logits / cap) if cap else logits
+
     def vision_tokens_per_image(self) -> int:
         """Sequence length inside the vision tower for one image (for capture estimates)."""
         return 0

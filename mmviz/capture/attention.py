@@ -77,10 +77,17 @@ class AttentionRecorder:
         module: torch.nn.Module,
         query: torch.Tensor,
         key: torch.Tensor,
+        value: torch.Tensor,
         attention_mask: torch.Tensor | None,
         scaling: float | None,
         kwargs: dict[str, Any],
+        output: torch.Tensor,
     ) -> None:
+        """Called by the attention function of every switched layer the recorder :meth:`wants`.
+
+        ``query``/``key``/``value`` are ``(B, heads, positions, head_dim)`` after RoPE and the KV cache; ``output``
+        is the attention output ``(B, positions, heads, head_dim)`` that enters the output projection.
+        """
         n_query, n_key = query.shape[2], key.shape[2]
         offset = n_key - n_query  # queries are the last n_query positions (KV cache during decoding)
         if self.query_positions is None:
@@ -248,7 +255,7 @@ def mmviz_attention(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     if target is not None and target.recorder is not None and target.recorder.wants(target.layer):
-        target.recorder.record(target.layer, module, query, key, attention_mask, scaling, kwargs)
+        target.recorder.record(target.layer, module, query, key, value, attention_mask, scaling, kwargs, output)
     return output, None
 
 

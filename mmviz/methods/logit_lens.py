@@ -1,0 +1,120 @@
+"""Logit lens (nostalgebraist 2020) on text AND image positions, with the final norm applied exactly once.
+
+LL_ℓ(pos) = softmax(W_U · norm(h_ℓ[pos])) for ℓ = 0 (embeddings) … L (last layer, whose lens equals the model's
+logits). Computed in chunks keeping only the top-k; the probability of each answer token at every image position
+and layer gives a map (image tokens that already "read as" the answer word, arXiv 2410.02762).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmviz.capture.hidden import recording_hidden_states
+from mmviz.capture.model_state import preserved
+from mmviz.methods._backprop import model_run
+from mmviz.methods.map import Map
+
+if TYPE_CHECKING:
+    from mmviz.tracing import Trace
+
+LABEL = "Logit lens (answer word at image tokens)"
+MEANING = (
+    "Logit lens: the probability of this answer token when each image token's hidden state at the chosen layer "
+    "is decoded as if it were the last layer. Early layers are uncalibrated."
+)
+
+
+@dataclass(frozen=True, repr=False)
+class LogitLens:
+    """Top-k decodings of every position at every depth.
+
+    Attributes:
+        top_ids: int ``(L + 1, N, k)`` token ids, best first; depth 0 = embeddings, ℓ = after decoder layer ℓ − 1.
+        top_probs: float32 ``(L + 1, N, k)``.
+        top_tokens: ``(L + 1) × N × k`` display strings.
+        answer_ranks: int ``(L + 1, A)`` rank (0 = top) of answer token t at the position predicting it.
+        answer_probs: float32 ``(L + 1, A)`` its probability there.
+        entropy: float32 ``(L + 1, N)`` entropy of each lens distribution (nats).
+        map: :class:`Map` of each answer token's probability at the image positions, per depth.
+    """
+
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    top_tokens: list[list[list[str]]]
+    answer_ranks: np.ndarray
+    answer_probs: np.ndarray
+    entropy: np.ndarray
+    map: Map
+
+    def __repr__(self) -> str:
+        depths, n, k = self.top_ids.shape
+        return f"<mmviz.LogitLens {depths} depths × {n} positions, top-{k}>"
+
+
+def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
+    """Decode the residual stream of every position at every depth.
+
+    Uses the trace's hidden states when captured (``CapturePlan(hidden_states=True)``), else runs one forward.
+
+    Example:
+        >>> lens = logit_lens(trace, k=5)                              # doctest: +SKIP
+        >>> lens.top_tokens[-1][trace.answer_start - 1][0]     # the next-token guess   # doctest: +SKIP
+        ' red'
+    """
+    run = model_run(trace)
+    adapter = run.adapter
+    if trace.hidden_states is not None:
+        states = torch.from_numpy(trace.hidden_states)
+    else:
+        with torch.no_grad(), preserved(run.model), recording_hidden_states(adapter.decoder_layers()) as hidden:
+            run.model.eval()
+            run.forward(first_logit=run.length - 1)
+        states = torch.stack([hidden[i][0] for i in sorted(hidden)])
+    ids = run.input_ids[0]
+    answer = torch.arange(trace.answer_start, run.length)
+    columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
+    depths, n = states.shape[0], states.shape[1]
+    top_ids = np.zeros((depths, n, k), np.int64)
+    top_probs = np.zeros((depths, n, k), np.float32)
+    ranks = np.zeros((depths, len(answer)), np.int64)
+    answer_probs = np.zeros((depths, len(answer)), np.float32)
+    entropy = np.zeros((depths, n), np.float32)
+    image_probs = np.zeros((depths, len(answer), len(columns)), np.float32)
+    dtype = next(adapter.unembedding().parameters()).dtype
+    with torch.no_grad():
+        for depth in tqdm(range(depths), desc="mmviz: logit lens", unit="layer", leave=False):
+            logits = adapter.lens_logits(states[depth].to(dtype)).float()  # (N, V)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            probs = log_probs.exp()
+            best = probs.topk(k, dim=-1)
+            top_ids[depth], top_probs[depth] = best.indices.numpy(), best.values.numpy()
+            entropy[depth] = -(probs * log_probs).sum(dim=-1).numpy()
+            predicting = log_probs[answer - 1]
+            picked = predicting.gather(1, ids[answer][:, None])
+            ranks[depth] = (predicting > picked).sum(dim=-1).numpy()
+            answer_probs[depth] = picked[:, 0].exp().numpy()
+            image_probs[depth] = probs[columns][:, ids[answer]].T.numpy()
+    top_tokens = [[adapter.display_tokens(row.tolist()) for row in layer] for layer in top_ids]
+    return LogitLens(
+        top_ids=top_ids,
+        top_probs=top_probs,
+        top_tokens=top_tokens,
+        answer_ranks=ranks,
+        answer_probs=answer_probs,
+        entropy=entropy,
+        map=Map(
+            method="logit_lens",
+            label=LABEL,
+            meaning=MEANING,
+            values=image_probs,
+            positions=answer.numpy(),
+            columns=trace.image_positions,
+            layers=np.arange(depths),
+            info={"depth 0": "embeddings", "depth ℓ": "after decoder layer ℓ − 1", "final_norm": "applied once"},
+        ),
+    )

@@ -1,0 +1,65 @@
+"""``Map``: the common result of every method that explains tokens with image regions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, repr=False)
+class Map:
+    """Values per image position for some sequence positions, and what they mean.
+
+    Attributes:
+        method: the method's name (``"relevancy"``, ``"attention"``, ...).
+        label: a short human label for menus.
+        meaning: one or two plain sentences: what a high value says, and what it does not.
+        values: float32 ``(R, P)`` — row r belongs to sequence position ``positions[r]``, column p to image position
+            ``columns[p]`` — or ``(L, R, P)`` when the map depends on a layer (see ``layers``).
+        positions: ``(R,)`` the sequence positions the rows explain (a target token, or an attention query).
+        columns: ``(P,)`` image positions (the trace's ``image_positions``).
+        signed: values can be negative (draw with a diverging colour map centred at 0).
+        layers: ``(L,)`` layer index of each slice when the map is per layer, else None.
+        text_values: optional float32 ``(R, N)`` over every sequence position (e.g. relevancy of prompt tokens).
+        info: what the numbers depend on (baseline, steps, completeness error, ...).
+
+    Example:
+        >>> m = mmviz.methods.relevancy(trace)                     # doctest: +SKIP
+        >>> m.row(trace.answer_start).shape                       # one value per image token   # doctest: +SKIP
+        (576,)
+    """
+
+    method: str
+    label: str
+    meaning: str
+    values: np.ndarray
+    positions: np.ndarray
+    columns: np.ndarray
+    signed: bool = False
+    layers: np.ndarray | None = None
+    text_values: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        expected = 3 if self.layers is not None else 2
+        if self.values.ndim != expected or self.values.shape[-2:] != (len(self.positions), len(self.columns)):
+            raise ValueError(
+                f"{self.method}: values of shape {self.values.shape} do not match {len(self.positions)} rows × "
+                f"{len(self.columns)} image columns" + (f" × {len(self.layers)} layers" if expected == 3 else "")
+            )
+
+    def row(self, position: int, layer: int | None = None) -> np.ndarray:
+        """The ``(P,)`` values for sequence ``position`` (and ``layer`` for per-layer maps; default the last)."""
+        found = np.flatnonzero(self.positions == position)
+        if len(found) == 0:
+            raise KeyError(f"{self.method} has no row for position {position} (rows: {self.positions.tolist()})")
+        if self.layers is None:
+            return self.values[found[0]]
+        index = len(self.layers) - 1 if layer is None else int(np.flatnonzero(self.layers == layer)[0])
+        return self.values[index, found[0]]
+
+    def __repr__(self) -> str:
+        shape = "×".join(str(s) for s in self.values.shape)
+        return f"<mmviz.Map {self.method}: {shape}, {'signed' if self.signed else 'non-negative'}>"

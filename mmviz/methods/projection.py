@@ -1,0 +1,98 @@
+"""Embedding projections of image and text tokens across layers (M19) and the modality gap per layer (M17).
+
+Every layer's states are centred and L2-normalised (the residual norm grows with depth), then ONE projection is
+fitted on all layers together, so a point moves smoothly when the layer changes (independent per-layer fits are
+unaligned). PCA by default; UMAP (``umap-learn``) as an option, fitted once on all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from mmviz.adapters.layout import IMAGE
+from mmviz.capture.hidden import recording_hidden_states
+from mmviz.capture.model_state import preserved
+from mmviz.errors import InputError
+from mmviz.methods._backprop import model_run
+
+if TYPE_CHECKING:
+    from mmviz.tracing import Trace
+
+
+@dataclass(frozen=True)
+class Projection:
+    """2-D coordinates of every position at every depth, in one shared frame.
+
+    Attributes:
+        coords: float32 ``(L + 1, N, 2)``; depth 0 = embeddings, ℓ = after decoder layer ℓ − 1.
+        is_image: ``(N,)`` True for image positions (colour by modality).
+        grid: ``(N, 2)`` grid row/column of image positions (-1 for text; colour by grid position).
+        modality_gap: float32 ``(L + 1,)`` cosine distance between the mean image and mean text state per depth.
+        explained: fraction of variance the two components explain (PCA only, else NaN).
+        method: ``"pca"`` or ``"umap"``.
+    """
+
+    coords: np.ndarray
+    is_image: np.ndarray
+    grid: np.ndarray
+    modality_gap: np.ndarray
+    explained: float
+    method: str
+
+
+def projection(trace: Trace, *, method: Literal["pca", "umap"] = "pca", seed: int = 0) -> Projection:
+    """Project every position's hidden state at every depth into one aligned 2-D frame.
+
+    Example:
+        >>> p = projection(trace)                                        # doctest: +SKIP
+        >>> p.coords.shape                                               # (depths, positions, 2)   # doctest: +SKIP
+        (33, 620, 2)
+    """
+    states = _hidden_states(trace)  # (D, N, d)
+    is_image = trace.layout.kinds == IMAGE
+    if not is_image.any() or is_image.all():
+        raise InputError("a projection needs both image and text positions")
+    centred = states - states.mean(axis=1, keepdims=True)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=-1, keepdims=True), 1e-12)
+    flat = unit.reshape(-1, unit.shape[-1])
+    if method == "pca":
+        mean = flat.mean(axis=0)
+        _, singular, vectors = np.linalg.svd(flat - mean, full_matrices=False)
+        coords = (flat - mean) @ vectors[:2].T
+        explained = float((singular[:2] ** 2).sum() / (singular**2).sum())
+    elif method == "umap":
+        try:
+            import umap
+        except ImportError:
+            raise InputError("method='umap' needs umap-learn: pip install umap-learn") from None
+        coords = umap.UMAP(n_neighbors=15, metric="cosine", random_state=seed).fit_transform(flat)
+        explained = float("nan")
+    else:
+        raise InputError(f"method must be 'pca' or 'umap', not {method!r}")
+    image_mean = states[:, is_image].mean(axis=1)
+    text_mean = states[:, ~is_image].mean(axis=1)
+    cosine = (image_mean * text_mean).sum(-1) / np.maximum(
+        np.linalg.norm(image_mean, axis=-1) * np.linalg.norm(text_mean, axis=-1), 1e-12
+    )
+    return Projection(
+        coords=coords.reshape(states.shape[0], states.shape[1], 2).astype(np.float32),
+        is_image=is_image,
+        grid=np.where(is_image[:, None], trace.layout.grid, -1),
+        modality_gap=(1.0 - cosine).astype(np.float32),
+        explained=explained,
+        method=method,
+    )
+
+
+def _hidden_states(trace: Trace) -> np.ndarray:
+    if trace.hidden_states is not None:
+        return trace.hidden_states.astype(np.float32)
+    run = model_run(trace)
+    with torch.no_grad(), preserved(run.model), recording_hidden_states(run.adapter.decoder_layers()) as hidden:
+        run.model.eval()
+        run.forward(first_logit=run.length - 1)
+    return torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy()

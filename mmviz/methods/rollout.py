@@ -1,0 +1,84 @@
+"""Attention rollout (Abnar & Zuidema 2020, arXiv 2005.00928) with the residual fix.
+
+Â_ℓ = rownorm(w·Ā_ℓ + (1 − w)·I), R = Â_L…Â_1, read per query row. It needs every row of every layer, so it
+re-runs the model once with all rows recorded as head means (never L·H·N² at once). Rollout is the same for every
+answer token (target-agnostic) and collapses onto sink tokens in decoders: ``mask_sinks`` drops them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmviz.capture.attention import AttentionRecorder, recording
+from mmviz.capture.model_state import preserved
+from mmviz.errors import InputError
+from mmviz.methods._backprop import model_run
+from mmviz.methods.map import Map
+
+if TYPE_CHECKING:
+    from mmviz.tracing import Trace
+
+LABEL = "Attention rollout"
+MEANING = (
+    "Attention rollout: attention multiplied through the layers with the residual path added — how much each "
+    "image token can have flowed into this position. The same for every target; not an attribution."
+)
+
+
+def rollout(
+    trace: Trace,
+    *,
+    residual: float = 0.5,
+    start_layer: int = 0,
+    mask_sinks: bool | Sequence[int] = False,
+) -> Map:
+    """Rolled-out attention from every text position to the image tokens.
+
+    Args:
+        residual: weight of the identity (the residual stream) in each layer's matrix, in [0, 1).
+        start_layer: first layer of the product (later starts avoid early-layer mixing artefacts).
+        mask_sinks: True drops the first position (or the given positions) from every layer and renormalises.
+
+    Example:
+        >>> m = rollout(trace, mask_sinks=True)                      # doctest: +SKIP
+        >>> m.text_values.sum(axis=1)                                # full rows sum to one   # doctest: +SKIP
+        array([1., 1., ...], dtype=float32)
+    """
+    if not 0.0 <= residual < 1.0:
+        raise InputError(f"residual must lie in [0, 1), not {residual}")
+    run = model_run(trace)
+    n = run.length
+    if not 0 <= start_layer < trace.num_layers:
+        raise InputError(f"start_layer must lie in 0…{trace.num_layers - 1}")
+    sinks = np.array([0]) if mask_sinks is True else np.asarray(mask_sinks or [], dtype=np.int64)
+    queries = torch.as_tensor(trace.query_positions, dtype=torch.long)
+    product = torch.zeros(len(queries), n, dtype=torch.float64)
+    product[torch.arange(len(queries)), queries] = 1.0
+    recorder = AttentionRecorder(None, head_mean=True)
+    with torch.no_grad(), preserved(run.model), recording(run.model, {run.adapter.text_config_key: recorder}):
+        run.model.eval()
+        run.forward(first_logit=n - 1)
+    for layer in tqdm(range(trace.num_layers - 1, start_layer - 1, -1), desc="mmviz: rollout", leave=False):
+        mixed = recorder.rows[layer][0, 0].double()  # (N, N) head mean
+        if len(sinks):
+            mixed[:, sinks] = 0.0
+            mixed = mixed / mixed.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        step = residual * torch.eye(n, dtype=torch.float64) + (1.0 - residual) * mixed
+        product = product @ (step / step.sum(dim=-1, keepdim=True))
+    text_values = product.float().numpy()
+    columns = trace.image_positions
+    return Map(
+        method="rollout",
+        label=LABEL,
+        meaning=MEANING,
+        values=text_values[:, columns],
+        positions=np.asarray(trace.query_positions),
+        columns=columns,
+        text_values=text_values,
+        info={"residual": residual, "start_layer": start_layer, "sinks": sinks.tolist()},
+    )

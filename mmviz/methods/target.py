@@ -1,0 +1,104 @@
+"""The scalar F an explanation is relative to (methods.md §3): which answer token(s), and which score of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from mmviz.errors import InputError
+
+if TYPE_CHECKING:
+    from mmviz.tracing import Trace
+
+Score = Literal["logprob", "logit", "contrast"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """F = a score of the token(s) at ``positions`` (summed over them), read from the logits one position earlier.
+
+    Attributes:
+        positions: sequence positions of the explained tokens (answer tokens); the map of a target belongs to its
+            first position.
+        score: ``"logprob"`` (default, float32 log-softmax), ``"logit"``, or ``"contrast"`` = logit of the token
+            minus the logit of ``other``.
+        other: the contrast token id.
+
+    Example:
+        >>> Target.logprob(12)                      # log p(token 12 | tokens 0…11)
+        Target(positions=(12,), score='logprob', other=None)
+        >>> Target.contrast(12, other=tokenizer.convert_tokens_to_ids("no"))   # doctest: +SKIP
+    """
+
+    positions: tuple[int, ...]
+    score: Score = "logprob"
+    other: int | None = None
+
+    @classmethod
+    def logprob(cls, position: int) -> Target:
+        return cls((int(position),))
+
+    @classmethod
+    def logit(cls, position: int) -> Target:
+        return cls((int(position),), "logit")
+
+    @classmethod
+    def contrast(cls, position: int, other: int) -> Target:
+        return cls((int(position),), "contrast", int(other))
+
+    @classmethod
+    def span(cls, positions: Sequence[int]) -> Target:
+        """The summed log-probability of several tokens (a word split into pieces, or the whole answer)."""
+        return cls(tuple(int(p) for p in positions))
+
+    @property
+    def position(self) -> int:
+        """The position the target's map is shown for (its first token)."""
+        return self.positions[0]
+
+    @property
+    def first_logit(self) -> int:
+        """The first logits row F reads (the row predicting the first explained token)."""
+        return min(self.positions) - 1
+
+    def __call__(self, logits: torch.Tensor, input_ids: torch.Tensor, first_logit: int) -> torch.Tensor:
+        """F for each batch row: ``logits`` are ``(B, rows, V)`` for positions ``first_logit …``."""
+        total = logits.new_zeros(logits.shape[0])
+        for position in self.positions:
+            row = logits[:, position - 1 - first_logit].float()
+            token = int(input_ids[0, position])
+            if self.score == "logprob":
+                total = total + torch.log_softmax(row, dim=-1)[:, token]
+            elif self.score == "logit":
+                total = total + row[:, token]
+            else:
+                total = total + row[:, token] - row[:, int(self.other)]  # type: ignore[arg-type]
+        return total
+
+
+TargetLike = Target | int | Sequence[int] | None
+
+
+def resolve_targets(trace: Trace, targets: TargetLike | Sequence[Target]) -> list[Target]:
+    """Targets as a list: None → one log-prob target per answer token; an int → that position; a list of ints or
+    Targets → one each. Positions must be answer (or prompt) tokens after the first position."""
+    n = len(trace.tokens)
+    if targets is None:
+        resolved = [Target.logprob(p) for p in range(trace.answer_start, n)]
+    elif isinstance(targets, Target):
+        resolved = [targets]
+    elif isinstance(targets, int):
+        resolved = [Target.logprob(targets)]
+    else:
+        resolved = [t if isinstance(t, Target) else Target.logprob(int(t)) for t in targets]
+    if not resolved:
+        raise InputError("no target: the trace has no answer tokens; pass target positions explicitly")
+    for target in resolved:
+        if min(target.positions) < 1 or max(target.positions) >= n:
+            raise InputError(f"target positions must lie in 1…{n - 1} (the token at 0 has no prediction)")
+        if target.score == "contrast" and target.other is None:
+            raise InputError("a contrast target needs the other token id: Target.contrast(position, other=id)")
+    return resolved
