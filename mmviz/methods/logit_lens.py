@@ -114,7 +114,7 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
             values=image_probs,
             positions=answer.numpy(),
             columns=trace.image_positions,
-            layers=np.arange(depths),
-            info={"depth 0": "embeddings", "depth ℓ": "after decoder layer ℓ − 1", "final_norm": "applied once"},
+            layers=np.arange(depths) - 1,  # like Grad-CAM: slice ℓ = after decoder layer ℓ; −1 = the embeddings
+            info={"layer -1": "embeddings", "final_norm": "applied once"},
         ),
     )

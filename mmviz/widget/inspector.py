@@ -13,7 +13,9 @@ import torch
 import traitlets
 from PIL import Image
 
+from mmviz.adapters.layout import VIEWS
 from mmviz.inputs import ImageLike
+from mmviz.methods import CATALOGUE, Map
 from mmviz.tracing import Trace, trace
 from mmviz.widget import bundle, export, wire
 
@@ -53,6 +55,10 @@ class Inspector(anywidget.AnyWidget):
     head = traitlets.Int(-1).tag(sync=True)
     pinned = traitlets.Int(-1).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
+    method = traitlets.Unicode("attention").tag(sync=True)
+    methods = traitlets.List(traitlets.Dict()).tag(sync=True)
+    maps = traitlets.Dict().tag(sync=True)
+    busy = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, trace: Trace, *, layer: int | None = None, head: int = -1) -> None:
         if not isinstance(trace, Trace):
@@ -69,6 +75,48 @@ class Inspector(anywidget.AnyWidget):
             self._send_trace(trace)
             self.layer = trace.num_layers - 1 if layer is None else layer
             self.head = head
+        self.on_msg(self._on_message)
+
+    def compute(self, method: str) -> Map:
+        """Compute ``method`` (a name in :data:`mmviz.methods.CATALOGUE`) for every answer token and show it.
+
+        The widget's method switcher calls this for methods not computed yet; the result is cached in
+        ``trace.maps`` and shipped once.
+
+        Example:
+            >>> inspector.compute("relevancy")                       # doctest: +SKIP
+            <mmviz.Map relevancy: 3×576, non-negative>
+        """
+        if method not in CATALOGUE or method == "attention":
+            names = sorted(set(CATALOGUE) - {"attention"})
+            raise ValueError(f"unknown method {method!r}; choose from {names}")
+        if method not in self._trace.maps:
+            self.busy = method
+            try:
+                self._trace.maps[method] = CATALOGUE[method].compute(self._trace)
+            finally:
+                self.busy = ""
+        with self.hold_sync():
+            self.maps = {**self.maps, method: map_payload(self._trace.maps[method])}
+            self.methods = method_catalogue(self._trace)
+        return self._trace.maps[method]
+
+    def _on_message(self, widget: Any, content: Any, buffers: Any) -> None:
+        """Browser requests: ``{"type": "compute", "method": name, "request": id}``. Anything malformed is logged and
+        answered with an error; the widget and the kernel keep working."""
+        request = content.get("request") if isinstance(content, dict) else None
+        try:
+            if not isinstance(content, dict) or content.get("type") != "compute":
+                raise ValueError(f"unknown message {str(content)[:200]!r}; expected {{'type': 'compute', ...}}")
+            name = content.get("method")
+            if not isinstance(name, str):
+                raise ValueError("a compute request needs a method name (a string)")
+            self.compute(name)
+            self.send({"type": "computed", "method": name, "request": request, "ok": True})
+        except Exception as error:  # reported to the browser, never raised into the comm
+            self.log.error("mmviz: %s", error)
+            method = content.get("method") if isinstance(content, dict) else None
+            self.send({"type": "computed", "method": method, "request": request, "ok": False, "error": str(error)})
 
     @property
     def trace(self) -> Trace:
@@ -87,6 +135,13 @@ class Inspector(anywidget.AnyWidget):
         value = int(proposal["value"])
         if not -1 <= value < self._trace.num_heads:
             raise traitlets.TraitError(f"head must be -1 (mean) or in 0…{self._trace.num_heads - 1}, got {value}")
+        return value
+
+    @traitlets.validate("method")
+    def _check_method(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if value not in CATALOGUE:
+            raise traitlets.TraitError(f"method must be one of {sorted(CATALOGUE)}, got {value!r}")
         return value
 
     @traitlets.validate("pinned")
@@ -111,6 +166,8 @@ class Inspector(anywidget.AnyWidget):
             "map_label": MAP_LABEL,
             "map_description": MAP_DESCRIPTION,
         }
+        self.methods = method_catalogue(trace)
+        self.maps = {name: map_payload(result) for name, result in trace.maps.items()}
         self.revision += 1
 
     def to_html(self, path: str | Path | None = None) -> str:
@@ -138,7 +195,37 @@ def layout_payload(trace: Trace) -> dict[str, Any]:
         "boxes": layout.boxes[columns].astype("<f4").tobytes(),
         "grid": layout.grid[columns].astype("<i4").tobytes(),
         "image_index": layout.image_index[columns].astype("<i4").tobytes(),
+        "view": layout.view[columns].astype(np.uint8).tobytes(),
+        "view_names": list(VIEWS),
         "images": [geometry.to_dict() for geometry in layout.images],
+    }
+
+
+def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
+    """The ``methods`` trait: every map method, whether it is computed and whether it can be (needs the model)."""
+    return [
+        {**spec.describe(), "computed": name == "attention" or name in trace.maps, "available": trace.run is not None}
+        for name, spec in CATALOGUE.items()
+    ]
+
+
+def map_payload(result: Map) -> dict[str, Any]:
+    """One entry of the ``maps`` trait: values ``[L?, R, P]`` (uint8, one range per row), rows' positions, layers.
+
+    Per-layer maps keep the slices of decoder layers ``0 … L−1`` (slice ℓ = after layer ℓ); others have one slice.
+    """
+    values = result.values
+    layers = None
+    if result.layers is not None:
+        keep = result.layers >= 0
+        values, layers = values[keep], [int(layer) for layer in result.layers[keep]]
+    return {
+        "label": result.label,
+        "meaning": result.meaning,
+        "signed": bool(result.signed),
+        "values": wire.encode(np.nan_to_num(values), scale_dims=values.ndim - 1),
+        "positions": np.asarray(result.positions).astype("<i4").tobytes(),
+        "layers": layers,
     }
 
 
@@ -160,11 +247,17 @@ def inspect(
     *,
     answer: str | Sequence[int] | None = None,
     max_new_tokens: int = 32,
+    methods: Sequence[str] = (),
 ) -> Inspector:
     """Trace ``model`` on ``image`` and ``prompt`` (see :func:`mmviz.trace`) and return an :class:`Inspector`.
+
+    ``methods`` are computed right away (e.g. ``("relevancy",)``); the widget's method switcher computes the others
+    on request.
 
     Example:
         >>> model, processor = mmviz.zoo.tiny_llava()
         >>> mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
     """
-    return Inspector(trace(model, processor, image, prompt, answer=answer, max_new_tokens=max_new_tokens))
+    return Inspector(
+        trace(model, processor, image, prompt, answer=answer, max_new_tokens=max_new_tokens, methods=methods)
+    )
