@@ -202,7 +202,9 @@ def trace(
             if vision is not None:
                 recorders[adapter.vision_config_key] = vision
             answer_start = prompt_ids.shape[1]
-            forward_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            forward_inputs = adapter.analysis_inputs(
+                {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}, len(answer_ids)
+            )
             with (
                 torch.no_grad(),
                 recording(model, recorders),

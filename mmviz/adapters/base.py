@@ -145,6 +145,14 @@ class Adapter:
             )
         return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
 
+    def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
+        """Processor outputs (without ``input_ids`` / ``attention_mask``) for the prompt + ``n_answer`` answer tokens.
+
+        The default passes them through; families whose processor returns per-token inputs (PaliGemma's
+        ``token_type_ids``) extend those over the answer.
+        """
+        return inputs
+
     def display_tokens(self, ids: Sequence[int]) -> list[str]:
         return display_strings(self.tokenizer, ids)
 

@@ -140,8 +140,9 @@ class Inspector(anywidget.AnyWidget):
     @traitlets.validate("method")
     def _check_method(self, proposal: dict[str, Any]) -> str:
         value = str(proposal["value"])
-        if value not in CATALOGUE:
-            raise traitlets.TraitError(f"method must be one of {sorted(CATALOGUE)}, got {value!r}")
+        names = set(CATALOGUE) | set(self._trace.maps)
+        if value not in names:
+            raise traitlets.TraitError(f"method must be one of {sorted(names)}, got {value!r}")
         return value
 
     @traitlets.validate("pinned")
@@ -202,11 +203,29 @@ def layout_payload(trace: Trace) -> dict[str, Any]:
 
 
 def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
-    """The ``methods`` trait: every map method, whether it is computed and whether it can be (needs the model)."""
-    return [
+    """The ``methods`` trait: every catalogue method (computed? computable: needs the model?), then any other map
+    the trace carries (e.g. a dual encoder's patch–text similarity)."""
+    entries = [
         {**spec.describe(), "computed": name == "attention" or name in trace.maps, "available": trace.run is not None}
         for name, spec in CATALOGUE.items()
     ]
+    for name, result in trace.maps.items():
+        if name not in CATALOGUE:
+            layered = result.layers is not None
+            cost = "instant"
+            entries.append(
+                {
+                    "name": name,
+                    "label": result.label,
+                    "meaning": result.meaning,
+                    "signed": result.signed,
+                    "layered": layered,
+                    "cost": cost,
+                    "computed": True,
+                    "available": True,
+                }
+            )
+    return entries
 
 
 def map_payload(result: Map) -> dict[str, Any]:
