@@ -12,7 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script, args", [("wire.py", []), ("capture.py", ["--quick"])])
+@pytest.mark.parametrize("script, args", [("wire.py", []), ("capture.py", ["--quick"]), ("methods.py", ["--quick"])])
 def test_benchmark_runs_and_prints_its_table(script, args):
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600, check=False

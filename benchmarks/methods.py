@@ -1,0 +1,129 @@
+"""Cost of every mmviz method in units of one plain forward pass of the same model and sequence.
+
+Run: ``python benchmarks/methods.py`` (a few minutes on 2 idle CPU cores) or ``--quick`` (a smoke run, used by CI).
+Prints one markdown table and a PASS/FAIL line; the exit status is 0 either way (a benchmark, not a test).
+
+Model: ``mmviz.zoo.tiny_llava`` scaled like ``benchmarks/capture.py`` (a real ``LlavaForConditionalGeneration``,
+random weights, real processor): LLaVA-1.5's 336 px canvas with 14 px patches → 576 image tokens, language model
+hidden 512, 8 layers, 8 query / 4 key-value heads (``--quick``: 112 px → 64 image tokens, hidden 256, 4 layers).
+
+Units, measured in this process right before the methods:
+
+* **F**: the plain teacher-forced forward over prompt + answer (no grad, the model's SDPA attention), median of 5;
+* **F+B**: one forward with a gradient leaf at the image embeddings plus one backward of one answer token's
+  log-probability (what one gradient target costs at least).
+
+Every method runs with its defaults on ONE target (the first answer token) except the target-agnostic ones
+(attention from the trace, rollout, logit lens), timed once after a warm-up call on a smaller problem. Relevancy is
+also run on 4 targets: its marginal cost per extra target, (t₄ − t₁)/3, is compared with F+B (the acceptance
+bound "≤ 1 forward + 1 backward per target token").
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+import mmviz
+from mmviz.methods import (
+    Target,
+    attention,
+    grad_cam,
+    gradient_x_input,
+    integrated_gradients,
+    knockout_map,
+    logit_lens,
+    occlusion,
+    projection,
+    relevancy,
+    rise,
+    rollout,
+)
+from mmviz.methods._backprop import EmbeddingLeaf, frozen_with_grad
+from mmviz.zoo import tiny_llava
+
+PROMPT = "What is in the picture? Describe the shapes and colors."
+ANSWER = "There is a yellow square above a purple circle."
+
+
+def build(quick: bool) -> mmviz.Trace:
+    size, hidden, layers = (112, 256, 4) if quick else (336, 512, 8)
+    model, processor = tiny_llava(
+        image_size=size, patch_size=14, num_layers=layers, num_heads=8, num_kv_heads=4, hidden_size=hidden, seed=0
+    )
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    return mmviz.trace(model, processor, image, PROMPT, answer=ANSWER)
+
+
+def seconds(work: Callable[[], object], repeats: int = 1) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small model and image: a smoke run")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    trace = build(args.quick)
+    run = trace.run
+    first = Target.logprob(trace.answer_start)
+
+    def plain() -> None:
+        with torch.no_grad():
+            run.forward(first_logit=trace.answer_start - 1)
+
+    def forward_backward() -> None:
+        leaf = EmbeddingLeaf()
+        with frozen_with_grad(run):
+            logits = run.forward(edit=leaf, first_logit=first.first_logit)
+            first(logits, run.input_ids, first.first_logit).sum().backward()
+
+    plain()
+    unit = seconds(plain, repeats=5)
+    forward_backward()
+    unit_fb = seconds(forward_backward, repeats=3)
+    four = [Target.logprob(p) for p in range(trace.answer_start, trace.answer_start + 4)]
+    methods: list[tuple[str, str, Callable[[], object]]] = [
+        ("attention (from the trace)", "0 (captured)", lambda: attention(trace, mask_sinks=True)),
+        ("rollout", "1 F", lambda: rollout(trace)),
+        ("logit lens (all positions, top-5)", "1 F + lens", lambda: logit_lens(trace)),
+        ("projection (PCA)", "1 F + PCA", lambda: projection(trace)),
+        ("relevancy, 1 target", "1 F + 1 B", lambda: relevancy(trace, first)),
+        ("relevancy, 4 targets", "1 F + 4 B", lambda: relevancy(trace, four)),
+        ("Grad-CAM (all layers)", "1 F + 1 B", lambda: grad_cam(trace, first)),
+        ("gradient × input", "1 F + 1 B", lambda: gradient_x_input(trace, first)),
+        ("integrated gradients (32 steps)", "32 (F + B) + 3 F", lambda: integrated_gradients(trace, first)),
+        ("occlusion (2×2 windows)", "#windows F", lambda: occlusion(trace, first)),
+        ("RISE (256 masks)", "256 F", lambda: rise(trace, first, n_masks=64 if args.quick else 256)),
+        ("knockout map (2×2 windows)", "#windows F", lambda: knockout_map(trace, first)),
+    ]
+    print(f"image tokens: {len(trace.image_positions)}, sequence: {len(trace.tokens)}, layers: {trace.num_layers}")
+    print(f"unit F = {unit * 1000:.1f} ms; F+B = {unit_fb * 1000:.1f} ms ({unit_fb / unit:.2f} F)\n")
+    print("| method | passes (theory) | time (s) | cost (F) |")
+    print("|---|---|---:|---:|")
+    timings: dict[str, float] = {}
+    for name, passes, work in methods:
+        timings[name] = seconds(work)
+        print(f"| {name} | {passes} | {timings[name]:.2f} | {timings[name] / unit:.1f} |", flush=True)
+    marginal = (timings["relevancy, 4 targets"] - timings["relevancy, 1 target"]) / 3
+    verdict = "PASS" if marginal <= unit_fb * 1.1 else "FAIL"
+    print(
+        f"\n{verdict}: relevancy costs {marginal / unit:.2f} F per extra target; one forward + one backward is "
+        f"{unit_fb / unit:.2f} F (bound: ≤ 1 F + 1 B, 10% timing tolerance)"
+    )
+
+
+if __name__ == "__main__":
+    main()
