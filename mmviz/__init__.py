@@ -16,7 +16,7 @@ from mmviz._version import __version__
 from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from mmviz import adapters, zoo
+    from mmviz import adapters, methods, zoo
     from mmviz.adapters import register_adapter, supported_families
     from mmviz.capture import CaptureBudgetError, CapturePlan
     from mmviz.tracing import Trace, trace
@@ -34,6 +34,7 @@ _LAZY = {
     "CapturePlan": "mmviz.capture",
     "CaptureBudgetError": "mmviz.capture",
     "zoo": "mmviz.zoo",
+    "methods": "mmviz.methods",
 }
 
 
@@ -41,7 +42,7 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'mmviz' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
-    value = module if module.__name__ == f"mmviz.{name}" and name in ("adapters", "zoo") else getattr(module, name)
+    value = module if module.__name__ == f"mmviz.{name}" and name in ("adapters", "methods", "zoo") else getattr(module, name)
     globals()[name] = value
     return value
 
@@ -62,6 +63,7 @@ __all__ = [
     "__version__",
     "adapters",
     "inspect",
+    "methods",
     "register_adapter",
     "supported_families",
     "trace",
