@@ -145,6 +145,12 @@ class Adapter:
             )
         return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
 
+    def vision_token_index(self, layout: TokenLayout) -> np.ndarray | None:
+        """For each image column of ``layout``: ``(image, token index in the vision tower's sequence)``, when every
+        language-model image token is exactly one vision-tower token (LLaVA-1.5); None otherwise. Relevancy uses it
+        to continue through the vision tower."""
+        return None
+
     def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
         """Processor outputs (without ``input_ids`` / ``attention_mask``) for the prompt + ``n_answer`` answer tokens.
 

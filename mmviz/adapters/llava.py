@@ -42,6 +42,12 @@ class LlavaAdapter(Adapter):
     def vision_tokens_per_image(self) -> int:
         return self.grid_size**2 + 1  # patches and CLS
 
+    def vision_token_index(self, layout: TokenLayout) -> np.ndarray | None:
+        """Image column → (image, CLIP token): the tower puts CLS first, then the patches in raster order."""
+        columns = layout.image_positions
+        cells = layout.grid[columns]
+        return np.stack([layout.image_index[columns], 1 + cells[:, 0] * self.grid_size + cells[:, 1]], axis=1)
+
     def check(self) -> None:
         processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         if processor_id != self.image_token_id:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mmviz.capture.attention import AttentionRecorder, recording, row_scores
+from mmviz.errors import InputError
 from mmviz.methods._backprop import EmbeddingLeaf, backward_per_target, first_logit_of, frozen_with_grad, model_run
 from mmviz.methods.map import Map
 from mmviz.methods.target import TargetLike, resolve_targets
@@ -42,28 +43,34 @@ class AttentionStash(AttentionRecorder):
         if output.requires_grad:
             output.register_hook(lambda grad, layer=layer: self.grads.__setitem__(layer, grad.detach()))
 
-    def head_relevance(self, layer: int) -> torch.Tensor:
-        """Ā_ℓ = mean over heads of (∇A ⊙ A)⁺, float32 ``(N, N)`` (batch row 0)."""
+    def head_relevance(self, layer: int, item: int = 0) -> torch.Tensor:
+        """Ā_ℓ = mean over heads of (∇A ⊙ A)⁺, float32 ``(N, N)`` for batch row ``item`` (zero where F does not
+        depend on the layer, e.g. vision layers after the one the projector reads)."""
         module, query, key, value, mask, scaling, kwargs = self.saved[layer]
         n = query.shape[2]
-        probabilities = torch.softmax(
-            row_scores(
-                module, query[:1], key[:1], None if mask is None else mask[:1], scaling, torch.arange(n), kwargs
-            ),
-            dim=-1,
-        )[0]
+        if layer not in self.grads:
+            return torch.zeros(n, n)
+        one = slice(item, item + 1)
+        if mask is not None and mask.shape[0] > 1:
+            mask = mask[one]
+        scores = row_scores(module, query[one], key[one], mask, scaling, torch.arange(n), kwargs)
+        probabilities = torch.softmax(scores, dim=-1)[0]
         heads = query.shape[1]
-        values = value[0].float().repeat_interleave(heads // value.shape[1], dim=0)  # GQA: V shared within a group
-        output_grad = self.grads[layer][0].float().transpose(0, 1)  # (H, N, d)
+        values = value[item].float().repeat_interleave(heads // value.shape[1], dim=0)  # GQA: V shared in a group
+        output_grad = self.grads[layer][item].float().transpose(0, 1)  # (H, N, d)
         attention_grad = output_grad @ values.transpose(-1, -2)
         return (attention_grad * probabilities).clamp(min=0).nan_to_num().mean(dim=0)
 
 
-def relevancy(trace: Trace, targets: TargetLike = None) -> Map:
+def relevancy(trace: Trace, targets: TargetLike = None, *, vision: bool = False) -> Map:
     """Chefer relevancy of every image token for each target (default: each answer token's log-probability).
 
     Cost: one forward shared by all targets, then per target one backward and one recompute of each layer's
     attention probabilities. The model keeps its own attention implementation.
+
+    With ``vision=True`` the language model's relevancy of the image tokens continues through the vision tower's
+    self-attention (LVLM-Interpret's composition: m ← m·(I + Ā_v,ℓ) from the last vision layer down), for
+    families whose image tokens are vision-tower tokens one to one (the adapter's ``vision_token_index``).
 
     Example:
         >>> m = mmviz.methods.relevancy(trace)                       # doctest: +SKIP
@@ -74,9 +81,20 @@ def relevancy(trace: Trace, targets: TargetLike = None) -> Map:
     resolved = resolve_targets(trace, targets)
     adapter = run.adapter
     n = run.length
-    stash = AttentionStash()
-    leaf = EmbeddingLeaf()
+    columns = trace.image_positions
+    stash, vision_stash = AttentionStash(), AttentionStash()
+    recorders: dict[str, AttentionRecorder | None] = {adapter.text_config_key: stash}
+    inputs = run.inputs
+    edit: EmbeddingLeaf | None = EmbeddingLeaf()
+    if vision:
+        vision_index = adapter.vision_token_index(trace.layout)
+        if vision_index is None:
+            raise InputError(f"{adapter.family}: image tokens are not vision-tower tokens one to one; use vision=False")
+        recorders[adapter.vision_config_key] = vision_stash
+        inputs = {**inputs, "pixel_values": inputs["pixel_values"].detach().float().requires_grad_(True)}
+        edit = None  # the gradient leaf is the pixels, so the graph runs through the vision tower
     rows: list[np.ndarray] = []
+    composed: list[np.ndarray] = []
 
     def propagate(_: int, target: Any) -> None:
         relevance = torch.zeros(n)
@@ -85,20 +103,44 @@ def relevancy(trace: Trace, targets: TargetLike = None) -> Map:
             relevance = relevance + relevance @ stash.head_relevance(layer)
         relevance[target.first_logit] -= 1.0
         rows.append(relevance.numpy())
+        if vision:
+            composed.append(_through_vision(vision_stash, relevance[columns], vision_index))
+        stash.grads.clear()  # the next target's backward starts from nothing
+        vision_stash.grads.clear()
 
     first = first_logit_of(resolved)
-    with frozen_with_grad(run), recording(run.model, {adapter.text_config_key: stash}):
-        logits = run.forward(edit=leaf, first_logit=first)
-        backward_per_target(resolved, logits, run.input_ids, first, [leaf.tensor], propagate, desc="mmviz: relevancy")
+    with frozen_with_grad(run), recording(run.model, recorders):
+        logits = run.forward(edit=edit, first_logit=first, inputs=inputs)
+        leaves = [inputs["pixel_values"]] if edit is None else [edit.tensor]
+        backward_per_target(resolved, logits, run.input_ids, first, leaves, propagate, desc="mmviz: relevancy")
     text_values = np.stack(rows).astype(np.float32)
-    columns = trace.image_positions
+    values = np.stack(composed).astype(np.float32) if vision else text_values[:, columns]
     return Map(
         method="relevancy",
         label=LABEL,
         meaning=MEANING,
-        values=text_values[:, columns],
+        values=values,
         positions=np.array([t.position for t in resolved]),
         columns=columns,
         text_values=text_values,
-        info={"target": resolved[0].score, "rule": "self-attention rule, heads averaged after (∇A⊙A)⁺"},
+        info={
+            "target": resolved[0].score,
+            "rule": "self-attention rule, heads averaged after (∇A⊙A)⁺",
+            "through_vision_tower": vision,
+        },
     )
+
+
+def _through_vision(stash: AttentionStash, image_relevance: torch.Tensor, index: np.ndarray) -> np.ndarray:
+    """Continue the image tokens' relevancy through each image's vision-tower self-attention, last layer first."""
+    result = np.zeros(len(index), np.float32)
+    for image in np.unique(index[:, 0]):
+        mine = np.flatnonzero(index[:, 0] == image)
+        tokens = torch.as_tensor(index[mine, 1])
+        n_tokens = next(iter(stash.saved.values()))[1].shape[2]
+        relevance = torch.zeros(n_tokens)
+        relevance[tokens] = image_relevance[torch.as_tensor(mine)]
+        for layer in sorted(stash.saved, reverse=True):
+            relevance = relevance + relevance @ stash.head_relevance(layer, item=int(image))
+        result[mine] = relevance[tokens].numpy()
+    return result

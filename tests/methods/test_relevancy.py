@@ -66,3 +66,47 @@ def test_relevancy_targets_are_fresh(trace_for_relevancy):
     for row, position in enumerate(together.positions):
         alone = relevancy(trace, Target.logprob(int(position)))
         np.testing.assert_allclose(together.values[row], alone.values[0], atol=1e-6)
+
+
+def test_relevancy_through_the_vision_tower_matches_eager_reference(trace_for_relevancy):
+    trace = trace_for_relevancy
+    position = trace.answer_start + 1
+    result = relevancy(trace, Target.logprob(position), vision=True)
+    run = trace.run
+    model = run.model
+    model.set_attn_implementation({"text_config": "eager", "vision_config": "eager"})
+    vision_weights: list[torch.Tensor] = []
+    modules = [m for m in model.model.vision_tower.modules() if type(m).__name__ == "CLIPAttention"]
+
+    def keep(module, args, output):
+        output[1].retain_grad()
+        vision_weights.append(output[1])
+
+    handles = [module.register_forward_hook(keep) for module in modules]
+    try:
+        pixels = run.inputs["pixel_values"].clone().requires_grad_(True)
+        inputs = {**run.inputs, "pixel_values": pixels}
+        output = model(input_ids=run.input_ids, use_cache=False, output_attentions=True, **inputs)
+        for attention in output.attentions:
+            attention.retain_grad()
+        torch.log_softmax(output.logits[0, position - 1].float(), -1)[run.input_ids[0, position]].backward()
+        n = run.length
+        text = torch.eye(n)
+        for attention in output.attentions:
+            text = text + (attention.grad[0] * attention[0]).clamp(min=0).mean(0).detach() @ text
+        row = (text - torch.eye(n))[position - 1][torch.as_tensor(trace.image_positions)]
+        tokens = vision_weights[0].shape[-1]
+        vit = torch.eye(tokens)
+        for weights in vision_weights:
+            grad = torch.zeros_like(weights) if weights.grad is None else weights.grad
+            vit = vit + (grad[0] * weights[0]).clamp(min=0).mean(0).detach() @ vit
+        scattered = torch.zeros(tokens)
+        scattered[1:] = row  # CLS first, then the 4×4 patches in raster order
+        expected = (scattered @ vit)[1:].numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.set_attn_implementation({"text_config": "sdpa", "vision_config": "sdpa"})
+        model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(result.values[0], expected, atol=1e-4, rtol=1e-3)
+    assert not np.allclose(result.values[0], row.numpy(), atol=1e-6)  # the vision tower changed the map
