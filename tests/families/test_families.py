@@ -88,3 +88,13 @@ def _configs(model: torch.nn.Module):
         sub = getattr(model.config, key, None)
         if sub is not None:
             yield key, sub
+
+
+def test_gradient_methods(case):
+    if not case.gradients:
+        pytest.skip(f"{case.model_type}: the image does not reach a language model through embeddings")
+    model, processor = case.build()
+    trace = mmviz.trace(model, processor, WIDE, "What is in the picture?", answer="red")
+    for result in (mmviz.methods.gradient_x_input(trace), mmviz.methods.relevancy(trace)):
+        assert result.values.shape == (len(trace.tokens) - trace.answer_start, len(trace.image_positions))
+        assert np.isfinite(result.values).all() and np.abs(result.values).max() > 0
