@@ -91,6 +91,7 @@ def attention(
         meaning=MEANING,
         values=values.astype(np.float32),
         positions=np.asarray(trace.query_positions),
+        rows="queries",
         columns=columns,
         layers=trace.layers[layer_index],
         info={"heads": heads, "normalise": normalise, "sinks_masked": mask_sinks is not False},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,7 +18,8 @@ class Map:
         meaning: one or two plain sentences: what a high value says, and what it does not.
         values: float32 ``(R, P)`` — row r belongs to sequence position ``positions[r]``, column p to image position
             ``columns[p]`` — or ``(L, R, P)`` when the map depends on a layer (see ``layers``).
-        positions: ``(R,)`` the sequence positions the rows explain (a target token, or an attention query).
+        positions: ``(R,)`` the sequence position of each row: the explained token (``rows == "targets"``) or the
+            query whose attention/flow the row shows (``rows == "queries"``; the row predicting token t is t − 1).
         columns: ``(P,)`` image positions (the trace's ``image_positions``).
         signed: values can be negative (draw with a diverging colour map centred at 0).
         layers: ``(L,)`` layer index of each slice when the map is per layer, else None.
@@ -41,6 +42,7 @@ class Map:
     layers: np.ndarray | None = None
     text_values: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    rows: Literal["targets", "queries"] = "targets"
 
     def __post_init__(self) -> None:
         expected = 3 if self.layers is not None else 2
@@ -59,6 +61,11 @@ class Map:
             return self.values[found[0]]
         index = len(self.layers) - 1 if layer is None else int(np.flatnonzero(self.layers == layer)[0])
         return self.values[index, found[0]]
+
+    def for_target(self, position: int, layer: int | None = None) -> np.ndarray:
+        """The row that explains the token at ``position``: its own row for target maps, the row of the query that
+        predicts it (``position − 1``) for query maps (attention, rollout)."""
+        return self.row(position - 1 if self.rows == "queries" else position, layer)
 
     def __repr__(self) -> str:
         shape = "×".join(str(s) for s in self.values.shape)

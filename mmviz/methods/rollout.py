@@ -78,6 +78,7 @@ def rollout(
         meaning=MEANING,
         values=text_values[:, columns],
         positions=np.asarray(trace.query_positions),
+        rows="queries",
         columns=columns,
         text_values=text_values,
         info={"residual": residual, "start_layer": start_layer, "sinks": sinks.tolist()},

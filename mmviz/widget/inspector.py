@@ -242,6 +242,7 @@ def map_payload(result: Map) -> dict[str, Any]:
         "label": result.label,
         "meaning": result.meaning,
         "signed": bool(result.signed),
+        "rows": result.rows,
         "values": wire.encode(np.nan_to_num(values), scale_dims=values.ndim - 1),
         "positions": np.asarray(result.positions).astype("<i4").tobytes(),
         "layers": layers,
