@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from mmviz.adapters import Adapter, TokenLayout, adapter_for
@@ -18,6 +17,7 @@ from mmviz.capture.run import ModelRun
 from mmviz.errors import InputError
 from mmviz.inputs import ImageLike, check_prompt, load_images
 from mmviz.methods import MAP_METHODS, Map
+from mmviz.progress import progress
 
 
 @dataclass(frozen=True, repr=False)
@@ -169,6 +169,10 @@ def trace(
     check_prompt(prompt)
     images = load_images(image)
     adapter = adapter_for(model, processor)
+    if getattr(adapter, "dual_encoder", False):  # CLIP-like: nothing to generate, a separate trace path
+        from mmviz.dual_encoder import trace_dual_encoder
+
+        return trace_dual_encoder(model, processor, images, prompt, adapter, plan, answer=answer, methods=methods)
     text = adapter.format_prompt(prompt, n_images=len(images))
     inputs = _to_model(adapter.encode(images, text), model)
     prompt_ids = inputs["input_ids"]
@@ -193,7 +197,7 @@ def trace(
             if plan.layers is None
             else np.unique([_index(layer, adapter.num_layers, "layer") for layer in plan.layers])
         )
-        with tqdm(total=len(layers), desc="mmviz: analysis forward", unit="layer", leave=False) as bar:
+        with progress(total=len(layers), desc="mmviz: analysis forward", unit="layer") as bar:
             recorder = AttentionRecorder(
                 query_positions, layers=layers.tolist(), head_mean=plan.head_mean, on_layer=lambda _: bar.update()
             )
@@ -290,7 +294,7 @@ def _answer_ids(adapter: Adapter, answer: str | Sequence[int]) -> torch.Tensor:
 class _ProgressTicker(LogitsProcessor):
     """Advances a progress bar once per generated token (scores pass through untouched)."""
 
-    def __init__(self, bar: tqdm) -> None:
+    def __init__(self, bar: Any) -> None:
         self.bar = bar
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -299,7 +303,7 @@ class _ProgressTicker(LogitsProcessor):
 
 
 def _generate(model: torch.nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-    with tqdm(total=max_new_tokens, desc="mmviz: generating", unit="tok", leave=False) as bar, torch.no_grad():
+    with progress(total=max_new_tokens, desc="mmviz: generating", unit="tok") as bar, torch.no_grad():
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

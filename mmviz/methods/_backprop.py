@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from mmviz.capture.model_state import preserved
 from mmviz.capture.run import ModelRun
 from mmviz.errors import InputError
 from mmviz.methods.target import Target
+from mmviz.progress import progress
 
 if TYPE_CHECKING:
     from mmviz.tracing import Trace
@@ -69,7 +69,7 @@ def backward_per_target(
     Gradients are never accumulated across targets: every backward starts from cleared leaves, and tensor hooks
     see only the current backward's gradient.
     """
-    for index, target in enumerate(tqdm(targets, desc=desc, unit="target", leave=False, disable=len(targets) < 2)):
+    for index, target in enumerate(progress(targets, desc=desc, unit="target", disable=len(targets) < 2)):
         for leaf in leaves:
             leaf.grad = None
         value = target(logits, input_ids, first_logit)
@@ -79,10 +79,3 @@ def backward_per_target(
 
 def first_logit_of(targets: Sequence[Target]) -> int:
     return min(target.first_logit for target in targets)
-
-
-def stack(*contexts: object) -> ExitStack:
-    stack = ExitStack()
-    for context in contexts:
-        stack.enter_context(context)  # type: ignore[arg-type]
-    return stack

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients
-from tqdm.auto import tqdm
 
 from mmviz.capture.run import replacing_columns
 from mmviz.errors import InputError
 from mmviz.methods._backprop import frozen_with_grad, model_run
 from mmviz.methods.map import Map
 from mmviz.methods.target import TargetLike, resolve_targets
+from mmviz.progress import progress
 
 if TYPE_CHECKING:
     from mmviz.tracing import Trace
@@ -57,7 +57,7 @@ def integrated_gradients(
     rows = np.zeros((len(resolved), len(columns)), np.float32)
     errors: list[float] = []
     with frozen_with_grad(run):
-        for row, target in enumerate(tqdm(resolved, desc="mmviz: integrated gradients", leave=False)):
+        for row, target in enumerate(progress(resolved, desc="mmviz: integrated gradients")):
             first = target.first_logit
 
             def score(values: torch.Tensor, target=target, first=first) -> torch.Tensor:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmviz.capture.attention import recording
 from mmviz.capture.model_state import preserved
@@ -23,6 +22,7 @@ from mmviz.methods._backprop import model_run
 from mmviz.methods._windows import window_ids
 from mmviz.methods.map import Map
 from mmviz.methods.target import Target, TargetLike, resolve_targets
+from mmviz.progress import progress
 
 if TYPE_CHECKING:
     from mmviz.capture.run import ModelRun
@@ -144,10 +144,10 @@ def knockout_map(
     chosen = set(range(trace.num_layers)) if layers is None else {int(layer) % trace.num_layers for layer in layers}
     clean = scores(run, resolved)
     values = np.zeros((len(resolved), len(columns)), np.float32)
-    for row, target in enumerate(tqdm(resolved, desc="mmviz: knockout", leave=False, disable=len(resolved) < 2)):
+    for row, target in enumerate(progress(resolved, desc="mmviz: knockout", disable=len(resolved) < 2)):
         queries = torch.zeros(run.length, dtype=torch.bool)
         queries[[p - 1 for p in target.positions]] = True
-        for block in tqdm(range(blocks.max() + 1), desc="mmviz: knockout blocks", leave=False):
+        for block in progress(range(blocks.max() + 1), desc="mmviz: knockout blocks"):
             sources = torch.zeros(run.length, dtype=torch.bool)
             sources[torch.as_tensor(columns[blocks == block])] = True
             values[row, blocks == block] = clean[row] - cut(run, [target], sources, queries, chosen)[0]

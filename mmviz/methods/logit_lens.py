@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmviz.capture.hidden import recording_hidden_states
 from mmviz.capture.model_state import preserved
 from mmviz.methods._backprop import model_run
 from mmviz.methods.map import Map
+from mmviz.progress import progress
 
 if TYPE_CHECKING:
     from mmviz.tracing import Trace
@@ -87,7 +87,7 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
     image_probs = np.zeros((depths, len(answer), len(columns)), np.float32)
     dtype = next(adapter.unembedding().parameters()).dtype
     with torch.no_grad():
-        for depth in tqdm(range(depths), desc="mmviz: logit lens", unit="layer", leave=False):
+        for depth in progress(range(depths), desc="mmviz: logit lens", unit="layer"):
             logits = adapter.lens_logits(states[depth].to(dtype)).float()  # (N, V)
             log_probs = torch.log_softmax(logits, dim=-1)
             probs = log_probs.exp()

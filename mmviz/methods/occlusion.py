@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 from captum.attr import FeatureAblation
-from tqdm.auto import tqdm
 
 from mmviz.capture.model_state import preserved
 from mmviz.capture.run import ModelRun, replacing_columns
@@ -22,6 +21,7 @@ from mmviz.methods._backprop import model_run
 from mmviz.methods._windows import window_ids
 from mmviz.methods.map import Map
 from mmviz.methods.target import TargetLike, resolve_targets
+from mmviz.progress import is_quiet, progress
 
 if TYPE_CHECKING:
     from mmviz.tracing import Trace
@@ -68,7 +68,7 @@ def occlusion(
     rows = np.zeros((len(resolved), len(columns)), np.float32)
     with torch.no_grad(), preserved(run.model):
         run.model.eval()
-        for row, target in enumerate(tqdm(resolved, desc="mmviz: occlusion", leave=False, disable=len(resolved) < 2)):
+        for row, target in enumerate(progress(resolved, desc="mmviz: occlusion", disable=len(resolved) < 2)):
             first = target.first_logit
 
             def score(values: torch.Tensor, target=target, first=first) -> torch.Tensor:
@@ -80,7 +80,7 @@ def occlusion(
                 baselines=replacement,
                 feature_mask=mask,
                 perturbations_per_eval=batch_size,
-                show_progress=True,
+                show_progress=not is_quiet(),
             )
             rows[row] = attribution[0, :, 0].numpy()
     return Map(

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as functional
-from tqdm.auto import tqdm
 
 from mmviz.capture.model_state import preserved
 from mmviz.capture.run import replacing_columns
@@ -22,6 +21,7 @@ from mmviz.methods._windows import grid_groups
 from mmviz.methods.map import Map
 from mmviz.methods.occlusion import Fill, fill_values
 from mmviz.methods.target import TargetLike, resolve_targets
+from mmviz.progress import progress
 
 if TYPE_CHECKING:
     from mmviz.adapters.layout import TokenLayout
@@ -81,7 +81,7 @@ def rise(
     scores = torch.zeros(n_masks, len(resolved))
     with torch.no_grad(), preserved(run.model):
         run.model.eval()
-        for start in tqdm(range(0, n_masks, batch_size), desc="mmviz: RISE", unit="batch", leave=False):
+        for start in progress(range(0, n_masks, batch_size), desc="mmviz: RISE", unit="batch"):
             m = masks[start : start + batch_size, :, None]
             blended = m * clean + (1 - m) * replacement
             logits = run.forward(batch=len(m), edit=replacing_columns(columns, blended), first_logit=first)

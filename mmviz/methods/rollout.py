@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmviz.capture.attention import AttentionRecorder, recording
 from mmviz.capture.model_state import preserved
 from mmviz.errors import InputError
 from mmviz.methods._backprop import model_run
 from mmviz.methods.map import Map
+from mmviz.progress import progress
 
 if TYPE_CHECKING:
     from mmviz.tracing import Trace
@@ -63,7 +63,7 @@ def rollout(
     with torch.no_grad(), preserved(run.model), recording(run.model, {run.adapter.text_config_key: recorder}):
         run.model.eval()
         run.forward(first_logit=n - 1)
-    for layer in tqdm(range(trace.num_layers - 1, start_layer - 1, -1), desc="mmviz: rollout", leave=False):
+    for layer in progress(range(trace.num_layers - 1, start_layer - 1, -1), desc="mmviz: rollout"):
         mixed = recorder.rows[layer][0, 0].double()  # (N, N) head mean
         if len(sinks):
             mixed[:, sinks] = 0.0

@@ -1,8 +1,8 @@
 """Model-randomisation sanity check (Adebayo et al. 2018, arXiv 1810.03292).
 
-Re-initialise the language model's decoder layers from the top down (cascading), recompute a method's map after
-each step, and compare with the original map by rank correlation. A method whose maps barely change is showing
-the input, not the model. The weights are restored afterwards, also on error.
+Re-initialise the language model's decoder layers from the top down (cascading), trace the same input again and
+recompute a method's map after each step, and compare with the original map by rank correlation. A method whose
+maps barely change is showing the input, not the model. The weights are restored afterwards, also on error.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmviz.methods._backprop import model_run
 from mmviz.methods.map import Map
+from mmviz.progress import progress
 
 if TYPE_CHECKING:
     from mmviz.tracing import Trace
@@ -49,16 +49,23 @@ def randomization_check(
         >>> result.passed, result.correlation.round(2)                              # doctest: +SKIP
         (True, array([0.41, 0.12, 0.03]))
     """
+    from mmviz.tracing import trace as trace_again  # the tracer imports the methods
+
     run = model_run(trace)
     layers = list(run.adapter.decoder_layers())
     original = _flat(method(trace))
+    answer = trace.token_ids[trace.answer_start :].tolist()
+
+    def rerun() -> Trace:  # the same prompt, images and answer through the changed weights
+        return trace_again(run.model, run.adapter.processor, list(run.images), trace.prompt, answer=answer)
+
     saved = [{name: p.detach().clone() for name, p in layer.named_parameters()} for layer in layers]
     counts = np.unique(np.linspace(0, len(layers), steps + 1).round().astype(int)[1:])
     generator = torch.Generator().manual_seed(seed)
     correlations = []
     try:
         randomised = 0
-        for count in tqdm(counts, desc="mmviz: sanity check", leave=False):
+        for count in progress(counts, desc="mmviz: sanity check"):
             with torch.no_grad():
                 for layer in layers[len(layers) - count : len(layers) - randomised]:
                     for parameter in layer.parameters():
@@ -66,7 +73,7 @@ def randomization_check(
                         scale = float(parameter.float().std()) if parameter.numel() > 1 else 1.0
                         parameter.copy_((noise * (scale or 0.02)).to(parameter.dtype))
             randomised = int(count)
-            correlations.append(_spearman_rows(original, _flat(method(trace))))
+            correlations.append(_spearman_rows(original, _flat(method(rerun()))))
     finally:
         with torch.no_grad():
             for layer, values in zip(layers, saved, strict=True):
