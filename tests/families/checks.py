@@ -16,10 +16,9 @@ def assert_views_tile(layout: TokenLayout, atol: float = 1e-3) -> None:
     image_positions = layout.image_positions
     for image in np.unique(layout.image_index[image_positions]):
         covered = np.asarray(layout.images[image].covered, dtype=np.float64)
-        for view in np.unique(layout.view[image_positions]):
-            group = image_positions[
-                (layout.image_index[image_positions] == image) & (layout.view[image_positions] == view)
-            ]
+        mine = image_positions[layout.image_index[image_positions] == image]
+        for view in np.unique(layout.view[mine]):  # this image's own views (another image may have fewer)
+            group = mine[layout.view[mine] == view]
             boxes = layout.boxes[group].astype(np.float64)
             area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
             boxes, area = boxes[area > 0], area[area > 0]
