@@ -42,7 +42,11 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'mmviz' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
-    value = module if module.__name__ == f"mmviz.{name}" and name in ("adapters", "methods", "zoo") else getattr(module, name)
+    value = (
+        module
+        if module.__name__ == f"mmviz.{name}" and name in ("adapters", "methods", "zoo")
+        else getattr(module, name)
+    )
     globals()[name] = value
     return value
 
