@@ -7,8 +7,11 @@ from typing import Any
 import torch
 
 from mmviz.adapters.base import Adapter, ModelShape
+from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
+from mmviz.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from mmviz.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from mmviz.errors import UnsupportedModelError
 
 _REGISTRY: dict[str, type[Adapter]] = {}
@@ -57,14 +60,26 @@ def adapter_for(model: torch.nn.Module, processor: Any) -> Adapter:
 
 
 register_adapter(LlavaAdapter)
+register_adapter(LlavaNextAdapter)
+register_adapter(LlavaOnevisionAdapter)
+register_adapter(Qwen2VLAdapter)
+register_adapter(Qwen2_5_VLAdapter)
+register_adapter(Idefics3Adapter)
+register_adapter(SmolVLMAdapter)
 
 __all__ = [
     "KINDS",
     "VIEWS",
     "Adapter",
+    "Idefics3Adapter",
     "ImageGeometry",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "ModelShape",
+    "Qwen2VLAdapter",
+    "Qwen2_5_VLAdapter",
+    "SmolVLMAdapter",
     "TokenLayout",
     "adapter_for",
     "register_adapter",

@@ -1,0 +1,418 @@
+"""LLaVA-NeXT (``"llava_next"``) and LLaVA-OneVision (``"llava_onevision"``): anyres base view + high-res grid.
+
+One image span holds, in this order (``LlavaNextModel.pack_image_features``):
+
+1. the **base view**: the whole image stretched to one ``S × S`` tile, ``g × g`` tokens in raster order
+   (``g = S // P``; a OneVision image in a multi-image prompt is padded to a square first);
+2. the **high-res grid** ("crop" view): the image resized to fit the best pinpoint ``h_b × w_b`` (aspect kept),
+   pasted centred on that canvas, cut into ``S × S`` tiles and encoded tile by tile; the ``(n_h·g) × (n_w·g)``
+   feature grid is un-padded in feature cells (whole rows or columns of padding dropped) and emitted row by row,
+   each row followed by one ``image_newline`` token. OneVision bilinearly down-samples that grid when it holds
+   more than ``N·g²`` cells (``vision_aspect_ratio = "anyres_max_N"``); a OneVision image in a multi-image prompt
+   has no high-res grid, only one ``image_newline`` after its base view.
+
+Pixels that no patch reads get the box of the nearest token of the view, so that every view tiles the image:
+the sliver (under half a cell) of real image that feature-level un-padding can cut at the two padded edges, and
+the remainder of a tile when ``S`` is not a multiple of ``P`` (SigLIP-384/14 reads 378 of 384 pixels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+
+from mmviz.adapters import geometry
+from mmviz.adapters.base import Adapter
+from mmviz.adapters.layout import IMAGE_NEWLINE, VIEWS, ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.errors import ProcessorMismatchError
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The image tokens of one image, in sequence order: base grid, high-res grid (+ newlines), trailing newlines.
+
+    Boxes are in original pixels, clipped (NaN for cells that see only padding), raster order.
+    """
+
+    base_boxes: np.ndarray
+    base_shape: tuple[int, int]
+    crop_boxes: np.ndarray | None = None
+    crop_shape: tuple[int, int] = (0, 0)
+    row_newlines: bool = False
+    tail_newlines: int = 0
+
+    def __len__(self) -> int:
+        rows, cols = self.crop_shape
+        return len(self.base_boxes) + rows * (cols + int(self.row_newlines)) + self.tail_newlines
+
+
+class LlavaNextAdapter(Adapter):
+    """LLaVA-NeXT (LLaVA-1.6): ``<image>`` expands to a base view plus an un-padded anyres high-res grid.
+
+    Every size (pinpoints, tile and patch size, feature-select strategy, whether the model has an
+    ``image_newline``) is read from the loaded model and processor. The base view gets view ``"base"``, the
+    high-res grid view ``"crop"`` (one grid over the whole image); newline tokens get kind ``image_newline``.
+
+    Example:
+        >>> checkpoint = "llava-hf/llava-v1.6-mistral-7b-hf"
+        >>> model = LlavaNextForConditionalGeneration.from_pretrained(checkpoint)        # doctest: +SKIP
+        >>> processor = LlavaNextProcessor.from_pretrained(checkpoint)                   # doctest: +SKIP
+        >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> trace.layout.row(int(trace.image_positions[-1]))["view"]                      # doctest: +SKIP
+        'crop'
+    """
+
+    family = "LLaVA-NeXT"
+    model_types = ("llava_next",)
+    fallback_template = "[INST] {image}\n{prompt} [/INST]"
+
+    # -- sizes read from the model ---------------------------------------------------------------------------
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def tile_size(self) -> int:
+        """``S``: side of one tile (and of the base view) fed to the vision tower."""
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.config.vision_config.patch_size)
+
+    @property
+    def grid_size(self) -> int:
+        """``g``: feature cells per tile side (the model's own ``image_size // patch_size``)."""
+        return self.tile_size // self.patch_size
+
+    @property
+    def pinpoints(self) -> list[list[int]]:
+        """The model's ``image_grid_pinpoints`` as ``[height, width]`` pairs."""
+        return [[int(h), int(w)] for h, w in self.model.config.image_grid_pinpoints]
+
+    @property
+    def has_newline(self) -> bool:
+        """Whether the model appends its learned ``image_newline`` vector after each high-res row."""
+        return getattr(self.model.model, "image_newline", None) is not None
+
+    def vision_tokens_per_image(self) -> int:
+        has_cls = "clip" in str(getattr(self.model.config.vision_config, "model_type", ""))
+        return self.grid_size**2 + int(has_cls)
+
+    # -- checks ----------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        if processor_id != self.image_token_id:
+            raise ProcessorMismatchError(
+                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
+                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
+            )
+        vocab = int(self.model.config.text_config.vocab_size)
+        if len(self.tokenizer) > vocab:
+            raise ProcessorMismatchError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
+                f"load the processor from the same checkpoint as the model"
+            )
+        ip = self.processor.image_processor
+        processor_pinpoints = [[int(h), int(w)] for h, w in getattr(ip, "image_grid_pinpoints", None) or []]
+        if processor_pinpoints != self.pinpoints:
+            raise ProcessorMismatchError(
+                f"the image processor's image_grid_pinpoints {processor_pinpoints} differ from the model's "
+                f"{self.pinpoints}; load the processor from the same checkpoint as the model"
+            )
+        tile, sizes = _tile_and_base_size(ip)
+        if tile != self.tile_size or sizes != {(self.tile_size, self.tile_size)}:
+            raise ProcessorMismatchError(
+                f"the image processor cuts {tile}-px tiles and resizes them to (height, width) {sorted(sizes)}, "
+                f"but the vision tower takes {self.tile_size}×{self.tile_size} images; mmviz supports processors "
+                f"whose size, crop_size and the tower's image_size agree (as in the released checkpoints)"
+            )
+        strategy = getattr(self.processor, "vision_feature_select_strategy", None)
+        model_strategy = self.model.config.vision_feature_select_strategy
+        if strategy is not None and strategy != model_strategy:
+            raise ProcessorMismatchError(
+                f"the processor's vision_feature_select_strategy is {strategy!r} but the model's is "
+                f"{model_strategy!r}; load the processor from the same checkpoint as the model"
+            )
+        self._check_processor_sizes()
+
+    def _check_processor_sizes(self) -> None:
+        patch = getattr(self.processor, "patch_size", None)
+        if patch is not None and int(patch) != self.patch_size:
+            raise ProcessorMismatchError(
+                f"the processor's patch_size is {patch} but the vision tower's is {self.patch_size}; load the "
+                f"processor from the same checkpoint as the model"
+            )
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+    def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        inputs = self._run_processor(images, text)
+        canvas = tuple(inputs["pixel_values"].shape[-2:])
+        if canvas != (self.tile_size, self.tile_size):
+            raise ProcessorMismatchError(
+                f"the processor makes {canvas[1]}×{canvas[0]} tiles but the vision tower takes "
+                f"{self.tile_size}×{self.tile_size}; load the processor from the same checkpoint as the model"
+            )
+        found = int((inputs["input_ids"] == self.image_token_id).sum())
+        expected = sum(len(plan) for plan in self.image_plans(images, inputs))
+        if found != expected:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} image tokens for {len(images)} image(s), the model packs {expected} "
+                f"features; the processor's patch_size / vision_feature_select_strategy / num_additional_image_tokens "
+                f"do not match the model's config"
+            )
+        return inputs
+
+    def _run_processor(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        return super().encode(images, text)
+
+    # -- layout ----------------------------------------------------------------------------------------------
+    def layout(
+        self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        is_image = input_ids == self.image_token_id
+        strings = self.display_tokens(input_ids)
+        builder = LayoutBuilder(
+            ["<image>" if image else text for image, text in zip(is_image, strings, strict=True)],
+            self.special_mask(input_ids),
+        )
+        plans = self.image_plans(images, inputs)
+        positions = np.flatnonzero(is_image)
+        if len(positions) != sum(len(plan) for plan in plans):
+            raise ProcessorMismatchError(
+                f"the sequence holds {len(positions)} image tokens but {len(images)} image(s) of these sizes need "
+                f"{[len(plan) for plan in plans]}; the prompt was not expanded by this model's processor"
+            )
+        start = 0
+        for index, (plan, image) in enumerate(zip(plans, images, strict=True)):
+            span, start = positions[start : start + len(plan)], start + len(plan)
+            if np.any(np.diff(span) != 1):
+                raise ProcessorMismatchError(f"the image tokens of image {index} are not one contiguous span")
+            _mark(builder, span, plan, index)
+            bounds = np.vstack([plan.base_boxes] + ([plan.crop_boxes] if plan.crop_boxes is not None else []))
+            bounds = bounds[np.isfinite(bounds[:, 0])]
+            covered = (bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
+            builder.images.append(ImageGeometry(image.width, image.height, tuple(float(v) for v in covered)))
+        return builder.build()
+
+    def image_plans(self, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]) -> list[ImagePlan]:
+        """One :class:`ImagePlan` per image, checked against the processor's ``image_sizes``."""
+        sizes = inputs.get("image_sizes")
+        if sizes is not None:
+            sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(sizes).reshape(-1, 2).tolist()]
+            if sizes != [(image.height, image.width) for image in images]:
+                raise ProcessorMismatchError(
+                    f"the processor saw images of (height, width) {sizes} but mmviz was given "
+                    f"{[(image.height, image.width) for image in images]}"
+                )
+        patched = self.patched_images(len(images), inputs)
+        return [
+            self.anyres_plan(image.width, image.height) if anyres else self.single_view_plan(image.width, image.height)
+            for image, anyres in zip(images, patched, strict=True)
+        ]
+
+    def patched_images(self, n_images: int, inputs: dict[str, torch.Tensor]) -> list[bool]:
+        """Whether each image gets the anyres high-res grid (always for LLaVA-NeXT)."""
+        return [True] * n_images
+
+    def anyres_plan(self, width: int, height: int) -> ImagePlan:
+        """Base view (stretched) + the un-padded high-res grid with one newline after each row."""
+        g, S = self.grid_size, self.tile_size
+        base = self._grid_to_original(_cell_edges(1, g, self.patch_size, S), geometry.resize(width, height, S, S))
+        base = geometry.clip_boxes(base, width, height)
+        h_b, w_b = (int(v) for v in select_best_resolution((height, width), self.pinpoints))
+        new_h, new_w = get_patch_output_size(
+            np.broadcast_to(np.zeros((), np.uint8), (3, height, width)), (h_b, w_b), "channels_first"
+        )
+        to_canvas = geometry.resize(width, height, new_w, new_h).then(
+            geometry.Affine(tx=(w_b - new_w) // 2, ty=(h_b - new_h) // 2)
+        )
+        n_h, n_w = h_b // S, w_b // S
+        rows_f, cols_f = n_h * g, n_w * g
+        r0, r1, c0, c1 = _unpadded_cells(height, width, rows_f, cols_f)
+        rows, cols = self.packed_shape(r1 - r0, c1 - c0)
+        row_edges = np.interp(
+            np.linspace(r0, r1, rows + 1), np.arange(rows_f + 1), _cell_edges(n_h, g, self.patch_size, S)
+        )
+        col_edges = np.interp(
+            np.linspace(c0, c1, cols + 1), np.arange(cols_f + 1), _cell_edges(n_w, g, self.patch_size, S)
+        )
+        crop = geometry.clip_boxes(self._grid_to_original((row_edges, col_edges), to_canvas), width, height)
+        return ImagePlan(base, (g, g), crop, (rows, cols), row_newlines=self.has_newline)
+
+    def single_view_plan(self, width: int, height: int) -> ImagePlan:
+        """An image without a high-res grid (not used by LLaVA-NeXT, whose images are always tiled)."""
+        raise NotImplementedError
+
+    def packed_shape(self, rows: int, cols: int) -> tuple[int, int]:
+        """The high-res grid's shape after the model's packing (LLaVA-NeXT keeps the un-padded grid as is)."""
+        return rows, cols
+
+    def _grid_to_original(
+        self, edges: np.ndarray | tuple[np.ndarray, np.ndarray], to_canvas: geometry.Affine
+    ) -> np.ndarray:
+        """Boxes of the grid with these canvas edges, in original pixels, the outer edges pushed out to infinity.
+
+        The outer cells then absorb, after clipping, image pixels that no patch reads (see the module docstring).
+        """
+        row_edges, col_edges = edges if isinstance(edges, tuple) else (edges, edges)
+        row_edges, col_edges = np.array(row_edges, np.float64), np.array(col_edges, np.float64)
+        row_edges[[0, -1]] = [-np.inf, np.inf]
+        col_edges[[0, -1]] = [-np.inf, np.inf]
+        r, c = np.divmod(np.arange((len(row_edges) - 1) * (len(col_edges) - 1)), len(col_edges) - 1)
+        boxes = np.stack([col_edges[c], row_edges[r], col_edges[c + 1], row_edges[r + 1]], axis=1)
+        return to_canvas.to_original(boxes)
+
+
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    """LLaVA-OneVision: LLaVA-NeXT's anyres layout with ``anyres_max_N`` down-sampling and multi-image mode.
+
+    A prompt with one image: base view + un-padded high-res grid (bilinearly down-sampled when it holds more
+    than ``N·g²`` cells) with a newline after each row. A prompt with several images (the processor's
+    ``batch_num_images > 1``, as ``apply_chat_template`` sends them): each image is padded to a square (floor
+    offsets), resized to one tile and gives only its ``g²`` base tokens plus one ``image_newline``.
+
+    Example:
+        >>> model = LlavaOnevisionForConditionalGeneration.from_pretrained(                  # doctest: +SKIP
+        ...     "llava-hf/llava-onevision-qwen2-0.5b-ov-hf")
+        >>> processor = AutoProcessor.from_pretrained("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")  # doctest: +SKIP
+        >>> trace = mmviz.trace(model, processor, ["a.png", "b.png"], "What changed?")      # doctest: +SKIP
+        >>> {trace.layout.row(int(p))["view"] for p in trace.image_positions}              # doctest: +SKIP
+        {'base'}
+    """
+
+    family = "LLaVA-OneVision"
+    model_types = ("llava_onevision",)
+    fallback_template = "<|im_start|>user {image}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+    @property
+    def max_cells(self) -> int:
+        """``N·g²`` for the model's ``vision_aspect_ratio = "anyres_max_N"``."""
+        return _anyres_max(self.model.config.vision_aspect_ratio) * self.grid_size**2
+
+    def _check_processor_sizes(self) -> None:
+        model_ratio = self.model.config.vision_aspect_ratio
+        _anyres_max(model_ratio)
+        ratio = getattr(self.processor, "vision_aspect_ratio", model_ratio)
+        if ratio != model_ratio:
+            raise ProcessorMismatchError(
+                f"the processor's vision_aspect_ratio is {ratio!r} but the model's is {model_ratio!r}; load the "
+                f"processor from the same checkpoint as the model"
+            )
+        n_tokens = getattr(self.processor, "num_image_tokens", None)
+        keeps_first = self.model.config.vision_feature_select_strategy != "default"
+        if n_tokens is not None and int(n_tokens) - int(not keeps_first) != self.grid_size**2:
+            raise ProcessorMismatchError(
+                f"the processor's num_image_tokens is {n_tokens} but the vision tower gives {self.grid_size}² "
+                f"features per tile; load the processor from the same checkpoint as the model"
+            )
+
+    def _run_processor(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        n_placeholders = text.count(self.image_token)
+        if n_placeholders != len(images):
+            raise ProcessorMismatchError(
+                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {len(images)} "
+                f"image(s); use one placeholder per image or none (mmviz then adds them)"
+            )
+        # One nested list = the images of ONE prompt, as apply_chat_template passes them: with several images the
+        # processor switches to OneVision's multi-image mode (base view only).
+        return dict(self.processor(images=[list(images)], text=[text], return_tensors="pt"))
+
+    def patched_images(self, n_images: int, inputs: dict[str, torch.Tensor]) -> list[bool]:
+        counts = inputs.get("batch_num_images")
+        if counts is None:  # the model then treats every image as a single-image prompt
+            return [True] * n_images
+        patched = [int(n) == 1 for n in torch.as_tensor(counts).reshape(-1).tolist() for _ in range(int(n))]
+        if len(patched) != n_images:
+            raise ProcessorMismatchError(f"batch_num_images {counts.tolist()} does not add up to {n_images} image(s)")
+        return patched
+
+    def packed_shape(self, rows: int, cols: int) -> tuple[int, int]:
+        ratio = math.sqrt(rows * cols / self.max_cells)
+        if ratio > 1.1:  # LlavaOnevisionModel.pack_image_features: bilinear down-sampling
+            return int(rows // ratio), int(cols // ratio)
+        return rows, cols
+
+    def single_view_plan(self, width: int, height: int) -> ImagePlan:
+        """Multi-image mode: pad to a square (image_mean fill, floor offsets), resize to one tile, one newline."""
+        S, g = self.tile_size, self.grid_size
+        pad, side = geometry.pad_to_square(width, height)
+        to_canvas = pad.then(geometry.resize(side, side, S, S))
+        base = self._grid_to_original(_cell_edges(1, g, self.patch_size, S), to_canvas)
+        base = geometry.clip_boxes(base, width, height)
+        return ImagePlan(base, (g, g), tail_newlines=int(self.has_newline))
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _mark(builder: LayoutBuilder, span: np.ndarray, plan: ImagePlan, index: int) -> None:
+    n_base = len(plan.base_boxes)
+    builder.mark_grid(span[:n_base], image_index=index, view="base", grid_shape=plan.base_shape, boxes=plan.base_boxes)
+    rest = span[n_base:]
+    newlines = rest
+    if plan.crop_boxes is not None:
+        rows, cols = plan.crop_shape
+        table = rest[: rows * (cols + int(plan.row_newlines))].reshape(rows, cols + int(plan.row_newlines))
+        builder.mark_grid(
+            table[:, :cols].ravel(), image_index=index, view="crop", grid_shape=(rows, cols), boxes=plan.crop_boxes
+        )
+        newlines = np.concatenate([table[:, cols:].ravel(), rest[rows * (cols + int(plan.row_newlines)) :]])
+    builder.kinds[newlines] = IMAGE_NEWLINE
+    builder.image_index[newlines] = index
+    builder.view[newlines] = VIEWS.index("crop" if plan.crop_boxes is not None else "base")
+
+
+def _tile_and_base_size(image_processor: object) -> tuple[int, set[tuple[int, int]]]:
+    """The tile side the processor cuts its canvas into, and every ``(height, width)`` it resizes / crops tiles and
+    the base view to (``size``, and ``crop_size`` when it centre-crops)."""
+    size = dict(getattr(image_processor, "size", None) or {})
+    crop = dict(getattr(image_processor, "crop_size", None) or {})
+    if size.get("height") and size.get("width"):
+        sizes = {(int(size["height"]), int(size["width"]))}
+    else:
+        sizes = {(int(size.get("shortest_edge") or 0),) * 2}
+    if getattr(image_processor, "do_center_crop", False) and crop.get("height"):
+        sizes.add((int(crop["height"]), int(crop["width"])))
+    tile = int(crop.get("height") or size.get("height") or size.get("shortest_edge") or 0)
+    return tile, sizes
+
+
+def _cell_edges(n_tiles: int, g: int, patch: int, tile: int) -> np.ndarray:
+    """Canvas positions of the ``n_tiles·g + 1`` feature-cell edges along one axis.
+
+    Cell ``k`` lies in tile ``k // g`` at offset ``(k % g)·patch``; a tile's last cell also takes the tile's
+    remainder ``tile − g·patch`` (pixels the patch embedding never reads).
+    """
+    k = np.arange(n_tiles * g + 1)
+    return (k // g) * tile + (k % g) * patch
+
+
+def _unpadded_cells(height: int, width: int, rows: int, cols: int) -> tuple[int, int, int, int]:
+    """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of the feature grid that ``unpad_image`` keeps.
+
+    Same float order of operations as transformers (``int(round(x, 7))`` truncates, floor padding), so an odd
+    leftover keeps one padding row / column more.
+    """
+    if width / height > cols / rows:
+        new_rows = int(round(height * (cols / width), 7))
+        pad = (rows - new_rows) // 2
+        return pad, rows - pad, 0, cols
+    new_cols = int(round(width * (rows / height), 7))
+    pad = (cols - new_cols) // 2
+    return 0, rows, pad, cols - pad
+
+
+def _anyres_max(vision_aspect_ratio: str) -> int:
+    """``N`` of ``"anyres_max_N"`` (parsed like transformers: ``str.strip("anyres_max_")``)."""
+    try:
+        return int(str(vision_aspect_ratio).strip("anyres_max_"))  # noqa: B005 - the same parse as the model
+    except ValueError as error:
+        raise ProcessorMismatchError(
+            f"vision_aspect_ratio {vision_aspect_ratio!r} is not of the form 'anyres_max_N', the only form "
+            f"LlavaOnevisionModel.pack_image_features handles"
+        ) from error

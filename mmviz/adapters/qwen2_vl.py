@@ -1,0 +1,209 @@
+"""Qwen2-VL (``qwen2_vl``) and Qwen2.5-VL (``qwen2_5_vl``): dynamic resolution, one token per 2×2 patch block."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmviz.adapters import geometry
+from mmviz.adapters.base import Adapter
+from mmviz.adapters.layout import IMAGE_SEP, ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.errors import InputError, ProcessorMismatchError
+
+MAX_ASPECT_RATIO = 200
+"""``smart_resize`` refuses images whose long side is more than this many times the short side."""
+
+
+class Qwen2VLAdapter(Adapter):
+    """Qwen2-VL: ``<|vision_start|>`` + ``<|image_pad|>``×n + ``<|vision_end|>`` per image, n = h·w / m².
+
+    The processor ``smart_resize``-s every image (each axis on its own, no crop, no pad) to ``W′ × H′``, multiples of
+    ``patch_size · merge_size``, and reports ``image_grid_thw = (1, H′/P, W′/P)``. The merger fuses each ``m × m``
+    block of patches into one LLM token, in raster order over blocks: token k covers the block
+    ``divmod(k, W′/(P·m))``, i.e. the ``(P·m)``-px square at that cell of the resized image, mapped back per axis.
+    The grid is read from the processor's OUTPUT (``inputs["image_grid_thw"]``), never recomputed.
+
+    The vision markers get kind ``image_sep`` and no box. The LLM sees M-RoPE positions (t, row, col) for image
+    tokens; the model derives them from ``input_ids`` and ``mm_token_type_ids``, so :meth:`analysis_inputs` extends
+    the processor's ``mm_token_type_ids`` over the answer (text) for the teacher-forced forward.
+
+    Example:
+        >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> trace.layout.row(trace.image_positions[0])["grid_shape"]                       # doctest: +SKIP
+        (10, 14)
+    """
+
+    family = "Qwen2-VL"
+    model_types = ("qwen2_vl",)
+    fallback_template = "<|im_start|>user\n{image}{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+    def __init__(self, model: torch.nn.Module, processor: Any) -> None:
+        super().__init__(model, processor)
+        self._last_patches = 0  # vision-tower sequence length of the largest image of the last encode()
+
+    # -- sizes, read from the loaded config (the processor's copies are checked against them) -------------------
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.config.vision_config.patch_size)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def _marker_ids(self) -> list[int]:
+        config = self.model.config
+        return [int(getattr(config, key)) for key in ("vision_start_token_id", "vision_end_token_id")]
+
+    def vision_tokens_per_image(self) -> int:
+        """Patches of the largest image of the last :meth:`encode` (else the processor's ``max_pixels`` bound)."""
+        if self._last_patches:
+            return self._last_patches
+        size = dict(self.processor.image_processor.size)
+        return int(size.get("longest_edge", 0)) // self.patch_size**2
+
+    # -- checks ------------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        if processor_id != self.image_token_id:
+            raise ProcessorMismatchError(
+                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
+                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
+            )
+        vocab = int(self.text_config.vocab_size)
+        if len(self.tokenizer) > vocab:
+            raise ProcessorMismatchError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
+                f"load the processor from the same checkpoint as the model"
+            )
+        ip = self.processor.image_processor
+        vision = self.model.config.vision_config
+        for name, model_value in (
+            ("patch_size", vision.patch_size),
+            ("merge_size", vision.spatial_merge_size),
+            ("temporal_patch_size", vision.temporal_patch_size),
+        ):
+            value = getattr(ip, name, None)
+            if value is not None and int(value) != int(model_value):
+                raise ProcessorMismatchError(
+                    f"the image processor's {name} is {value} but the vision tower's is {model_value}; "
+                    f"load the processor from the same checkpoint as the model"
+                )
+
+    # -- prompt and inputs -------------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str, n_images: int) -> str:
+        """The chat template (or Qwen's ``<|im_start|>`` format) with one vision block per image."""
+        if self.image_token in prompt or getattr(self.processor, "chat_template", None):
+            return super().format_prompt(prompt, n_images)
+        block = f"<|vision_start|>{self.image_token}<|vision_end|>"
+        return self.fallback_template.format(image=block * n_images, prompt=prompt)
+
+    def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        for image in images:
+            if max(image.size) > MAX_ASPECT_RATIO * min(image.size):
+                raise InputError(
+                    f"the {image.width}×{image.height} image is too elongated for the Qwen-VL processor (aspect "
+                    f"ratio must stay below {MAX_ASPECT_RATIO}); crop or pad it first"
+                )
+        inputs = super().encode(images, text)
+        grids = self._grids(inputs, len(images))
+        patches = int(grids.prod(axis=1).sum())
+        if int(inputs["pixel_values"].shape[0]) != patches:
+            raise ProcessorMismatchError(
+                f"the processor made {inputs['pixel_values'].shape[0]} patches but its image_grid_thw says "
+                f"{patches}; use the model's own processor class"
+            )
+        found = int((inputs["input_ids"] == self.image_token_id).sum())
+        expected = patches // self.merge_size**2
+        if found != expected:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} image tokens for image_grid_thw {grids.tolist()}, the model merges "
+                f"{self.merge_size}×{self.merge_size} patches into one token and needs {expected}; the processor's "
+                f"merge_size does not match the model's spatial_merge_size"
+            )
+        self._last_patches = int(grids.prod(axis=1).max())
+        return inputs
+
+    def _grids(self, inputs: dict[str, torch.Tensor], n_images: int) -> np.ndarray:
+        grids = inputs.get("image_grid_thw")
+        if grids is None:
+            raise ProcessorMismatchError(
+                "the processor output has no image_grid_thw; pass the model's Qwen2-VL-style processor "
+                "(AutoProcessor.from_pretrained(<the model's checkpoint>))"
+            )
+        grids = np.asarray(torch.as_tensor(grids).cpu(), dtype=np.int64).reshape(-1, 3)
+        if len(grids) != n_images:
+            raise ProcessorMismatchError(f"image_grid_thw has {len(grids)} rows for {n_images} image(s)")
+        m = self.merge_size
+        if (grids[:, 1:] % m).any():
+            raise ProcessorMismatchError(
+                f"image_grid_thw {grids.tolist()} is not divisible by the model's spatial_merge_size {m}"
+            )
+        return grids
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    def layout(
+        self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        grids = self._grids(inputs, len(images))
+        m, patch = self.merge_size, self.patch_size
+        counts = grids.prod(axis=1) // m**2
+        positions = np.flatnonzero(input_ids == self.image_token_id)
+        if len(positions) != counts.sum():
+            raise ProcessorMismatchError(
+                f"the sequence holds {len(positions)} image tokens but image_grid_thw {grids.tolist()} needs "
+                f"{int(counts.sum())}; pass the inputs the processor made for these images"
+            )
+        builder = LayoutBuilder(self.display_tokens(input_ids), self.special_mask(input_ids))
+        markers = np.flatnonzero(np.isin(input_ids, self._marker_ids()))
+        builder.kinds[markers] = IMAGE_SEP
+        for index, (span, (t, h, w), image) in enumerate(
+            zip(np.split(positions, np.cumsum(counts)[:-1]), grids, images, strict=True)
+        ):
+            if t != 1:
+                raise ProcessorMismatchError(f"image {index} has {t} temporal patches; an image has 1")
+            if len(span) and span[-1] - span[0] != len(span) - 1:
+                raise ProcessorMismatchError(
+                    f"the {len(span)} tokens of image {index} are not contiguous; pass one placeholder per image"
+                )
+            rows, cols = int(h) // m, int(w) // m
+            to_resized = geometry.resize(image.width, image.height, int(w) * patch, int(h) * patch)
+            cells = geometry.grid_boxes(rows, cols, patch * m, patch * m)
+            boxes = geometry.clip_boxes(to_resized.to_original(cells), image.width, image.height)
+            builder.mark_grid(span, image_index=index, view="base", grid_shape=(rows, cols), boxes=boxes)
+            for neighbour in (span[0] - 1, span[-1] + 1):
+                if 0 <= neighbour < len(input_ids) and builder.kinds[neighbour] == IMAGE_SEP:
+                    builder.image_index[neighbour] = index
+            builder.images.append(ImageGeometry(image.width, image.height, (0.0, 0.0, image.width, image.height)))
+        return builder.build()
+
+    def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
+        """The processor outputs with ``mm_token_type_ids`` (the prompt's) extended by ``n_answer`` text tokens.
+
+        M-RoPE positions come from ``input_ids`` and ``mm_token_type_ids``; the analysis forward runs prompt +
+        answer, so the answer's types (text: 0) are appended and the processor's own values are kept unchanged.
+        """
+        types = inputs.get("mm_token_type_ids")
+        if types is None or n_answer <= 0:
+            return inputs
+        answer = torch.zeros((*types.shape[:-1], n_answer), dtype=types.dtype, device=types.device)
+        return {**inputs, "mm_token_type_ids": torch.cat([types, answer], dim=-1)}
+
+
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
+    """Qwen2.5-VL: Qwen2-VL's layout. Its vision tower window-permutes patches internally but restores raster
+    order after the merger, so LLM image positions follow the same block-raster order as Qwen2-VL.
+
+    Example:
+        >>> mmviz.trace(model, processor, "chart.png", "What is the trend?")   # doctest: +SKIP
+    """
+
+    family = "Qwen2.5-VL"
+    model_types = ("qwen2_5_vl",)
