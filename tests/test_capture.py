@@ -59,9 +59,9 @@ def test_padding_reaches_the_function_as_a_bool_mask_and_rows_still_match_eager(
     seen = []
     original = recorder.record
 
-    def spy(layer, module, query, key, attention_mask, scaling, kwargs):
+    def spy(layer, module, query, key, value, attention_mask, *rest):
         seen.append(None if attention_mask is None else attention_mask.dtype)
-        original(layer, module, query, key, attention_mask, scaling, kwargs)
+        original(layer, module, query, key, value, attention_mask, *rest)
 
     recorder.record = spy
     with torch.no_grad(), recording(model, {"text_config": recorder}):

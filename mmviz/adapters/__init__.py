@@ -7,10 +7,14 @@ from typing import Any
 import torch
 
 from mmviz.adapters.base import Adapter, ModelShape
+from mmviz.adapters.blip2 import Blip2Adapter
+from mmviz.adapters.clip import CLIPAdapter, DualEncoderAdapter, SiglipAdapter
+from mmviz.adapters.gemma3 import Gemma3Adapter
 from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
-from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, TokenLayout
+from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, SoftCells, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
 from mmviz.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from mmviz.adapters.paligemma import PaliGemmaAdapter
 from mmviz.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from mmviz.errors import UnsupportedModelError
 
@@ -66,20 +70,32 @@ register_adapter(Qwen2VLAdapter)
 register_adapter(Qwen2_5_VLAdapter)
 register_adapter(Idefics3Adapter)
 register_adapter(SmolVLMAdapter)
+register_adapter(CLIPAdapter)
+register_adapter(SiglipAdapter)
+register_adapter(PaliGemmaAdapter)
+register_adapter(Gemma3Adapter)
+register_adapter(Blip2Adapter)
 
 __all__ = [
     "KINDS",
     "VIEWS",
     "Adapter",
+    "Blip2Adapter",
+    "CLIPAdapter",
+    "DualEncoderAdapter",
+    "Gemma3Adapter",
     "Idefics3Adapter",
     "ImageGeometry",
     "LlavaAdapter",
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
     "ModelShape",
+    "PaliGemmaAdapter",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
+    "SiglipAdapter",
     "SmolVLMAdapter",
+    "SoftCells",
     "TokenLayout",
     "adapter_for",
     "register_adapter",

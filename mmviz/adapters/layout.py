@@ -29,6 +29,49 @@ class ImageGeometry:
 
 
 @dataclass(frozen=True)
+class SoftCells:
+    """Image cells reached only INDIRECTLY: query tokens that have no box, each with a soft map over the cells.
+
+    Families such as BLIP-2 feed the language model learned query embeddings (Q-Former outputs) instead of patch
+    tokens. Each query reads the ViT patch grid through cross-attention, so a value per query position (an attention
+    column, a gradient) is shown on the image as ``values @ weights``: a weighted sum over the queries per cell.
+
+    Attributes:
+        positions: ``(Qn,)`` sequence positions of the query tokens, in sequence order (the image columns).
+        weights: float32 ``(Qn, C)``, rows summing to 1: each query's attention over the ``C`` cells.
+        boxes: ``(C, 4)`` cell boxes ``x0, y0, x1, y1`` in ORIGINAL image pixels.
+        grid: ``(C, 2)`` row and column of each cell in its image's patch grid.
+        grid_shape: rows and columns of that grid.
+        image_index: ``(C,)`` which image each cell belongs to.
+        label: how the cells are reached, shown with every map drawn through them.
+
+    Example:
+        >>> soft = trace.layout.soft                                   # doctest: +SKIP
+        >>> cells = trace.attention(layer=-1, head="mean") @ soft.weights   # (rows, C)   # doctest: +SKIP
+    """
+
+    positions: np.ndarray
+    weights: np.ndarray
+    boxes: np.ndarray
+    grid: np.ndarray
+    grid_shape: tuple[int, int]
+    image_index: np.ndarray
+    label: str = "indirect: through the Q-Former's cross-attention"
+
+    def __post_init__(self) -> None:
+        n_queries, n_cells = self.weights.shape
+        if self.positions.shape != (n_queries,):
+            raise ValueError(f"{len(self.positions)} query positions for {n_queries} weight rows")
+        if self.boxes.shape != (n_cells, 4) or self.grid.shape != (n_cells, 2) or self.image_index.shape != (n_cells,):
+            raise ValueError(f"boxes / grid / image_index do not describe the {n_cells} cells of the weights")
+        if not np.allclose(self.weights.sum(axis=1), 1.0, atol=1e-4):
+            raise ValueError("every query's weights over the cells must sum to 1")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass(frozen=True)
 class TokenLayout:
     """Columnar table with one row per sequence position.
 
@@ -41,6 +84,7 @@ class TokenLayout:
         grid_shape: ``(N, 2)`` rows and columns of that grid (``0`` when none).
         boxes: ``(N, 4)`` ``x0, y0, x1, y1`` in ORIGINAL image pixels, NaN for positions without a box.
         images: the geometry of every image in the prompt.
+        soft: for query-based families (BLIP-2), the cells the query tokens reach indirectly; None otherwise.
 
     Example:
         >>> layout.positions("image")[:3]            # doctest: +SKIP
@@ -57,6 +101,7 @@ class TokenLayout:
     grid_shape: np.ndarray
     boxes: np.ndarray
     images: list[ImageGeometry] = field(default_factory=list)
+    soft: SoftCells | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -68,7 +113,13 @@ class TokenLayout:
 
     @property
     def image_positions(self) -> np.ndarray:
-        """Image positions that have a box, in sequence order: the columns of every image map."""
+        """Image positions that have a box, in sequence order: the columns of every image map.
+
+        With :attr:`soft` cells these are the query positions (the LLM inputs that carry the image), which have no
+        box; maps over them reach the image through ``soft.weights``.
+        """
+        if self.soft is not None:
+            return self.soft.positions
         return np.flatnonzero((self.kinds == IMAGE) & np.isfinite(self.boxes[:, 0]))
 
     @property
@@ -109,6 +160,7 @@ class LayoutBuilder:
         self.grid_shape = np.zeros((n, 2), np.int32)
         self.boxes = np.full((n, 4), np.nan, np.float32)
         self.images: list[ImageGeometry] = []
+        self.soft: SoftCells | None = None
 
     def mark_grid(
         self,
@@ -141,4 +193,5 @@ class LayoutBuilder:
             grid_shape=self.grid_shape,
             boxes=self.boxes,
             images=list(self.images),
+            soft=self.soft,
         )

@@ -13,7 +13,7 @@ import torch
 import traitlets
 from PIL import Image
 
-from mmviz.adapters.layout import VIEWS
+from mmviz.adapters.layout import VIEWS, TokenLayout
 from mmviz.inputs import ImageLike
 from mmviz.methods import CATALOGUE, Map
 from mmviz.tracing import Trace, trace
@@ -97,7 +97,7 @@ class Inspector(anywidget.AnyWidget):
             finally:
                 self.busy = ""
         with self.hold_sync():
-            self.maps = {**self.maps, method: map_payload(self._trace.maps[method])}
+            self.maps = {**self.maps, method: map_payload(self._trace.maps[method], self._trace.layout)}
             self.methods = method_catalogue(self._trace)
         return self._trace.maps[method]
 
@@ -153,7 +153,7 @@ class Inspector(anywidget.AnyWidget):
         return value
 
     def _send_trace(self, trace: Trace) -> None:
-        attention = trace.attention()  # (L, H, Q, P)
+        attention = display_cells(trace.attention(), trace.layout)  # (L, H, Q, P), or (L, H, Q, C) soft cells
         self.tokens = list(trace.tokens)
         self.token_layout = layout_payload(trace)
         self.images = [png_bytes(image) for image in trace.images]
@@ -165,10 +165,10 @@ class Inspector(anywidget.AnyWidget):
             "n_layers": trace.num_layers,
             "n_heads": trace.num_heads,
             "map_label": MAP_LABEL,
-            "map_description": MAP_DESCRIPTION,
+            "map_description": MAP_DESCRIPTION + _indirect_note(trace.layout),
         }
         self.methods = method_catalogue(trace)
-        self.maps = {name: map_payload(result) for name, result in trace.maps.items()}
+        self.maps = {name: map_payload(result, trace.layout) for name, result in trace.maps.items()}
         self.revision += 1
 
     def to_html(self, path: str | Path | None = None) -> str:
@@ -183,10 +183,15 @@ class Inspector(anywidget.AnyWidget):
 
 
 def layout_payload(trace: Trace) -> dict[str, Any]:
-    """The ``token_layout`` trait: the columns the browser needs, as little-endian binary."""
+    """The ``token_layout`` trait: the columns the browser needs, as little-endian binary.
+
+    With soft cells (BLIP-2) the browser's columns are the cells: their boxes, grid, image and view ("query"); each
+    cell's ``image_positions`` entry is the query it weighs most, and ``soft`` carries the query positions and the
+    ``(Qn, C)`` weights that composed every shipped map.
+    """
     layout = trace.layout
     columns = trace.image_positions
-    return {
+    payload = {
         "v": 1,
         "n_positions": len(layout),
         "kinds": layout.kinds.astype(np.uint8).tobytes(),
@@ -200,6 +205,44 @@ def layout_payload(trace: Trace) -> dict[str, Any]:
         "view_names": list(VIEWS),
         "images": [geometry.to_dict() for geometry in layout.images],
     }
+    soft = layout.soft
+    if soft is not None:
+        payload.update(
+            image_positions=soft.positions[np.argmax(soft.weights, axis=0)].astype("<i4").tobytes(),
+            boxes=soft.boxes.astype("<f4").tobytes(),
+            grid=soft.grid.astype("<i4").tobytes(),
+            image_index=soft.image_index.astype("<i4").tobytes(),
+            view=np.full(len(soft), VIEWS.index("query"), np.uint8).tobytes(),
+            soft={
+                "positions": soft.positions.astype("<i4").tobytes(),
+                "weights": soft.weights.astype("<f4").tobytes(),
+                "label": soft.label,
+            },
+        )
+    return payload
+
+
+def display_cells(values: np.ndarray, layout: TokenLayout) -> np.ndarray:
+    """Values over the image columns ``(…, P)`` → values over the cells the widget draws.
+
+    The identity for direct layouts (one box per image token); ``values @ soft.weights`` ``(…, C)`` when the image
+    reaches the language model only through query tokens (:class:`~mmviz.adapters.layout.SoftCells`): each cell
+    gets the queries' values weighted by how much each query reads it.
+    """
+    if layout.soft is None:
+        return values
+    return (np.asarray(values, dtype=np.float32) @ layout.soft.weights).astype(np.float32)
+
+
+def _indirect_note(layout: TokenLayout) -> str:
+    """The sentence appended to a map's description when it is drawn through soft cells."""
+    if layout.soft is None:
+        return ""
+    label = layout.soft.label
+    return (
+        f" {label[:1].upper()}{label[1:]}: each cell shows the query tokens' values weighted by how much each query "
+        f"reads that cell."
+    )
 
 
 def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
@@ -228,19 +271,25 @@ def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
     return entries
 
 
-def map_payload(result: Map) -> dict[str, Any]:
+def map_payload(result: Map, layout: TokenLayout | None = None) -> dict[str, Any]:
     """One entry of the ``maps`` trait: values ``[L?, R, P]`` (uint8, one range per row), rows' positions, layers.
 
     Per-layer maps keep the slices of decoder layers ``0 … L−1`` (slice ℓ = after layer ℓ); others have one slice.
+    Given the trace's ``layout``, maps over its soft-cell query columns are composed onto the cells
+    (:func:`display_cells`, ``P`` becomes ``C``) and their meaning says so.
     """
     values = result.values
+    meaning = result.meaning
     layers = None
     if result.layers is not None:
         keep = result.layers >= 0
         values, layers = values[keep], [int(layer) for layer in result.layers[keep]]
+    if layout is not None and layout.soft is not None and np.array_equal(result.columns, layout.soft.positions):
+        values = display_cells(np.nan_to_num(values), layout)
+        meaning += _indirect_note(layout)
     return {
         "label": result.label,
-        "meaning": result.meaning,
+        "meaning": meaning,
         "signed": bool(result.signed),
         "rows": result.rows,
         "values": wire.encode(np.nan_to_num(values), scale_dims=values.ndim - 1),

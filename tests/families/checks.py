@@ -7,40 +7,48 @@ import numpy as np
 from mmviz.adapters import VIEWS, TokenLayout
 
 
+def _box_groups(layout: TokenLayout):
+    """``(label, boxes, image)`` per (image, view); query-based layouts (BLIP-2) group their soft cells per image."""
+    if layout.soft is not None:
+        soft = layout.soft
+        for image in np.unique(soft.image_index):
+            yield f"image {image}, soft cells", soft.boxes[soft.image_index == image], int(image)
+        return
+    image_positions = layout.image_positions
+    for image in np.unique(layout.image_index[image_positions]):
+        mine = image_positions[layout.image_index[image_positions] == image]
+        for view in np.unique(layout.view[mine]):  # this image's own views (another image may have fewer)
+            group = mine[layout.view[mine] == view]
+            yield f"image {image}, view {VIEWS[view]!r}", layout.boxes[group], int(image)
+
+
 def assert_views_tile(layout: TokenLayout, atol: float = 1e-3) -> None:
     """Within every (image, view), the boxes tile the image's covered region: no gaps, no overlaps.
 
     Boxes may be empty (cells that only see padding). Tiling = pairwise overlaps have zero area and the areas sum
     to the area of the covered rectangle, which is also the union's bounding box.
     """
-    image_positions = layout.image_positions
-    for image in np.unique(layout.image_index[image_positions]):
+    for label, group, image in _box_groups(layout):
         covered = np.asarray(layout.images[image].covered, dtype=np.float64)
-        mine = image_positions[layout.image_index[image_positions] == image]
-        for view in np.unique(layout.view[mine]):  # this image's own views (another image may have fewer)
-            group = mine[layout.view[mine] == view]
-            boxes = layout.boxes[group].astype(np.float64)
-            area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-            boxes, area = boxes[area > 0], area[area > 0]
-            label = f"image {image}, view {VIEWS[view]!r}"
-            assert len(boxes), f"{label}: no box has an area"
-            bounds = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
-            np.testing.assert_allclose(
-                bounds, covered, atol=atol, err_msg=f"{label}: boxes do not span the covered region"
-            )
-            covered_area = (covered[2] - covered[0]) * (covered[3] - covered[1])
-            assert abs(area.sum() - covered_area) <= atol * max(1.0, covered_area), f"{label}: areas do not add up"
-            width = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-            height = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-            overlap = np.clip(width, 0, None) * np.clip(height, 0, None)
-            np.fill_diagonal(overlap, 0)
-            assert overlap.max() <= atol, f"{label}: boxes overlap by {overlap.max():.4f} px²"
+        boxes = group.astype(np.float64)
+        area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+        boxes, area = boxes[area > 0], area[area > 0]
+        assert len(boxes), f"{label}: no box has an area"
+        bounds = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
+        np.testing.assert_allclose(bounds, covered, atol=atol, err_msg=f"{label}: boxes do not span the covered region")
+        covered_area = (covered[2] - covered[0]) * (covered[3] - covered[1])
+        assert abs(area.sum() - covered_area) <= atol * max(1.0, covered_area), f"{label}: areas do not add up"
+        width = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+        height = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+        overlap = np.clip(width, 0, None) * np.clip(height, 0, None)
+        np.fill_diagonal(overlap, 0)
+        assert overlap.max() <= atol, f"{label}: boxes overlap by {overlap.max():.4f} px²"
 
 
 def assert_boxes_inside(layout: TokenLayout) -> None:
     """Every box lies inside its original image."""
-    positions = layout.image_positions
-    for position in positions:
-        image = layout.images[layout.image_index[position]]
-        x0, y0, x1, y1 = layout.boxes[position]
-        assert 0 <= x0 <= x1 <= image.width + 1e-3 and 0 <= y0 <= y1 <= image.height + 1e-3, (position, x0, y0, x1, y1)
+    for label, boxes, image in _box_groups(layout):
+        geometry = layout.images[image]
+        for x0, y0, x1, y1 in boxes:
+            inside = 0 <= x0 <= x1 <= geometry.width + 1e-3 and 0 <= y0 <= y1 <= geometry.height + 1e-3
+            assert inside, (label, x0, y0, x1, y1)

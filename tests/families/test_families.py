@@ -24,6 +24,8 @@ def case(request):
 
 def _placeholder_count(adapter, inputs) -> int:
     """The image tokens the PROCESSOR inserted (its own output, not the adapter's arithmetic)."""
+    if getattr(adapter, "dual_encoder", False):  # no placeholders: the patches the tower cuts from pixel_values
+        return int(np.prod(inputs["pixel_values"].shape[-2:])) // adapter.model.config.vision_config.patch_size**2
     image_token_id = adapter.tokenizer.convert_tokens_to_ids(adapter.image_token)
     return int((inputs["input_ids"] == image_token_id).sum())
 
@@ -65,7 +67,9 @@ def test_multi_image(case):
 
 def test_widget_payload(case):
     model, processor = case.build()
-    trace = mmviz.trace(model, processor, WIDE, "What is in the picture?", answer="red")
+    trace = mmviz.trace(
+        model, processor, WIDE, "What is in the picture?", answer=None if case.kind == "dual" else "red"
+    )
     widget = mmviz.Inspector(trace)
     assert len(widget.images) == 1
     assert widget.token_layout["images"][0]["width"] == WIDE.width
@@ -76,7 +80,7 @@ def test_widget_payload(case):
 def test_model_left_untouched(case):
     model, processor = case.build()
     before = {name: config._attn_implementation for name, config in _configs(model)}
-    mmviz.trace(model, processor, TALL, "What is in the picture?", answer="red")
+    mmviz.trace(model, processor, TALL, "What is in the picture?", answer=None if case.kind == "dual" else "red")
     assert {name: config._attn_implementation for name, config in _configs(model)} == before
     assert not model.training
     assert all(p.requires_grad for p in model.parameters()) or not any(p.requires_grad for p in model.parameters())

@@ -122,7 +122,8 @@ def test_ablating_nothing_changes_nothing(trace):
 def test_knockout_of_every_image_edge_makes_the_answer_image_blind(llava_small, photo):
     model, processor = llava_small
     other = photo.transpose(0).rotate(180)
-    traces = [mmviz.trace(model, processor, image, "What is in the picture?", answer="A red square.") for image in (photo, other)]
+    question, answer = "What is in the picture?", "A red square."
+    traces = [mmviz.trace(model, processor, image, question, answer=answer) for image in (photo, other)]
     clean = [scores(t.run, [Target.span(range(t.answer_start, len(t.tokens)))])[0] for t in traces]
     assert abs(clean[0] - clean[1]) > 1e-4  # the image matters before the knockout
     blind = [knockout(t, Target.span(range(t.answer_start, len(t.tokens))), to="all").changed[0] for t in traces]

@@ -1,0 +1,193 @@
+"""Gemma 3 (``model_type == "gemma3"``): SigLIP stretched to a square, patches average-pooled to a small grid."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmviz.adapters import geometry
+from mmviz.adapters.base import Adapter
+from mmviz.adapters.layout import IMAGE_SEP, ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.errors import ProcessorMismatchError
+
+
+class Gemma3Adapter(Adapter):
+    """Gemma 3: each image is ``<start_of_image>`` + ``mm_tokens_per_image`` soft tokens + ``<end_of_image>``.
+
+    The image processor stretches the image to ``S × S`` (the vision ``image_size``); SigLIP cuts it into
+    ``S/P × S/P`` patches and the projector average-pools them ``k × k`` into a ``G × G`` grid,
+    ``G = √mm_tokens_per_image`` and ``k = (S/P) // G``. Token ``j`` of an image covers the ``(k·P)``-px cell
+    ``divmod(j, G)`` of the canvas, scaled back per axis. The markers get kind ``image_sep`` and no box; the
+    ``\\n\\n`` around them are text. The prompt goes through the chat template (``<start_of_turn>user ...``), whose
+    ``<start_of_image>`` placeholder the processor expands.
+
+    Attention is bidirectional inside each image block (``token_type_ids == 1``); the answer is text (0), which
+    :meth:`analysis_inputs` appends. Gemma's final logit soft cap is applied by :meth:`Adapter.lens_logits`.
+
+    Example:
+        >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> trace.layout.row(trace.image_positions[0])["grid_shape"]                       # doctest: +SKIP
+        (16, 16)
+    """
+
+    family = "Gemma 3"
+    model_types = ("gemma3",)
+    fallback_template = "<start_of_turn>user\n{image}{prompt}<end_of_turn>\n<start_of_turn>model\n"
+
+    # -- sizes, read from the loaded config ----------------------------------------------------------------------
+    @property
+    def image_token_id(self) -> int:
+        """Id of the soft image tokens (``<image_soft_token>``) that carry the pooled patches."""
+        return int(self.model.config.image_token_id)
+
+    @property
+    def marker_ids(self) -> tuple[int, int]:
+        """``<start_of_image>`` and ``<end_of_image>`` ids."""
+        config = self.model.config
+        return int(config.boi_token_id), int(config.eoi_token_id)
+
+    @property
+    def grid_size(self) -> int:
+        """``G``: tokens per side of the pooled grid."""
+        tokens = int(self.model.config.mm_tokens_per_image)
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise ProcessorMismatchError(f"mm_tokens_per_image = {tokens} is not a square number of tokens")
+        return side
+
+    @property
+    def pool_size(self) -> int:
+        """``k``: patches per side averaged into one token."""
+        vision = self.model.config.vision_config
+        return (int(vision.image_size) // int(vision.patch_size)) // self.grid_size
+
+    def vision_tokens_per_image(self) -> int:
+        vision = self.model.config.vision_config
+        return (int(vision.image_size) // int(vision.patch_size)) ** 2
+
+    # -- checks ------------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        soft = getattr(self.tokenizer, "image_token", None)
+        soft_id = None if soft is None else self.tokenizer.convert_tokens_to_ids(soft)
+        boi_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        if soft_id != self.image_token_id or boi_id != self.marker_ids[0]:
+            raise ProcessorMismatchError(
+                f"the processor's image tokens ({self.image_token!r} id {boi_id}, {soft!r} id {soft_id}) are not the "
+                f"model's (ids {self.marker_ids[0]} and {self.image_token_id}); load the processor from the same "
+                f"checkpoint as the model"
+            )
+        vocab = int(self.text_config.vocab_size)
+        if len(self.tokenizer) > vocab:
+            raise ProcessorMismatchError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
+                f"load the processor from the same checkpoint as the model"
+            )
+        seq_length = int(getattr(self.processor, "image_seq_length", self.model.config.mm_tokens_per_image))
+        if seq_length != int(self.model.config.mm_tokens_per_image):
+            raise ProcessorMismatchError(
+                f"the processor expands each image into {seq_length} tokens but the model gives "
+                f"{self.model.config.mm_tokens_per_image} (mm_tokens_per_image); load the processor from the same "
+                f"checkpoint as the model"
+            )
+
+    # -- prompt and inputs -------------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str, n_images: int) -> str:
+        """The chat template (or Gemma's ``<start_of_turn>`` format) with one ``<start_of_image>`` per image."""
+        if self.image_token in prompt or getattr(self.processor, "chat_template", None):
+            return super().format_prompt(prompt, n_images)
+        bos = self.tokenizer.bos_token or ""
+        return bos + self.fallback_template.format(image=self.image_token * n_images, prompt=prompt)
+
+    def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """Run the processor; a prompt that already starts with ``<bos>`` (Gemma's chat template writes it) gets no
+        second one, as in ``processor.apply_chat_template(..., tokenize=True)``."""
+        n_placeholders = text.count(self.image_token)
+        if n_placeholders != len(images):
+            raise ProcessorMismatchError(
+                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {len(images)} "
+                f"image(s); use one placeholder per image or none (mmviz then adds them)"
+            )
+        bos = self.tokenizer.bos_token
+        options = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+        inputs = dict(self.processor(images=list(images), text=text, return_tensors="pt", **options))
+        size = int(self.model.config.vision_config.image_size)
+        canvas = tuple(inputs["pixel_values"].shape[-2:])
+        if canvas != (size, size):
+            raise ProcessorMismatchError(
+                f"the processor makes {canvas[1]}×{canvas[0]} pixel inputs but the vision tower takes {size}×{size}; "
+                f"load the processor from the same checkpoint as the model (Gemma 3 checkpoints use 896)"
+            )
+        n_views = int(inputs["pixel_values"].shape[0])
+        if n_views != len(images):
+            raise ProcessorMismatchError(
+                f"the processor made {n_views} image views for {len(images)} image(s) (Pan & Scan crops); mmviz lays "
+                f"out one view per image for Gemma 3: pass a processor with do_pan_and_scan=False"
+            )
+        found = int((inputs["input_ids"] == self.image_token_id).sum())
+        expected = int(self.model.config.mm_tokens_per_image) * len(images)
+        if found != expected:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} image tokens for {len(images)} image(s), the model needs "
+                f"{expected} (mm_tokens_per_image per image); the processor's image_seq_length does not match"
+            )
+        return inputs
+
+    def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
+        """``token_type_ids`` extended with 0 (text) over the answer: answer tokens are causal text."""
+        token_type_ids = inputs.get("token_type_ids")
+        if token_type_ids is None or n_answer == 0:
+            return inputs
+        text = token_type_ids.new_zeros((token_type_ids.shape[0], n_answer))
+        return {**inputs, "token_type_ids": torch.cat([token_type_ids, text], dim=1)}
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    def layout(
+        self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        is_image = input_ids == self.image_token_id
+        strings = self.display_tokens(input_ids)
+        builder = LayoutBuilder(
+            ["<image>" if image else text for image, text in zip(is_image, strings, strict=True)],
+            self.special_mask(input_ids),
+        )
+        g, k, patch = self.grid_size, self.pool_size, int(self.model.config.vision_config.patch_size)
+        starts = np.flatnonzero(input_ids == self.marker_ids[0])
+        ends = np.flatnonzero(input_ids == self.marker_ids[1])
+        if not (len(starts) == len(ends) == len(images)):
+            raise ProcessorMismatchError(
+                f"found {len(starts)} <start_of_image> and {len(ends)} <end_of_image> markers for {len(images)} "
+                f"image(s); encode the prompt with this model's processor"
+            )
+        cell = k * patch
+        cells = geometry.grid_boxes(g, g, cell, cell)
+        for index, (start, end, image) in enumerate(zip(starts, ends, images, strict=True)):
+            span = np.arange(start + 1, end)
+            if len(span) != g * g or not is_image[span].all():
+                raise ProcessorMismatchError(
+                    f"image {index}'s block holds {len(span)} tokens between its markers, expected {g * g} image "
+                    f"tokens (mm_tokens_per_image)"
+                )
+            to_canvas = self.canvas_map(image.width, image.height)
+            boxes = geometry.clip_boxes(to_canvas.to_original(cells), image.width, image.height)
+            builder.mark_grid(span, image_index=index, view="base", grid_shape=(g, g), boxes=boxes)
+            for marker in (start, end):
+                builder.kinds[marker] = IMAGE_SEP
+                builder.image_index[marker] = index
+            covered = to_canvas.to_original(np.array([[0, 0, g * cell, g * cell]], dtype=np.float64))[0]
+            covered = np.clip(covered, 0, [image.width, image.height, image.width, image.height])
+            builder.images.append(ImageGeometry(image.width, image.height, tuple(float(v) for v in covered)))
+        if int(is_image.sum()) != g * g * len(images):
+            raise ProcessorMismatchError("image tokens were found outside the <start_of_image> … <end_of_image> blocks")
+        return builder.build()
+
+    def canvas_map(self, width: int, height: int) -> geometry.Affine:
+        """Original pixels → the processor's ``S × S`` canvas: a stretch (each axis resized on its own)."""
+        ip = self.processor.image_processor
+        if not getattr(ip, "do_resize", True):
+            return geometry.Affine()
+        size = dict(ip.size)
+        return geometry.resize(width, height, int(size["width"]), int(size["height"]))

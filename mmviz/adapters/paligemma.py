@@ -1,0 +1,136 @@
+"""PaliGemma / PaliGemma 2 (``model_type == "paligemma"``): SigLIP stretched to a square, one token per patch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmviz.adapters import geometry
+from mmviz.adapters.base import Adapter
+from mmviz.adapters.layout import ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.errors import ProcessorMismatchError
+
+
+class PaliGemmaAdapter(Adapter):
+    """PaliGemma: ``<image>``×G² per image, then ``<bos>`` + prompt + ``\\n`` (the processor adds both itself).
+
+    ``SiglipImageProcessor`` stretches every image to ``S × S`` (no aspect kept, no crop); the SigLIP tower has no
+    CLS, so token ``k`` of an image is the patch ``divmod(k, G)``, ``G = S / P``, and its box is that cell scaled
+    back per axis. There is no chat template: the prompt is the image placeholders followed by the question.
+
+    The prefix (image + prompt, ``token_type_ids == 0``) attends bidirectionally; generated tokens are the causal
+    suffix (``token_type_ids == 1``, as ``generate`` gives them), which :meth:`analysis_inputs` replays for the
+    analysis forward.
+
+    Example:
+        >>> trace = mmviz.trace(model, processor, "cat.png", "caption en")        # doctest: +SKIP
+        >>> trace.layout.row(trace.image_positions[0])["grid_shape"]              # doctest: +SKIP
+        (16, 16)
+    """
+
+    family = "PaliGemma"
+    model_types = ("paligemma",)
+    fallback_template = "{image}{prompt}"
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.config.vision_config.patch_size)
+
+    @property
+    def grid_size(self) -> int:
+        vision = self.model.config.vision_config
+        return int(vision.image_size) // int(vision.patch_size)
+
+    def vision_tokens_per_image(self) -> int:
+        return self.grid_size**2
+
+    def check(self) -> None:
+        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        if processor_id != self.image_token_id:
+            raise ProcessorMismatchError(
+                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
+                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
+            )
+        vocab = int(self.text_config.vocab_size)
+        if len(self.tokenizer) > vocab:
+            raise ProcessorMismatchError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
+                f"load the processor from the same checkpoint as the model"
+            )
+
+    def format_prompt(self, prompt: str, n_images: int) -> str:
+        """``<image>``×n + the prompt; the processor itself inserts ``<bos>`` after the images and appends ``\\n``."""
+        if self.image_token in prompt or getattr(self.processor, "chat_template", None):
+            return super().format_prompt(prompt, n_images)
+        return self.fallback_template.format(image=self.image_token * n_images, prompt=prompt)
+
+    def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        inputs = super().encode(images, text)
+        inputs.pop("labels", None)  # training targets the processor derives from token_type_ids; not a model input
+        size = int(self.model.config.vision_config.image_size)
+        canvas = tuple(inputs["pixel_values"].shape[-2:])
+        if canvas != (size, size):
+            raise ProcessorMismatchError(
+                f"the processor makes {canvas[1]}×{canvas[0]} pixel inputs but the vision tower takes {size}×{size}; "
+                f"load the processor from the same checkpoint as the model"
+            )
+        found = int((inputs["input_ids"] == self.image_token_id).sum())
+        expected = self.grid_size**2 * len(images)
+        if found != expected:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} image tokens for {len(images)} image(s), the model needs "
+                f"{expected} ({self.grid_size}×{self.grid_size} per image); the image processor's image_seq_length "
+                f"does not match the vision tower"
+            )
+        return inputs
+
+    def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
+        """``token_type_ids`` extended with 1 (causal suffix) over the answer, the value ``generate`` appends."""
+        token_type_ids = inputs.get("token_type_ids")
+        if token_type_ids is None or n_answer == 0:
+            return inputs
+        suffix = token_type_ids.new_ones((token_type_ids.shape[0], n_answer))
+        return {**inputs, "token_type_ids": torch.cat([token_type_ids, suffix], dim=1)}
+
+    def layout(
+        self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        is_image = input_ids == self.image_token_id
+        strings = self.display_tokens(input_ids)
+        builder = LayoutBuilder(
+            [self.image_token if image else text for image, text in zip(is_image, strings, strict=True)],
+            self.special_mask(input_ids),
+        )
+        g = self.grid_size
+        positions = np.flatnonzero(is_image)
+        if len(positions) != g * g * len(images):
+            raise ProcessorMismatchError(
+                f"found {len(positions)} image tokens for {len(images)} image(s) of {g}×{g} tokens each; "
+                f"encode the prompt with this model's processor"
+            )
+        patch = self.patch_size
+        cells = geometry.grid_boxes(g, g, patch, patch)
+        for index, image in enumerate(images):
+            to_canvas = self.canvas_map(image.width, image.height)
+            boxes = geometry.clip_boxes(to_canvas.to_original(cells), image.width, image.height)
+            span = positions[index * g * g : (index + 1) * g * g]
+            builder.mark_grid(span, image_index=index, view="base", grid_shape=(g, g), boxes=boxes)
+            covered = to_canvas.to_original(np.array([[0, 0, g * patch, g * patch]], dtype=np.float64))[0]
+            covered = np.clip(covered, 0, [image.width, image.height, image.width, image.height])
+            builder.images.append(ImageGeometry(image.width, image.height, tuple(float(v) for v in covered)))
+        return builder.build()
+
+    def canvas_map(self, width: int, height: int) -> geometry.Affine:
+        """Original pixels → the processor's ``S × S`` canvas: a stretch (SigLIP resizes each axis on its own)."""
+        ip = self.processor.image_processor
+        if not getattr(ip, "do_resize", True):
+            return geometry.Affine()
+        size = dict(ip.size)
+        return geometry.resize(width, height, int(size["width"]), int(size["height"]))
