@@ -102,3 +102,102 @@ export function cssGradient(direction = "to right", stops = 17): string {
   }
   return `linear-gradient(${direction}, ${parts.join(", ")})`;
 }
+
+/**
+ * Diverging map for signed values: ColorBrewer PuOr (colour-blind safe), purple for negative, near-white at 0,
+ * orange for positive. 255 entries so that 0 falls exactly on the centre entry (index 127); interpolated
+ * linearly in sRGB between ColorBrewer's 11 anchors, whose lightness rises monotonically towards the centre.
+ */
+const PUOR_ANCHORS = [
+  "2d004b", "542788", "8073ac", "b2abd2", "d8daeb", "f7f7f7", "fee0b6", "fdb863", "e08214", "b35806", "7f3b08",
+];
+
+export const DIVERGING_SIZE = 255;
+export const DIVERGING_CENTRE = (DIVERGING_SIZE - 1) / 2;
+
+/** Flat r,g,b bytes of the 255 diverging entries (index 0 = −1, 127 = 0, 254 = +1). */
+export const DIVERGING: Uint8Array = (() => {
+  const anchors = PUOR_ANCHORS.map((hex) => [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16)));
+  const out = new Uint8Array(DIVERGING_SIZE * 3);
+  const segments = anchors.length - 1;
+  for (let i = 0; i < DIVERGING_SIZE; i++) {
+    const x = (i / (DIVERGING_SIZE - 1)) * segments;
+    const k = Math.min(segments - 1, Math.floor(x));
+    const f = x - k;
+    for (let c = 0; c < 3; c++) out[3 * i + c] = Math.round(anchors[k]![c]! * (1 - f) + anchors[k + 1]![c]! * f);
+  }
+  return out;
+})();
+
+/** Diverging index of t in [−1, 1] (clamped; NaN → centre). */
+export function divergingIndexFor(t: number): number {
+  if (Number.isNaN(t)) return DIVERGING_CENTRE;
+  const c = Math.max(-1, Math.min(1, t));
+  return Math.round((c + 1) * DIVERGING_CENTRE);
+}
+
+export function divergingColor(index: number): RGB {
+  const i = Math.max(0, Math.min(DIVERGING_SIZE - 1, Math.round(index))) * 3;
+  return [DIVERGING[i]!, DIVERGING[i + 1]!, DIVERGING[i + 2]!];
+}
+
+/** Colour of t in [−1, 1] on the diverging map. */
+export function divergingColorFor(t: number): RGB {
+  return divergingColor(divergingIndexFor(t));
+}
+
+/** Index of the diverging entry nearest to (r, g, b). */
+export function divergingIndexOf(r: number, g: number, b: number): number {
+  let best = 0;
+  let bestD = Infinity;
+  for (let i = 0; i < DIVERGING_SIZE; i++) {
+    const dr = DIVERGING[3 * i]! - r;
+    const dg = DIVERGING[3 * i + 1]! - g;
+    const db = DIVERGING[3 * i + 2]! - b;
+    const d = dr * dr + dg * dg + db * db;
+    if (d < bestD) {
+      bestD = d;
+      best = i;
+      if (d === 0) break;
+    }
+  }
+  return best;
+}
+
+/**
+ * How values become colours: non-negative maps use viridis over [0, range]; signed maps use the diverging map
+ * over [−range, range] with range = max(|min|, |max|), so 0 is always the neutral centre.
+ */
+export interface ColorScale {
+  signed: boolean;
+  /** > 0 for a drawable map. */
+  range: number;
+}
+
+/** The scale of `values` (only indices where `mask` is non-zero, when given). NaN and ±Inf are ignored. */
+export function scaleOf(values: ArrayLike<number>, signed: boolean, mask?: ArrayLike<number>): ColorScale {
+  let range = 0;
+  for (let i = 0; i < values.length; i++) {
+    if (mask !== undefined && !mask[i]) continue;
+    const v = values[i]!;
+    if (!Number.isFinite(v)) continue;
+    const m = signed ? Math.abs(v) : v;
+    if (m > range) range = m;
+  }
+  return { signed, range };
+}
+
+export function scaleColor(scale: ColorScale, v: number): RGB {
+  const t = scale.range > 0 ? v / scale.range : 0;
+  return scale.signed ? divergingColorFor(t) : colorFor(t);
+}
+
+/** A CSS linear-gradient of the diverging map (left = −1, right = +1). */
+export function cssDivergingGradient(direction = "to right", stops = 17): string {
+  const parts: string[] = [];
+  for (let i = 0; i < stops; i++) {
+    const t = i / (stops - 1);
+    parts.push(`${toHex(divergingColorFor(2 * t - 1))} ${(t * 100).toFixed(2).replace(/\.?0+$/, "")}%`);
+  }
+  return `linear-gradient(${direction}, ${parts.join(", ")})`;
+}

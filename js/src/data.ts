@@ -28,6 +28,16 @@ export interface ImageMeta {
   covered: Rect | null;
 }
 
+/** One view of an image (e.g. LLaVA-NeXT `base` / `crop`, Idefics3 `tile` / `global`): a layer of its columns. */
+export interface ViewInfo {
+  /** Index into `view_names` (the wire code). */
+  code: number;
+  /** Display name (`base`, `crop`, ...; `view N` when the name is unknown or empty). */
+  name: string;
+  /** Columns of this image in this view, in column order. */
+  columns: readonly number[];
+}
+
 export interface Meta {
   family: string;
   model_name: string;
@@ -68,6 +78,9 @@ export class WidgetData {
     readonly heads: TensorReader | null,
     /** `[L, Q, P]`, or null when not shipped. */
     readonly mean: TensorReader | null,
+    /** View code of each column (index into `viewNames`); all 0 when not shipped. */
+    readonly viewCodes: Uint8Array = new Uint8Array(imagePositions.length),
+    readonly viewNames: readonly string[] = [],
   ) {
     const n = tokens.length;
     this.rowByPos = new Int32Array(n).fill(-1);
@@ -80,6 +93,78 @@ export class WidgetData {
     });
     this.columnsByImage = Array.from({ length: this.nImages }, () => [] as number[]);
     imageIndex.forEach((img, p) => this.columnsByImage[img]?.push(p));
+    this.viewsByImage = this.columnsByImage.map((cols) => {
+      const byCode = new Map<number, number[]>();
+      for (const p of cols) {
+        const code = viewCodes[p] ?? 0;
+        let list = byCode.get(code);
+        if (!list) byCode.set(code, (list = []));
+        list.push(p);
+      }
+      return [...byCode.entries()]
+        .sort((a, b) => a[0] - b[0])
+        .map(([code, columns]) => ({ code, name: viewNames[code] || (code === 0 ? "image" : `view ${code}`), columns }));
+    });
+  }
+
+  private readonly viewsByImage: ViewInfo[][];
+
+  /** The views of image `i`, by view code. One entry (or none) for an image shown as a single layer. */
+  viewsOf(image: number): readonly ViewInfo[] {
+    return this.viewsByImage[image] ?? [];
+  }
+
+  /**
+   * The view shown by default for image `i`: the finest one, i.e. the one with the most columns (ties: the
+   * smaller mean box, then the lower code). −1 when the image has no columns.
+   */
+  defaultView(image: number): number {
+    let best: ViewInfo | null = null;
+    let bestArea = Infinity;
+    for (const v of this.viewsOf(image)) {
+      let area = 0;
+      for (const p of v.columns) {
+        const [x0, y0, x1, y1] = this.box(p);
+        area += (x1 - x0) * (y1 - y0);
+      }
+      area /= Math.max(1, v.columns.length);
+      if (best === null || v.columns.length > best.columns.length || (v.columns.length === best.columns.length && area < bestArea)) {
+        best = v;
+        bestArea = area;
+      }
+    }
+    return best === null ? -1 : best.code;
+  }
+
+  /** The default view of every image. */
+  defaultViews(): number[] {
+    return Array.from({ length: this.nImages }, (_, i) => this.defaultView(i));
+  }
+
+  /**
+   * Per column, 1 when it is drawn: columns of images with a single view always are; of an image with several
+   * views, only those of the selected view (`views[image]`, a view code; a code the image lacks → its default).
+   * Views of one image cover the same pixels, so they are never drawn (or scaled) together.
+   */
+  visibleColumns(views: readonly number[]): Uint8Array {
+    const mask = new Uint8Array(this.P);
+    for (let i = 0; i < this.nImages; i++) {
+      const list = this.viewsOf(i);
+      const code = this.selectedView(i, views);
+      for (const v of list) {
+        if (list.length > 1 && v.code !== code) continue;
+        for (const p of v.columns) mask[p] = 1;
+      }
+    }
+    return mask;
+  }
+
+  /** The view code drawn for image `i` given the selection `views` (validated; default when absent). */
+  selectedView(image: number, views: readonly number[]): number {
+    const want = views[image];
+    const list = this.viewsOf(image);
+    if (want !== undefined && list.some((v) => v.code === want)) return want;
+    return this.defaultView(image);
   }
 
   /** N, the number of sequence positions. */
@@ -304,6 +389,17 @@ export function buildData(model: TraitSource): WidgetData {
   if (imageIdx.length !== P) throw new Error(`mmviz: token_layout.image_index has ${imageIdx.length} values, expected ${P}`);
   for (const i of imageIdx) if (i < 0) throw new Error(`mmviz: token_layout.image_index holds ${i}`);
 
+  let viewCodes: Uint8Array;
+  if (layout.view === undefined || layout.view === null) {
+    viewCodes = new Uint8Array(P);
+  } else if (isByteSource(layout.view)) {
+    viewCodes = asBytes(layout.view);
+    if (viewCodes.length !== P) throw new Error(`mmviz: token_layout.view has ${viewCodes.length} entries, expected ${P}`);
+  } else {
+    throw new Error("mmviz: token_layout.view must be bytes (uint8)");
+  }
+  const viewNames = Array.isArray(layout.view_names) ? layout.view_names.map((v) => (typeof v === "string" ? v : String(v))) : [];
+
   const images = Array.isArray(layout.images) ? layout.images.map(parseImageMeta) : [];
   const rawImages = model.get("images");
   const imageBytes = (Array.isArray(rawImages) ? rawImages : []).map((b, i) => {
@@ -358,5 +454,7 @@ export function buildData(model: TraitSource): WidgetData {
     meta,
     heads,
     mean,
+    viewCodes,
+    viewNames,
   );
 }

@@ -27,40 +27,35 @@ export function focusToken(s: Readonly<FocusState>): number | null {
   return s.pinnedToken ?? s.hoverToken;
 }
 
-export class Store {
-  private state: FocusState;
-  private readonly listeners = new Set<Listener>();
+/** A small immutable state with synchronous pub/sub (listeners run only when a value changed, by Object.is). */
+export class StateStore<T extends object> {
+  private state: T;
+  private readonly listeners = new Set<(state: Readonly<T>, prev: Readonly<T>) => void>();
 
-  constructor(initial: Partial<FocusState> = {}) {
-    this.state = { ...INITIAL_STATE, ...initial };
+  constructor(initial: T) {
+    this.state = { ...initial };
   }
 
-  get(): Readonly<FocusState> {
+  get(): Readonly<T> {
     return this.state;
   }
 
   /** Merge `patch`; listeners run synchronously, and only when a value actually changed. */
-  set(patch: Partial<FocusState>): void {
+  set(patch: Partial<T>): void {
     const prev = this.state;
-    let changed = false;
-    for (const key of Object.keys(patch) as (keyof FocusState)[]) {
-      const value = patch[key];
-      if (value !== undefined && !Object.is(prev[key], value)) {
-        changed = true;
-        break;
-      }
-    }
+    const keys = Object.keys(patch) as (keyof T)[];
+    const changed = keys.some((key) => patch[key] !== undefined && !Object.is(prev[key], patch[key]));
     if (!changed) return;
     const next = { ...prev };
-    for (const key of Object.keys(patch) as (keyof FocusState)[]) {
+    for (const key of keys) {
       const value = patch[key];
-      if (value !== undefined) (next as Record<keyof FocusState, number | null>)[key] = value;
+      if (value !== undefined) next[key] = value as T[keyof T];
     }
     this.state = next;
     for (const fn of [...this.listeners]) fn(next, prev);
   }
 
-  subscribe(fn: Listener): () => void {
+  subscribe(fn: (state: Readonly<T>, prev: Readonly<T>) => void): () => void {
     this.listeners.add(fn);
     return () => {
       this.listeners.delete(fn);
@@ -70,5 +65,25 @@ export class Store {
   /** Drop every listener (view cleanup). */
   clear(): void {
     this.listeners.clear();
+  }
+}
+
+export class Store extends StateStore<FocusState> {
+  constructor(initial: Partial<FocusState> = {}) {
+    super({ ...INITIAL_STATE, ...initial });
+  }
+}
+
+/** View-local choice of what is drawn: the map method (synced to Python) and each image's view (browser only). */
+export interface DisplayState {
+  /** `"attention"` or a key of `maps`. */
+  method: string;
+  /** View code drawn for each image (see `WidgetData.selectedView`); −1 = the image's default. */
+  views: readonly number[];
+}
+
+export class DisplayStore extends StateStore<DisplayState> {
+  constructor(initial: Partial<DisplayState> = {}) {
+    super({ method: "attention", views: [], ...initial });
   }
 }

@@ -1,13 +1,16 @@
-/** Debounced browser → Python sync of `layer`, `head` and `pinned` (hover never leaves the browser). */
+/** Debounced browser → Python sync of `layer`, `head`, `pinned` and `method` (hover never leaves the browser). */
 
 import type { FocusState } from "./store";
 import type { Model } from "./widget";
 
 export const SYNC_DELAY_MS = 150;
 
+/** What is synced: the focus state, plus the map method when the view has one. */
+export type SyncState = Readonly<FocusState> & { readonly method?: string };
+
 export class ModelSync {
   private timer: ReturnType<typeof setTimeout> | null = null;
-  private pending: Readonly<FocusState> | null = null;
+  private pending: SyncState | null = null;
 
   constructor(
     private readonly model: Model,
@@ -15,7 +18,7 @@ export class ModelSync {
   ) {}
 
   /** Schedule a sync of `s` (the latest call wins). */
-  schedule(s: Readonly<FocusState>): void {
+  schedule(s: SyncState): void {
     this.pending = s;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = setTimeout(() => this.flush(), this.delay);
@@ -28,11 +31,12 @@ export class ModelSync {
     const s = this.pending;
     this.pending = null;
     if (s === null) return;
-    const want: Record<string, number> = {
+    const want: Record<string, number | string> = {
       layer: s.layer,
       head: s.head,
       pinned: s.pinnedToken ?? -1,
     };
+    if (typeof s.method === "string") want.method = s.method;
     let dirty = false;
     for (const [key, value] of Object.entries(want)) {
       if (this.model.get(key) !== value) {

@@ -85,3 +85,68 @@ export function makeState(opts: StateOptions = {}): Record<string, unknown> {
 export function source(state: Record<string, unknown>): { get(key: string): unknown } {
   return { get: (key: string) => state[key] };
 }
+
+/** A `maps` entry as Python's `map_payload` sends it (uint8, one range per row). */
+export function mapEntry(
+  values: ArrayLike<number>,
+  shape: number[],
+  positions: number[],
+  opts: { layers?: number[] | null; signed?: boolean; label?: string; meaning?: string } = {},
+): Record<string, unknown> {
+  return {
+    label: opts.label ?? "Relevancy",
+    meaning: opts.meaning ?? "How much each image token contributed to the token.",
+    signed: opts.signed ?? false,
+    values: encodeUint8(values, shape),
+    positions: int32Bytes(positions),
+    layers: opts.layers ?? null,
+  };
+}
+
+/** Relevancy of the answer token (position 9) over the 4 columns: the largest in column 2. */
+export const RELEVANCY = [0.1, 0.2, 0.9, 0.3];
+/** A signed map of positions 8 and 9: position 9 is most positive at column 0 and most negative at column 3. */
+export const SIGNED = [0.5, -0.1, 0.2, -0.25, 0.8, 0.1, -0.3, -1.2];
+/** A per-layer map (slices after layers 0 and 1) of the single row of position 9. */
+export const LAYERED = [0.4, 0.3, 0.2, 0.1, 0.1, 0.2, 0.3, 0.4];
+
+export function catalogueEntry(
+  name: string,
+  patch: Partial<{ label: string; meaning: string; signed: boolean; layered: boolean; cost: string; computed: boolean; available: boolean }> = {},
+): Record<string, unknown> {
+  return {
+    name,
+    label: name === "attention" ? "Attention" : name.charAt(0).toUpperCase() + name.slice(1),
+    meaning: `${name} meaning.`,
+    signed: false,
+    layered: name === "attention",
+    cost: name === "attention" ? "instant" : "fast",
+    computed: name === "attention",
+    available: true,
+    ...patch,
+  };
+}
+
+/** makeState plus a method catalogue and the maps named in `computed`. */
+export function makeMethodsState(computed: string[] = ["relevancy"], opts: StateOptions = {}): Record<string, unknown> {
+  const all: Record<string, Record<string, unknown>> = {
+    relevancy: mapEntry(RELEVANCY, [1, P], [9]),
+    signed: mapEntry(SIGNED, [2, P], [8, 9], { signed: true, label: "Signed", meaning: "signed meaning." }),
+    layered: mapEntry(LAYERED, [2, 1, P], [9], { layers: [0, 1], label: "Layered", meaning: "layered meaning." }),
+  };
+  const maps: Record<string, unknown> = {};
+  for (const name of computed) maps[name] = all[name];
+  return {
+    ...makeState(opts),
+    method: "attention",
+    methods: [
+      catalogueEntry("attention"),
+      catalogueEntry("relevancy", { computed: computed.includes("relevancy") }),
+      catalogueEntry("signed", { signed: true, cost: "slow", computed: computed.includes("signed") }),
+      catalogueEntry("layered", { layered: true, computed: computed.includes("layered") }),
+      catalogueEntry("missing", { available: false }),
+    ],
+    maps,
+    busy: "",
+  };
+}

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmviz.widget import bundle
@@ -99,3 +100,40 @@ def open_inspector(page, inspector, tmp_path: Path):
     page.wait_for_selector(".mmviz-root", timeout=15_000)
     page.wait_for_function("() => document.querySelector('.mmviz-heat') !== null", timeout=15_000)
     return page
+
+
+_HEAT_VALUES_JS = """([centres, width, image]) => {
+    const canvas = document.querySelectorAll('.mmviz-heat')[image];
+    const scale = canvas.width / width;
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    const signed = canvas.dataset.signed === '1';
+    const range = canvas.dataset.range === '' ? 0 : +canvas.dataset.range;
+    const lut = signed ? window.mmvizView.colormaps.diverging : window.mmvizView.colormaps.viridis;
+    const n = lut.length / 3;
+    const decode = (r, g, b) => {
+        let best = 0, bestD = Infinity;
+        for (let i = 0; i < n; i++) {
+            const d = (lut[3 * i] - r) ** 2 + (lut[3 * i + 1] - g) ** 2 + (lut[3 * i + 2] - b) ** 2;
+            if (d < bestD) { bestD = d; best = i; }
+        }
+        return signed ? (best / ((n - 1) / 2) - 1) * range : (best / (n - 1)) * range;
+    };
+    const rgba = centres.map(([x, y]) => {
+        const i = (Math.floor(y * scale) * canvas.width + Math.floor(x * scale)) * 4;
+        return [pixels[i], pixels[i + 1], pixels[i + 2], pixels[i + 3]];
+    });
+    return { rgba, values: rgba.map(([r, g, b, a]) => (a === 255 ? decode(r, g, b) : NaN)), signed, range };
+}"""
+
+
+def heat_values(page, boxes, width: int, image: int = 0) -> dict:
+    """The heat canvas of image ``image`` at the centre of every box (original pixels), read back through the page's
+    own colour maps: ``{"rgba": (B, 4), "values": (B,) (NaN where transparent), "signed": bool, "range": float}``."""
+    centres = [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in np.asarray(boxes).tolist()]
+    out = page.evaluate(_HEAT_VALUES_JS, [centres, width, image])
+    return {
+        "rgba": np.array(out["rgba"], dtype=np.int64).reshape(-1, 4),
+        "values": np.array([np.nan if v is None else v for v in out["values"]], dtype=float),
+        "signed": bool(out["signed"]),
+        "range": float(out["range"]),
+    }

@@ -7,6 +7,7 @@
  */
 
 import { base64ToBytes } from "../codec";
+import { DIVERGING, VIRIDIS } from "../colormap";
 import { initialize, render } from "../widget";
 
 type Callback = (...args: any[]) => void;
@@ -24,15 +25,25 @@ export interface StaticModel {
   readonly sent: { content: unknown; buffers: ArrayBuffer[] | ArrayBufferView[] | undefined }[];
   /** The current state (live object). */
   readonly state: Record<string, unknown>;
+  /** False: no kernel answers `send` (an exported page), so the widget offers no compute-on-request. */
+  readonly kernel: boolean;
+  /** Deliver a custom message as if the kernel had sent it (`msg:custom` listeners get `content, buffers`). */
+  receive(content: unknown, buffers?: DataView[]): void;
   readonly widget_manager: { get_model(id: string): Promise<never> };
 }
 
-export function createStaticModel(state: Record<string, unknown> = {}): StaticModel {
+export interface StaticModelOptions {
+  /** Pretend a kernel answers `send` (tests that play the kernel with `receive`). Default false. */
+  kernel?: boolean;
+}
+
+export function createStaticModel(state: Record<string, unknown> = {}, options: StaticModelOptions = {}): StaticModel {
   const values: Record<string, unknown> = { ...state };
   const listeners = new Map<string, Set<Callback>>();
   let dirty: Record<string, unknown> = {};
   const model: StaticModel = {
     state: values,
+    kernel: options.kernel ?? false,
     savedChanges: [],
     sent: [],
     get(key) {
@@ -65,6 +76,9 @@ export function createStaticModel(state: Record<string, unknown> = {}): StaticMo
     send(content, _callbacks, buffers) {
       model.sent.push({ content, buffers });
     },
+    receive(content, buffers = []) {
+      for (const cb of [...(listeners.get("msg:custom") ?? [])]) cb(content, buffers);
+    },
     widget_manager: {
       get_model(id: string) {
         return Promise.reject(new Error(`mmviz static host: no widget manager (model ${id})`));
@@ -93,6 +107,8 @@ export function putAtPath(state: Record<string, unknown>, path: readonly (string
 
 export interface Mounted {
   model: StaticModel;
+  /** Test hook: the colour maps as flat r,g,b lists (viridis 256 entries: 0…max; diverging 255: −range…+range). */
+  colormaps: { viridis: number[]; diverging: number[] };
   /** Undo the render (listeners, DOM) and the initialize. */
   destroy(): void;
 }
@@ -117,6 +133,7 @@ export function mountStatic(el: HTMLElement, payload: StaticPayload): Mounted {
   }
   return {
     model,
+    colormaps: { viridis: [...VIRIDIS], diverging: [...DIVERGING] },
     destroy() {
       cleanup();
       endInit();

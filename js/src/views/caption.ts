@@ -1,6 +1,7 @@
 /** One plain-language line saying what is on screen. Built with textContent only. */
 
 import type { WidgetData } from "../data";
+import { costHint, explainsAnswerTokens, type MethodInfo, type MethodMap, type SliceChoice } from "../methods";
 import type { FocusState } from "../store";
 import { displayToken } from "./token-strip";
 
@@ -68,8 +69,88 @@ export function captionText(data: WidgetData, c: CaptionState): string {
 function patchText(data: WidgetData, p: number): string {
   const g = data.grid;
   const where = g.length === 2 * data.P ? ` (grid row ${g[2 * p]}, column ${g[2 * p + 1]})` : "";
-  const img = data.nImages > 1 ? ` of image ${(data.imageIndex[p] ?? 0) + 1}` : "";
-  return `image patch ${p}${where}${img}`;
+  const image = data.imageIndex[p] ?? 0;
+  const views = data.viewsOf(image);
+  const view = views.length > 1 ? views.find((v) => v.code === data.viewCodes[p]) : undefined;
+  const img = data.nImages > 1 ? ` of image ${image + 1}` : view ? " of the image" : "";
+  return `image patch ${p}${where}${view ? ` in the ${view.name} view` : ""}${img}`;
+}
+
+/** What the caption needs to describe a map method other than attention (or attention shipped as a map). */
+export interface MethodCaptionState {
+  state: Readonly<FocusState>;
+  focus: number | null;
+  info: Pick<MethodInfo, "name" | "label" | "meaning" | "cost">;
+  /** The computed map, or null when `maps` does not hold it. */
+  map: MethodMap | null;
+  /** Row of the focused token, −1 if none. */
+  row: number;
+  /** The slice shown (layered maps), or null. */
+  slice: SliceChoice | null;
+  /** Colour range of the shown map (0: nothing to draw). */
+  range: number;
+  /** The kernel is computing it (for this view or from Python). */
+  pending: boolean;
+  /** Why the last request for it failed, or null. */
+  failed: string | null;
+  /** Selecting it can start a computation (a kernel and a model are there). */
+  canCompute: boolean;
+  /** The page is a static export (no kernel at all). */
+  staticPage: boolean;
+}
+
+function sliceText(c: MethodCaptionState): string {
+  const sl = c.slice;
+  if (sl === null || sl.layer === null) return "";
+  if (sl.exact) return `, layer ${sl.layer}`;
+  return `, layer ${sl.layer} (layer ${c.state.layer} has no ${c.info.label} map; showing the nearest layer)`;
+}
+
+export function methodCaptionText(data: WidgetData, c: MethodCaptionState): string {
+  const { state: s, info, map } = c;
+  const label = info.label;
+  const about = info.meaning ? ` ${info.meaning}` : "";
+  if (map === null) {
+    if (c.pending) {
+      return `Computing ${label} in the kernel (${costHint(info.cost)})… the map appears here when it is done.${about}`;
+    }
+    if (c.failed !== null) return `${label} could not be computed: ${c.failed}.${about}`;
+    if (!c.canCompute) {
+      return c.staticPage
+        ? `${label} was not computed before this page was exported, and the page has no kernel to compute it ` +
+            `(pass methods=["${info.name}"] to mmviz.trace or mmviz.inspect).${about}`
+        : `${label} was not computed, and it cannot be: the trace has no model attached.${about}`;
+    }
+    return `${label} is not computed yet: run inspector.compute("${info.name}") in Python.${about}`;
+  }
+  const sl = sliceText(c);
+  const pinNote =
+    s.pinnedToken !== null && c.focus === s.pinnedToken ? " (pinned: click it again or press Esc to unpin)" : "";
+  const patch = s.hoverPatch;
+  const patchNote = patch !== null ? ` Highlighted tokens are tinted by their ${label} value at ${patchText(data, patch)}.` : "";
+  const signedNote = map.signed ? " Orange is positive, purple negative, white 0." : "";
+  const which = explainsAnswerTokens(map, data.answerStart) ? "answer tokens" : "the highlighted tokens";
+  if (c.focus !== null) {
+    const tok = quoteToken(data.tokens[c.focus] ?? "");
+    if (c.row < 0) {
+      return (
+        `${label} explains ${which}; hover one of the highlighted tokens ` +
+        `(${tok} at position ${c.focus} has no ${label} map).${pinNote}${patchNote}`
+      );
+    }
+    if (!(c.range > 0)) {
+      return `${label} of ${tok} (position ${c.focus}) is 0 on every image token${sl}.${pinNote}${patchNote}${about}`;
+    }
+    const where = map.rows === "queries" ? `query row at position ${c.focus}` : `position ${c.focus}`;
+    return `${label} of ${tok} (${where}) over image tokens${sl}${pinNote}.${patchNote}${signedNote}${about}`;
+  }
+  if (patch !== null) {
+    return `${label} at ${patchText(data, patch)} for every highlighted token${sl}; tokens are tinted by value.${signedNote}${about}`;
+  }
+  return (
+    `${label}${sl}: hover one of the highlighted tokens (${which === "answer tokens" ? "the answer" : "those with a map"}) ` +
+    `to see its map (click to pin, Esc to unpin).${about}`
+  );
 }
 
 export class Caption {
@@ -79,8 +160,8 @@ export class Caption {
     this.el.className = "mmviz-caption";
     this.el.setAttribute("aria-live", "polite");
   }
-  update(c: CaptionState): void {
-    const text = captionText(this.data, c);
+  update(c: CaptionState | { method: MethodCaptionState }): void {
+    const text = "method" in c ? methodCaptionText(this.data, c.method) : captionText(this.data, c);
     if (this.el.textContent !== text) this.el.textContent = text;
   }
 }

@@ -9,11 +9,13 @@ export class Controls {
   readonly layerLabel: HTMLOutputElement;
   readonly headSelect: HTMLSelectElement;
   private readonly disposers: (() => void)[] = [];
+  private readonly L: number;
 
   constructor(
     data: WidgetData,
     private readonly store: Store,
   ) {
+    this.L = data.L;
     const el = document.createElement("div");
     el.className = "mmviz-controls";
 
@@ -68,6 +70,18 @@ export class Controls {
       head.removeEventListener("change", onHead);
     });
     this.update(store.get());
+  }
+
+  /**
+   * Which controls apply to the shown map: the head selector to attention only, the layer slider to attention
+   * and per-layer maps. Disabled controls keep their value.
+   */
+  setApplicable(layer: boolean, head: boolean, why: string): void {
+    const noData = this.L === 0;
+    this.layerInput.disabled = noData || !layer;
+    this.headSelect.disabled = noData || !head;
+    this.layerInput.title = layer ? "" : why;
+    this.headSelect.title = head ? "" : why;
   }
 
   /** Reflect the store (changes from the other controls' view or from Python). */

@@ -1,10 +1,12 @@
 /**
- * One input image: the photo, the attention heatmap over its token boxes, and the hovered-patch outline,
- * as three stacked canvases whose intrinsic size equals their display size.
+ * One input image: the photo, the heatmap over its token boxes, and the hovered-patch outline, as three stacked
+ * canvases whose intrinsic size equals their display size. An image with several views (e.g. a low-resolution
+ * base and high-resolution crops of the same pixels) shows one view at a time, picked in its view selector:
+ * views are layers, never averaged or drawn over each other.
  */
 
-import { colorFor } from "../colormap";
-import type { ImageMeta, Rect, WidgetData } from "../data";
+import { scaleColor, type ColorScale } from "../colormap";
+import type { ImageMeta, Rect, ViewInfo, WidgetData } from "../data";
 import type { Store } from "../store";
 
 export const DEFAULT_MAX_SIDE = 384;
@@ -34,8 +36,16 @@ export class ImageView {
   private readonly meta: ImageMeta;
   private readonly sx: number;
   private readonly sy: number;
-  /** This image's columns, largest box first (finer boxes drawn on top when views overlap). */
-  private readonly paintOrder: number[];
+  /** The drawn view's columns, largest box first (finer boxes on top if boxes of one view overlap). */
+  private paintOrder: number[] = [];
+  /** Columns of the drawn view (hover finds patches among these only). */
+  private visible: readonly number[] = [];
+  private visibleSet = new Set<number>();
+  private readonly views: readonly ViewInfo[];
+  /** View code drawn (−1 before the first setView, or when the image has no columns). */
+  private viewCode = -1;
+  readonly viewSelect: HTMLSelectElement | null = null;
+  private readonly label: HTMLDivElement;
   /** Integer pixel rectangle of each of this image's columns. */
   private readonly rects = new Map<number, Rect>();
   private heatImage: ImageData | null = null;
@@ -49,6 +59,8 @@ export class ImageView {
     private readonly store: Store,
     readonly index: number,
     maxSide = DEFAULT_MAX_SIDE,
+    /** Called when the user picks another view of this image (a view code). */
+    onView: (image: number, code: number) => void = () => {},
   ) {
     this.meta = data.images[index] ?? { width: maxSide, height: maxSide, covered: null };
     const [w, h] = displaySize(this.meta.width, this.meta.height, maxSide);
@@ -58,11 +70,7 @@ export class ImageView {
     this.sy = h / this.meta.height;
 
     const cols = data.columnsOf(index);
-    const area = (p: number): number => {
-      const [x0, y0, x1, y1] = data.box(p);
-      return (x1 - x0) * (y1 - y0);
-    };
-    this.paintOrder = [...cols].sort((a, b) => area(b) - area(a) || a - b);
+    this.views = data.viewsOf(index);
     for (const p of cols) this.rects.set(p, pixelRect(data.box(p), this.sx, this.sy, w, h));
 
     const el = document.createElement("div");
@@ -93,11 +101,36 @@ export class ImageView {
     this.photo.setAttribute("aria-label", `input image ${index + 1}`);
     const label = document.createElement("div");
     label.className = "mmviz-image-label";
-    label.textContent =
-      `${data.nImages > 1 ? `image ${index + 1} · ` : ""}${this.meta.width}×${this.meta.height} px · ` +
-      `${cols.length} image tokens`;
-    el.append(stack, label);
+    this.label = label;
+    const footer = document.createElement("div");
+    footer.className = "mmviz-image-footer";
+    footer.style.maxWidth = `${Math.max(w, 240)}px`; // wrap under the image rather than widen its column
+    footer.append(label);
+    if (this.views.length > 1) {
+      const wrap = document.createElement("label");
+      wrap.className = "mmviz-control mmviz-view-control";
+      const text = document.createElement("span");
+      text.textContent = "View";
+      const select = document.createElement("select");
+      select.className = "mmviz-view-select";
+      select.dataset.image = String(index);
+      select.title = "Views of one image cover the same pixels; they are shown one at a time, never averaged.";
+      for (const v of this.views) {
+        const o = document.createElement("option");
+        o.value = String(v.code);
+        o.textContent = `${v.name} (${v.columns.length} tokens)`;
+        select.append(o);
+      }
+      wrap.append(text, select);
+      footer.append(wrap);
+      this.viewSelect = select;
+      const onChange = (): void => onView(index, Number(select.value));
+      select.addEventListener("change", onChange);
+      this.disposers.push(() => select.removeEventListener("change", onChange));
+    }
+    el.append(stack, footer);
     this.el = el;
+    this.setView(data.defaultView(index));
 
     const onMove = (ev: MouseEvent): void => {
       const r = stack.getBoundingClientRect();
@@ -118,14 +151,47 @@ export class ImageView {
     void data.bitmap(index).then((bmp) => this.drawPhoto(bmp));
   }
 
+  /** Draw view `code` of this image (a no-op when it is already drawn; an unknown code draws every column). */
+  setView(code: number): void {
+    if (code === this.viewCode && this.label.textContent !== "") return;
+    this.viewCode = code;
+    const { data } = this;
+    const view = this.views.find((v) => v.code === code);
+    const cols = this.views.length > 1 && view ? view.columns : data.columnsOf(this.index);
+    const area = (p: number): number => {
+      const [x0, y0, x1, y1] = data.box(p);
+      return (x1 - x0) * (y1 - y0);
+    };
+    this.visible = cols;
+    this.visibleSet = new Set(cols);
+    this.paintOrder = [...cols].sort((a, b) => area(b) - area(a) || a - b);
+    const total = data.columnsOf(this.index).length;
+    const size = `${data.nImages > 1 ? `image ${this.index + 1} · ` : ""}${this.meta.width}×${this.meta.height} px`;
+    this.label.textContent =
+      this.views.length > 1 && view
+        ? `${size} · ${view.name} view: ${cols.length} of ${total} image tokens`
+        : `${size} · ${total} image tokens`;
+    this.el.dataset.view = view && this.views.length > 1 ? view.name : "";
+    if (this.viewSelect && view && this.viewSelect.value !== String(code)) this.viewSelect.value = String(code);
+    this.heatKey = undefined; // repaint
+    this.outlinePatch = null;
+    const ctx = this.ctx(this.outline);
+    ctx?.clearRect(0, 0, this.width, this.height);
+  }
+
+  /** The view drawn (its code; −1 when the image has no columns). */
+  get view(): number {
+    return this.viewCode;
+  }
+
   /**
-   * Column of this image whose box contains (x, y) in original pixels (half-open boxes); the smallest
-   * box wins when boxes overlap (e.g. a global view and local crops of the same image). Null if none.
+   * Column of the drawn view whose box contains (x, y) in original pixels (half-open boxes); the smallest
+   * box wins when boxes overlap. Null if none.
    */
   columnAt(x: number, y: number): number | null {
     let best: number | null = null;
     let bestArea = Infinity;
-    for (const p of this.data.columnsOf(this.index)) {
+    for (const p of this.visible) {
       const [x0, y0, x1, y1] = this.data.box(p);
       if (x >= x0 && x < x1 && y >= y0 && y < y1) {
         const a = (x1 - x0) * (y1 - y0);
@@ -174,16 +240,17 @@ export class ImageView {
   }
 
   /**
-   * Fill every box of this image with the opaque LUT colour of value / vmax; transparent elsewhere.
+   * Fill every box of the drawn view with the opaque colour of its value on `scale`; transparent elsewhere.
    * `map` holds all P columns (null = nothing focused). Painting is skipped when `key` is unchanged.
    */
-  paintHeat(map: Float32Array | null, vmax: number, row: number, key: unknown): void {
+  paintHeat(map: Float32Array | null, scale: ColorScale, row: number, key: unknown): void {
     if (key === this.heatKey) return;
     this.heatKey = key;
     const ctx = this.ctx(this.heat);
     const { width: w, height: h } = this;
+    const drawn = map !== null && scale.range > 0;
     if (ctx) {
-      if (map === null || !(vmax > 0)) {
+      if (!drawn) {
         ctx.clearRect(0, 0, w, h);
       } else {
         if (this.heatImage === null) this.heatImage = ctx.createImageData(w, h);
@@ -192,7 +259,7 @@ export class ImageView {
         for (const p of this.paintOrder) {
           const v = map[p]!;
           if (!Number.isFinite(v)) continue; // NaN stays transparent
-          const [r, g, b] = colorFor(v / vmax);
+          const [r, g, b] = scaleColor(scale, v);
           const [x0, y0, x1, y1] = this.rects.get(p)!;
           for (let y = y0; y < y1; y++) {
             let i = (y * w + x0) * 4;
@@ -208,11 +275,13 @@ export class ImageView {
       }
     }
     this.heat.dataset.row = String(row);
+    this.heat.dataset.signed = scale.signed ? "1" : "0";
+    this.heat.dataset.range = drawn ? String(scale.range) : "";
   }
 
   /** Outline the hovered column when it belongs to this image. */
   paintOutline(patch: number | null): void {
-    const mine = patch !== null && this.rects.has(patch) ? patch : null;
+    const mine = patch !== null && this.visibleSet.has(patch) ? patch : null;
     if (mine === this.outlinePatch) return;
     this.outlinePatch = mine;
     const ctx = this.ctx(this.outline);

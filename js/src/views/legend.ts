@@ -1,6 +1,6 @@
 /** Colour bar with the value range of the current map. */
 
-import { cssGradient } from "../colormap";
+import { cssDivergingGradient, cssGradient } from "../colormap";
 
 /** 3 significant digits; "0" for zero. */
 export function formatValue(v: number): string {
@@ -10,10 +10,14 @@ export function formatValue(v: number): string {
 }
 
 export interface LegendState {
-  /** Max of the image heatmap, or null when no map is shown. */
+  /** Range of the image heatmap (its max; for signed maps max |value|), or null when no map is shown. */
   vmax: number | null;
-  /** Max of the token tint (attention to the hovered patch), or null. */
+  /** Range of the token tint (the map's values at the hovered patch), or null. */
   tokenMax: number | null;
+  /** Signed maps: diverging colours over [−range, range]. */
+  signed?: boolean;
+  /** The map's name, e.g. "raw attention" or "Relevancy". */
+  label?: string;
 }
 
 export class Legend {
@@ -21,8 +25,11 @@ export class Legend {
   private readonly min: HTMLSpanElement;
   private readonly max: HTMLSpanElement;
   private readonly tokens: HTMLSpanElement;
+  private readonly label: HTMLSpanElement;
+  private readonly bar: HTMLSpanElement;
+  private signed = false;
 
-  constructor(mapLabel: string) {
+  constructor(private readonly mapLabel: string) {
     const el = document.createElement("div");
     el.className = "mmviz-legend";
     const label = document.createElement("span");
@@ -43,17 +50,29 @@ export class Legend {
     this.min = min;
     this.max = max;
     this.tokens = tokens;
+    this.label = label;
+    this.bar = bar;
     this.update({ vmax: null, tokenMax: null });
   }
 
   update(s: LegendState): void {
     // The bar always starts at 0 (vmin = 0); its top is the max of what is shown on the image,
     // else of the token tint.
+    // Signed maps: the bar is centred at 0 and runs over [−range, range].
+    const signed = s.signed ?? false;
+    if (signed !== this.signed) {
+      this.signed = signed;
+      this.bar.style.backgroundImage = signed ? cssDivergingGradient() : cssGradient();
+    }
+    const label = s.label || this.mapLabel || "attention";
+    if (this.label.textContent !== label) this.label.textContent = label;
     const top = s.vmax ?? s.tokenMax;
-    this.min.textContent = top === null ? "–" : "0";
+    this.min.textContent = top === null ? "–" : signed && top > 0 ? formatValue(-top) : "0";
     this.max.textContent = top === null ? "–" : formatValue(top);
     this.el.dataset.vmax = top === null ? "" : String(top);
-    this.tokens.textContent =
-      s.vmax !== null && s.tokenMax !== null ? `tokens: 0 – ${formatValue(s.tokenMax)}` : "";
+    this.el.dataset.signed = signed ? "1" : "0";
+    const tokenRange =
+      s.tokenMax === null ? "" : signed ? `${formatValue(-s.tokenMax)} – ${formatValue(s.tokenMax)}` : `0 – ${formatValue(s.tokenMax)}`;
+    this.tokens.textContent = s.vmax !== null && s.tokenMax !== null ? `tokens: ${tokenRange}` : "";
   }
 }

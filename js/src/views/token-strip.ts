@@ -3,7 +3,7 @@
  * Token text is only ever set with textContent.
  */
 
-import { colorFor, textColorOn } from "../colormap";
+import { scaleColor, textColorOn, type ColorScale } from "../colormap";
 import { isImageKind, KIND_QUERY, KIND_SPECIAL, type WidgetData } from "../data";
 import type { Store } from "../store";
 
@@ -52,9 +52,12 @@ export function chipLabel(run: ImageRun, nImages: number): string {
 export interface TokenPaint {
   hoverToken: number | null;
   pinnedToken: number | null;
-  /** Attention of every query row to the hovered patch, or null. */
+  /** The shown map's value of every row at the hovered patch (attention: every query row), or null. */
   column: Float32Array | null;
-  columnMax: number;
+  /** The sequence position of each entry of `column` (default: the attention query positions). */
+  positions?: Int32Array;
+  /** How `column` is coloured. */
+  scale: ColorScale;
 }
 
 export class TokenStrip {
@@ -65,6 +68,7 @@ export class TokenStrip {
   private hoverEl: HTMLSpanElement | undefined;
   private pinnedEl: HTMLSpanElement | undefined;
   private lastColumn: Float32Array | null = null;
+  private rowsKey = "attention";
   private readonly disposers: (() => void)[] = [];
 
   constructor(
@@ -154,6 +158,19 @@ export class TokenStrip {
     return span;
   }
 
+  /**
+   * Mark the tokens the shown map has a row for (`mmviz-has-row`); `key` identifies the map, so the classes are
+   * only rewritten when it changes.
+   */
+  setRows(key: string, hasRow: (pos: number) => boolean, sparse: boolean): void {
+    if (key === this.rowsKey) return;
+    this.rowsKey = key;
+    this.el.classList.toggle("mmviz-rows-sparse", sparse);
+    this.spans.forEach((span, pos) => {
+      if (span !== undefined) span.classList.toggle("mmviz-has-row", hasRow(pos));
+    });
+  }
+
   spanAt(pos: number): HTMLSpanElement | undefined {
     return this.spans[pos];
   }
@@ -181,14 +198,13 @@ export class TokenStrip {
     }
     this.tinted.clear();
     if (p.column === null) return;
-    const { queryPositions } = this.data;
-    const max = p.columnMax;
-    for (let q = 0; q < queryPositions.length; q++) {
-      const span = this.spans[queryPositions[q]!];
+    const positions = p.positions ?? this.data.queryPositions;
+    for (let q = 0; q < positions.length; q++) {
+      const span = this.spans[positions[q]!];
       if (span === undefined) continue;
       const v = p.column[q]!;
       if (!Number.isFinite(v)) continue;
-      const rgb = colorFor(max > 0 ? v / max : 0);
+      const rgb = scaleColor(p.scale, v);
       span.style.backgroundColor = `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
       span.style.color = textColorOn(rgb);
       span.classList.add("mmviz-tinted");
