@@ -202,7 +202,7 @@ def trace(
                 query_positions, layers=layers.tolist(), head_mean=plan.head_mean, on_layer=lambda _: bar.update()
             )
             recorders: dict[str, AttentionRecorder | None] = {adapter.text_config_key: recorder}
-            vision = AttentionRecorder() if plan.vision_attention else None
+            vision = AttentionRecorder(keep_calls=True) if plan.vision_attention else None
             if vision is not None:
                 recorders[adapter.vision_config_key] = vision
             answer_start = prompt_ids.shape[1]
@@ -240,7 +240,7 @@ def trace(
         layers=layers,
         head_mean=plan.head_mean,
         hidden_states=torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy() if plan.hidden_states else None,
-        vision_attention=None if vision is None else torch.stack([vision.rows[i] for i in sorted(vision.rows)]).numpy(),
+        vision_attention=None if vision is None else adapter.vision_attention(vision.calls, inputs),
         run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(images)),
     )
     for name in methods:

@@ -111,3 +111,31 @@ def test_a_processor_with_the_wrong_token_count_is_caught(llava_small, photo):
     with pytest.raises(mmviz.ProcessorMismatchError, match="vocabulary"):
         mmviz.trace(small_vocab, processor, photo, "What?")
     assert torch.is_tensor(next(model.parameters()))
+
+
+def test_a_user_adapter_adds_a_family(fresh_llava, photo):
+    """A family mmviz does not know (here: a LLaVA-built model under a new model_type) is refused with the list of
+    supported families, and works once the user registers an adapter for it."""
+    from mmviz.adapters import _REGISTRY as registry
+    from mmviz.adapters import LlavaAdapter, supported_families
+
+    model, processor = fresh_llava
+    model.config.model_type = "my_vlm"
+    with pytest.raises(mmviz.UnsupportedModelError, match=r"'my_vlm'.*Qwen2-VL \(qwen2_vl\).*register_adapter"):
+        mmviz.trace(model, processor, photo, "What?", answer="red")
+
+    class MyAdapter(LlavaAdapter):
+        family = "My-VLM"
+        model_types = ("my_vlm",)
+
+    try:
+        assert mmviz.register_adapter(MyAdapter) is MyAdapter
+        assert supported_families()["my_vlm"] == "My-VLM"
+        with pytest.raises(ValueError, match="already has the adapter MyAdapter"):
+            mmviz.register_adapter(type("Other", (LlavaAdapter,), {"family": "X", "model_types": ("my_vlm",)}))
+        trace = mmviz.trace(model, processor, photo, "What?", answer="red")
+        assert trace.family == "My-VLM" and len(trace.image_positions) == 16
+    finally:
+        registry.pop("my_vlm", None)
+    with pytest.raises(TypeError, match="Adapter subclass"):
+        mmviz.register_adapter(object)

@@ -145,6 +145,18 @@ class Adapter:
             )
         return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
 
+    def vision_attention(self, calls: dict[int, list[torch.Tensor]], inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        """The vision tower's recorded attention as float32 ``(L_v, images, H_v, N_v, N_v)``, in the tower's token
+        order per image (CLIP: ``[CLS]`` + patches in raster order).
+
+        ``calls`` holds, per vision layer, every call of its attention function in order (each ``(B, H, n, n)``).
+        The default expects one call per layer over a batch of images; towers that attend in chunks override it.
+        """
+        layers = sorted(calls)
+        if any(len(calls[layer]) != 1 for layer in layers):
+            raise NotImplementedError(f"{type(self).__name__} does not know how to join a vision layer's chunks")
+        return torch.stack([calls[layer][0] for layer in layers]).numpy()
+
     def vision_token_index(self, layout: TokenLayout) -> np.ndarray | None:
         """For each image column of ``layout``: ``(image, token index in the vision tower's sequence)``, when every
         language-model image token is exactly one vision-tower token (LLaVA-1.5); None otherwise. Relevancy uses it

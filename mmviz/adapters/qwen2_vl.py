@@ -184,6 +184,67 @@ class Qwen2VLAdapter(Adapter):
             builder.images.append(ImageGeometry(image.width, image.height, (0.0, 0.0, image.width, image.height)))
         return builder.build()
 
+    # -- the vision tower's own attention ------------------------------------------------------------------------
+    def vision_attention(self, calls: dict[int, list[torch.Tensor]], inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        """float32 ``(L_v, images, H_v, N_v, N_v)`` over each image's PATCHES in raster order of its
+        ``(H′/P) × (W′/P)`` grid (``N_v = H′W′/P²``; patch ``i`` is at ``divmod(i, W′/P)``).
+
+        The tower attends in chunks over its own token order: one call per image (Qwen2-VL, and Qwen2.5-VL's
+        full-attention layers) or per window (Qwen2.5-VL's other layers, on window-permuted patches). The chunks are
+        joined block-diagonally (exactly 0 between chunks), the window permutation is undone, and the processor's
+        block-raster order (each merge block's patches consecutive) becomes raster order.
+        """
+        grids = inputs["image_grid_thw"].cpu()
+        sizes = [int(t * h * w) for t, h, w in grids.tolist()]
+        if len(set(sizes)) != 1:
+            raise InputError(
+                f"the images have {sizes} vision-tower patches: record the vision attention of one image at a time "
+                f"(or of images of one size), so that the maps stack"
+            )
+        order = self._internal_to_raster(grids)  # tower token i → (image, raster patch)
+        n_images, n = len(sizes), sizes[0]
+        layers = []
+        for layer in sorted(calls):
+            chunks = [call[0] for call in calls[layer]]  # (H, n_i, n_i) each, in the tower's order
+            heads, total = chunks[0].shape[0], sum(chunk.shape[-1] for chunk in chunks)
+            if total != n_images * n:
+                raise ProcessorMismatchError(f"vision layer {layer} attended over {total} patches, not {n_images * n}")
+            joined = torch.zeros(heads, total, total)
+            start = 0
+            for chunk in chunks:
+                end = start + chunk.shape[-1]
+                joined[:, start:end, start:end] = chunk
+                start = end
+            out = torch.zeros(n_images, heads, n, n)
+            image, patch = order[:, 0], order[:, 1]
+            # Chunks never span two images, so every nonzero entry lands in its own image's block.
+            same = image[:, None] == image[None, :]
+            rows, cols = torch.nonzero(same, as_tuple=True)
+            out[image[rows], :, patch[rows], patch[cols]] = joined[:, rows, cols].T
+            layers.append(out)
+        return torch.stack(layers).numpy()
+
+    def _window_index(self, grids: torch.Tensor) -> torch.Tensor | None:
+        """Merge blocks in the tower's internal order (None: the processor's order, no windows)."""
+        return None
+
+    def _internal_to_raster(self, grids: torch.Tensor) -> torch.Tensor:
+        """``(N, 2)`` long: for each tower token, its image and its patch index in raster order within that image."""
+        m = self.merge_size
+        pieces = []
+        for image, (t, h, w) in enumerate(grids.tolist()):
+            ti, bh, bw, mh, mw = torch.meshgrid(
+                *(torch.arange(k) for k in (t, h // m, w // m, m, m)), indexing="ij"
+            )  # processor order: time, block row, block column, row in block, column in block
+            raster = (ti * h + bh * m + mh) * w + bw * m + mw
+            pieces.append(torch.stack([torch.full_like(raster, image), raster], dim=-1).reshape(-1, 2))
+        processor_order = torch.cat(pieces)
+        blocks = self._window_index(grids)
+        if blocks is None:
+            return processor_order
+        internal = (blocks[:, None] * m * m + torch.arange(m * m)).reshape(-1)  # tower token → processor patch
+        return processor_order[internal]
+
     def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
         """The processor outputs with ``mm_token_type_ids`` (the prompt's) extended by ``n_answer`` text tokens.
 
@@ -207,3 +268,16 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
 
     family = "Qwen2.5-VL"
     model_types = ("qwen2_5_vl",)
+
+    def _window_index(self, grids: torch.Tensor) -> torch.Tensor | None:
+        """The tower's window permutation of merge blocks (transformers' own ``get_vision_window_index``)."""
+        from transformers.vision_utils import get_vision_window_index
+
+        vision = self.model.config.vision_config
+        index, _ = get_vision_window_index(
+            grids,
+            spatial_merge_size=self.merge_size,
+            window_size=int(vision.window_size),
+            patch_size=self.patch_size,
+        )
+        return index.cpu().long()

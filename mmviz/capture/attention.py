@@ -45,6 +45,8 @@ class AttentionRecorder:
         query_positions: absolute positions whose rows are kept (None: every query of the call).
         layers: layer indices to record (None: all).
         head_mean: keep only the mean over heads (``H`` becomes 1): ``H×`` less memory.
+        keep_calls: also keep every call of a layer in :attr:`calls` (vision towers that attend in chunks, such as
+            Qwen2-VL's per-image and Qwen2.5-VL's per-window calls, call a layer once per chunk).
 
     Example:
         >>> recorder = AttentionRecorder(query_positions=[10, 11])
@@ -61,12 +63,15 @@ class AttentionRecorder:
         layers: Sequence[int] | None = None,
         head_mean: bool = False,
         on_layer: Callable[[int], None] | None = None,
+        keep_calls: bool = False,
     ) -> None:
         self.query_positions = None if query_positions is None else torch.as_tensor(query_positions, dtype=torch.long)
         self.layers = None if layers is None else frozenset(int(layer) for layer in layers)
         self.head_mean = head_mean
         self.on_layer = on_layer
         self.rows: dict[int, torch.Tensor] = {}
+        self.keep_calls = keep_calls
+        self.calls: dict[int, list[torch.Tensor]] = {}
 
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
@@ -98,6 +103,8 @@ class AttentionRecorder:
         if rows.numel():
             probabilities = row_probabilities(module, query, key, attention_mask, scaling, rows, kwargs)
             self.rows[layer] = probabilities.mean(dim=1, keepdim=True) if self.head_mean else probabilities
+            if self.keep_calls:
+                self.calls.setdefault(layer, []).append(self.rows[layer])
         if self.on_layer is not None:
             self.on_layer(layer)
 

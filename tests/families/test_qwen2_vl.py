@@ -269,3 +269,46 @@ def test_too_elongated_image_is_an_input_error(qwen):
     model, processor, _ = qwen
     with pytest.raises(InputError, match="aspect"):
         mmviz.trace(model, processor, Image.new("RGB", (800, 3)), "What is it?", answer="a line")
+
+
+def test_vision_attention_is_in_raster_patch_order_with_windows_undone(qwen):
+    """The vision tower's own attention (``CapturePlan(vision_attention=True)``): rows sum to one; Qwen2.5-VL's
+    window layers attend only inside their window ON THE ORIGINAL GRID (so the window permutation is undone); and a
+    patch brightened alone changes the row of its own raster index most (so the order is raster, not the tower's)."""
+    model, processor, adapter = qwen
+    height, width = 84, 112  # multiples of 28: the processor keeps the size, a 6 × 8 patch grid
+    dark = np.zeros((height, width, 3), np.uint8)
+    bright = dark.copy()
+    r, c = 3, 5
+    bright[r * 14 : (r + 1) * 14, c * 14 : (c + 1) * 14] = 255
+    plan = mmviz.CapturePlan(vision_attention=True)
+    maps = [mmviz.trace(model, processor, image, "What?", answer="red", capture=plan) for image in (dark, bright)]
+    attention = [t.vision_attention for t in maps]  # (L_v, 1, H_v, 48, 48)
+    depth = int(model.config.vision_config.depth)
+    assert attention[0].shape == (depth, 1, int(model.config.vision_config.num_heads), 48, 48)
+    for a in attention:
+        np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+    change = np.abs(attention[1][0, 0] - attention[0][0, 0]).sum(axis=(0, 2))  # layer 0: per query patch
+    assert int(np.argmax(change)) == r * 8 + c
+
+    rows, cols = np.divmod(np.arange(48), 8)
+    vision = model.config.vision_config
+    full_layers = set(getattr(vision, "fullatt_block_indexes", range(depth)) or ())
+    if adapter.family == "Qwen2-VL":
+        full_layers = set(range(depth))
+    side = int(getattr(vision, "window_size", 0)) // adapter.patch_size  # window side in patches
+    for layer in range(depth):
+        nonzero = (attention[0][layer, 0] > 0).all(axis=0)
+        if layer in full_layers:
+            assert nonzero.all(), f"layer {layer} attends over the whole image"
+        else:
+            window = (rows // side) * 100 + cols // side
+            assert (nonzero == (window[:, None] == window[None, :])).all(), f"layer {layer}: windows on the grid"
+
+
+def test_vision_attention_of_images_of_different_sizes_is_refused(qwen):
+    model, processor, _ = qwen
+    plan = mmviz.CapturePlan(vision_attention=True)
+    images = [Image.new("RGB", (112, 84)), Image.new("RGB", (56, 56))]
+    with pytest.raises(InputError, match="one image at a time"):
+        mmviz.trace(model, processor, images, "Compare.", answer="no", capture=plan)
