@@ -89,12 +89,13 @@ class Trace:
             float32 array ``(L, H, Q, P)``; an int ``layer`` or ``head`` (or ``"mean"``) drops that axis.
             Rows follow :attr:`query_positions`, columns :attr:`image_positions`.
         """
-        values = self.attention_rows[..., self.image_positions]
+        values = self.attention_rows
         if layer is not None:
             number = _index(layer, self.num_layers, "layer")
             if number not in self.layers:
                 raise ValueError(f"layer {number} was not captured (captured: {self.layers.tolist()})")
             values = values[int(np.flatnonzero(self.layers == number)[0])]
+        values = values[..., self.image_positions]  # after picking the layer: one layer's copy, not all
         head_axis = 0 if layer is not None else 1
         if head == "mean":
             values = values.mean(axis=head_axis)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -26,28 +27,81 @@ def test_tensors_cross_as_binary_buffers_and_the_json_part_stays_small(inspector
     state, paths, _ = _remove_buffers(inspector.get_state())
     buffer_paths = {tuple(path) for path in paths}
     assert {
-        ("attention", "data"),
-        ("attention", "scale"),
         ("attention_mean", "data"),
+        ("attention_mean", "scale"),
+        ("head_stats", "data"),
         ("images", 0),
         ("token_layout", "boxes"),
         ("token_layout", "kinds"),
+        ("token_layout", "word_start"),
+        ("token_layout", "logprobs"),
     } <= buffer_paths
-    data_traits = {key: state[key] for key in ("attention", "attention_mean", "token_layout", "meta", "tokens")}
+    data_traits = {key: state[key] for key in ("attention_mean", "head_stats", "token_layout", "meta", "tokens")}
     assert len(json.dumps(data_traits)) < 4000
     L, H, Q, P = inspector.trace.attention().shape
-    assert len(inspector.attention["data"]) == L * H * Q * P  # one byte per value
+    assert "attention" not in state, "per-head maps are fetched per layer, not shipped up front"
+    assert len(inspector.attention_mean["data"]) == L * Q * P  # one byte per value
+    assert len(inspector.head_stats["data"]) == 2 * L * H * Q
+
+
+def _close(decoded: np.ndarray, expected: np.ndarray) -> bool:
+    """Within half a quantisation step of each row's range."""
+    step = (expected.max(-1, keepdims=True) - expected.min(-1, keepdims=True)) / 255
+    return bool(np.all(np.abs(decoded - expected) <= step / 2 + 1e-7))
 
 
 def test_the_shipped_maps_decode_to_the_traces_attention(inspector):
-    attention = inspector.trace.attention()
-    heads = wire.decode(inspector.attention)
-    mean = wire.decode(inspector.attention_mean)
-    row_range = attention.max(-1, keepdims=True) - attention.min(-1, keepdims=True)
-    assert np.all(np.abs(heads - attention) <= row_range / 510 + 1e-7)
-    mean_expected = attention.mean(axis=1)
-    mean_range = mean_expected.max(-1, keepdims=True) - mean_expected.min(-1, keepdims=True)
-    assert np.all(np.abs(mean - mean_expected) <= mean_range / 510 + 1e-7)
+    trace = inspector.trace
+    assert _close(wire.decode(inspector.attention_mean), trace.attention(head="mean"))
+    for layer in range(trace.num_layers):
+        assert _close(wire.decode(inspector.extra("heads", layer)), trace.attention(layer=layer))
+    assert _close(wire.decode(inspector.extra("heads", -1)), trace.attention().mean(axis=0))
+    share = mmviz.methods.image_share(trace)
+    stats = wire.decode(inspector.head_stats)
+    assert _close(stats[0], share.row_share) and _close(stats[1], share.row_entropy)
+
+
+def test_the_lens_and_projection_payloads_are_the_methods_numbers(inspector):
+    trace = inspector.trace
+    lens = mmviz.methods.logit_lens(trace, k=5)
+    payload = inspector.extra("lens")
+    vocab = payload["vocab"]
+    top = np.frombuffer(payload["top"], "<i4").reshape(lens.top_ids.shape)
+    shown = [[[vocab[i] for i in row] for row in depth] for depth in top]
+    assert shown == lens.top_tokens
+    np.testing.assert_allclose(wire.decode(payload["top_probs"]), lens.top_probs, atol=1e-3)
+    ranks = np.frombuffer(payload["target_ranks"], "<i4").reshape(lens.target_ranks.shape)
+    np.testing.assert_array_equal(ranks, lens.target_ranks)
+    projection = mmviz.methods.projection(trace)
+    coords = wire.decode(inspector.extra("projection")["coords"])
+    np.testing.assert_allclose(coords, projection.coords, atol=1e-6)
+    assert inspector.extra("lens") is payload, "computed once, then cached"
+
+
+def test_fetch_requests_are_answered_with_binary_buffers(inspector):
+    from mmviz.widget.export import _remove_buffers as split
+
+    sent = []
+    inspector.send = lambda content, buffers=None: sent.append((content, buffers))
+    inspector._on_message(inspector, {"type": "fetch", "what": "heads", "layer": 1, "request": "r1"}, [])
+    (content, buffers) = sent[0]
+    assert content["type"] == "fetched" and content["ok"] is True and content["request"] == "r1"
+    payload = dict(content["payload"])
+    for path, buffer in zip(content["buffer_paths"], buffers, strict=True):
+        payload[path[0]] = buffer
+    assert _close(wire.decode(payload), inspector.trace.attention(layer=1))
+    assert len(buffers) == 3 and split(payload)[2]  # data, scale, offset
+    for bad in (
+        {"type": "fetch", "what": "heads", "layer": 99, "request": "r2"},
+        {"type": "fetch", "what": "heads", "layer": "1", "request": "r3"},
+        {"type": "fetch", "what": "secrets", "request": "r4"},
+        {"type": "fetch", "request": "r5"},
+    ):
+        inspector._on_message(inspector, bad, [])
+        content, buffers = sent[-1]
+        assert content["ok"] is False and content["error"] and content["request"] == bad["request"]
+    inspector._on_message(inspector, {"type": "fetch", "what": "lens", "request": "r6"}, [])
+    assert sent[-1][0]["ok"] is True  # still working
 
 
 def test_the_layout_payload_matches_the_trace(inspector, small_trace):
@@ -65,13 +119,23 @@ def test_the_layout_payload_matches_the_trace(inspector, small_trace):
     assert inspector.layer == small_trace.num_layers - 1 and inspector.head == -1 and inspector.pinned == -1
 
 
-def test_browser_updates_are_validated(inspector):
+def test_browser_updates_are_validated(inspector, caplog):
     inspector.set_state({"layer": 0, "head": 2, "pinned": 5})
     assert (inspector.layer, inspector.head, inspector.pinned) == (0, 2, 5)
-    for bad in ({"layer": 99}, {"head": -2}, {"pinned": 10_000}):
-        with pytest.raises(traitlets.TraitError):
-            inspector.set_state(bad)
-    assert (inspector.layer, inspector.head, inspector.pinned) == (0, 2, 5)
+    inspector.set_state({"layer": -1})  # the mean over layers
+    assert inspector.layer == -1
+    echoed = []
+    inspector.send_state = lambda names=None: echoed.append(names)
+    bad_updates = ({"layer": 99}, {"head": -2}, {"pinned": 10_000}, {"layer": "2"}, {"head": 1.5})
+    bad_updates += ({"layer": 1, "head": 9},)  # one bad key: the good one is not applied either
+    for bad in bad_updates:
+        with caplog.at_level(logging.ERROR, logger="mmviz"):
+            inspector.set_state(bad)  # logged, never raised into the comm
+        assert (inspector.layer, inspector.head, inspector.pinned) == (-1, 2, 5), "nothing half-applied"
+        assert echoed[-1] == list(bad), "the browser is sent the current values back"
+    assert caplog.text.count("rejected a widget update") == 6
+    with pytest.raises(traitlets.TraitError):  # from Python, a bad value still raises
+        inspector.layer = 99
 
 
 def test_inspector_rejects_what_is_not_a_trace():

@@ -294,3 +294,15 @@ export function base64ToBytes(b64: string): Uint8Array {
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
 }
+
+/** Put `value` at `path` inside `state`, creating containers on the way (ipywidgets' put_buffers). */
+export function putAtPath(state: Record<string, unknown>, path: readonly (string | number)[], value: unknown): void {
+  if (path.length === 0) throw new Error("mmviz static host: empty buffer path");
+  let obj: any = state;
+  for (let i = 0; i < path.length - 1; i++) {
+    const key = path[i]!;
+    if (obj[key] === undefined || obj[key] === null) obj[key] = typeof path[i + 1] === "number" ? [] : {};
+    obj = obj[key];
+  }
+  obj[path[path.length - 1]!] = value;
+}

@@ -166,12 +166,27 @@ export function divergingIndexOf(r: number, g: number, b: number): number {
 
 /**
  * How values become colours: non-negative maps use viridis over [0, range]; signed maps use the diverging map
- * over [−range, range] with range = max(|min|, |max|), so 0 is always the neutral centre.
+ * over [−range, range] with range = max(|min|, |max|), so 0 is always the neutral centre. `mode` reshapes the
+ * relative value t = v / range before the lookup (for signed maps on |t|, keeping the sign): `linear` (t),
+ * `log` (log(1 + 1000 t) / log 1001, which spreads the small values) or `gamma` (t^gamma; < 1 spreads small ones).
  */
 export interface ColorScale {
   signed: boolean;
   /** > 0 for a drawable map. */
   range: number;
+  mode?: "linear" | "log" | "gamma";
+  gamma?: number;
+}
+
+export const LOG_SPREAD = 1000;
+
+/** The relative value t ∈ [0, 1] after the scale's `mode`. */
+export function scaled(scale: ColorScale, t: number): number {
+  if (!(t > 0)) return 0;
+  const c = Math.min(1, t);
+  if (scale.mode === "log") return Math.log1p(LOG_SPREAD * c) / Math.log1p(LOG_SPREAD);
+  if (scale.mode === "gamma") return c ** (scale.gamma ?? 0.5);
+  return c;
 }
 
 /** The scale of `values` (only indices where `mask` is non-zero, when given). NaN and ±Inf are ignored. */
@@ -189,7 +204,8 @@ export function scaleOf(values: ArrayLike<number>, signed: boolean, mask?: Array
 
 export function scaleColor(scale: ColorScale, v: number): RGB {
   const t = scale.range > 0 ? v / scale.range : 0;
-  return scale.signed ? divergingColorFor(t) : colorFor(t);
+  if (scale.signed) return divergingColorFor(Math.sign(t) * scaled(scale, Math.abs(t)));
+  return colorFor(scaled(scale, t));
 }
 
 /** A CSS linear-gradient of the diverging map (left = −1, right = +1). */

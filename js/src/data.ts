@@ -2,8 +2,10 @@
  * The model's traits as typed data: tokens, layout, and lazily decoded attention.
  *
  * Attention stays in its wire form (uint8 + per-row scale/offset) and each hover map is decoded on
- * demand (P values for a map, Q values for a column), so a large `[L, H, Q, P]` tensor costs no more
- * memory in the browser than the bytes that were shipped.
+ * demand (P values for a map, Q values for a column), so a large tensor costs no more memory in the
+ * browser than the bytes that were shipped. The first payload holds the head mean of every layer
+ * (`attention_mean`) and per-head statistics (`head_stats`); per-head maps arrive per layer (extras.ts),
+ * or all at once in the optional `attention` trait.
  */
 
 import { asBytes, isByteSource, openEnvelope, readInt32, readFloat32, type TensorReader } from "./codec";
@@ -45,6 +47,33 @@ export interface Meta {
   n_heads: number;
   map_label: string;
   map_description: string;
+  /** Which lazily fetched extras the kernel can provide. */
+  extras: { heads: boolean; lens: boolean; projection: boolean };
+}
+
+/** Per-head maps of one layer, `[H, Q, P]` at `base` in `reader` (a fetched layer, or a slice of `attention`). */
+export class LayerHeads {
+  constructor(
+    private readonly reader: TensorReader,
+    private readonly base: number,
+    readonly H: number,
+    readonly Q: number,
+    readonly P: number,
+  ) {}
+
+  /** Attention of query row `q` over the P columns, for `head`. */
+  row(head: number, q: number, out?: Float32Array): Float32Array {
+    return this.reader.read(this.base + (head * this.Q + q) * this.P, this.P, 1, out);
+  }
+
+  /** Attention of every query row to column `p`, for `head`. */
+  column(head: number, p: number, out?: Float32Array): Float32Array {
+    return this.reader.read(this.base + head * this.Q * this.P + p, this.Q, this.P, out);
+  }
+
+  value(head: number, q: number, p: number): number {
+    return this.reader.at(this.base + (head * this.Q + q) * this.P + p);
+  }
 }
 
 /** Anything with the AnyModel `get`. */
@@ -74,13 +103,19 @@ export class WidgetData {
     readonly images: readonly ImageMeta[],
     readonly imageBytes: readonly Uint8Array[],
     readonly meta: Meta,
-    /** `[L, H, Q, P]`, or null when not shipped. */
+    /** `[L, H, Q, P]` when every head was shipped up front, else null (heads then arrive per layer). */
     readonly heads: TensorReader | null,
     /** `[L, Q, P]`, or null when not shipped. */
     readonly mean: TensorReader | null,
     /** View code of each column (index into `viewNames`); all 0 when not shipped. */
     readonly viewCodes: Uint8Array = new Uint8Array(imagePositions.length),
     readonly viewNames: readonly string[] = [],
+    /** `[2, L, H, Q]`: image share and entropy of every head and row, or null. */
+    readonly headStats: TensorReader | null = null,
+    /** Per position: 1 when it starts a word (sub-word pieces merge into the word before them). */
+    readonly wordStart: Uint8Array = new Uint8Array(tokens.length).fill(1),
+    /** Per position: log p of the token given everything before it (answer tokens), NaN elsewhere. */
+    readonly logprobs: Float32Array = new Float32Array(tokens.length).fill(Number.NaN),
   ) {
     const n = tokens.length;
     this.rowByPos = new Int32Array(n).fill(-1);
@@ -181,9 +216,22 @@ export class WidgetData {
   get L(): number {
     return this.heads?.shape[0] ?? this.mean?.shape[0] ?? 0;
   }
-  /** Number of heads (0 when only the head mean was shipped). */
+  /** Number of heads (from the shipped heads or statistics, else the metadata). */
   get H(): number {
-    return this.heads?.shape[1] ?? 0;
+    return this.heads?.shape[1] ?? this.headStats?.shape[2] ?? Math.max(0, Math.trunc(this.meta.n_heads));
+  }
+
+  /** The per-head maps of `layer` when every head was shipped up front (null: fetch them, see extras.ts). */
+  eagerHeads(layer: number): LayerHeads | null {
+    if (this.heads === null || !(layer >= 0 && layer < this.L)) return null;
+    return new LayerHeads(this.heads, layer * this.H * this.Q * this.P, this.H, this.Q, this.P);
+  }
+
+  /** Image share (stat 0) or entropy (stat 1) of (layer, head) at query row q; NaN when not shipped. */
+  headStat(stat: 0 | 1, layer: number, head: number, q: number): number {
+    const s = this.headStats;
+    if (s === null) return Number.NaN;
+    return s.at(((stat * this.L + layer) * this.H + head) * this.Q + q);
   }
   get hasAttention(): boolean {
     return this.L > 0 && this.Q > 0 && this.P > 0;
@@ -198,6 +246,22 @@ export class WidgetData {
   /** Attention row of sequence position `pos`, or −1. */
   rowOf(pos: number): number {
     return Number.isInteger(pos) && pos >= 0 && pos < this.n ? this.rowByPos[pos]! : -1;
+  }
+
+  private wordIndex: Int32Array | null = null;
+  private wordList: number[][] = [];
+
+  /** The positions of the word `pos` belongs to (pieces merged by `wordStart`), in order. */
+  wordOf(pos: number): readonly number[] {
+    if (this.wordIndex === null) {
+      this.wordIndex = new Int32Array(this.n);
+      for (let i = 0; i < this.n; i++) {
+        if (i === 0 || this.wordStart[i] !== 0) this.wordList.push([]);
+        this.wordList[this.wordList.length - 1]!.push(i);
+        this.wordIndex[i] = this.wordList.length - 1;
+      }
+    }
+    return Number.isInteger(pos) && pos >= 0 && pos < this.n ? this.wordList[this.wordIndex[pos]!]! : [];
   }
 
   /** Attention column of sequence position `pos`, or −1. */
@@ -216,10 +280,10 @@ export class WidgetData {
     return [b[4 * p]!, b[4 * p + 1]!, b[4 * p + 2]!, b[4 * p + 3]!];
   }
 
-  /** Does (layer, head) name a map that exists? head −1 = mean over heads. */
+  /** Does (layer, head) name a map that exists? layer −1 = mean over layers, head −1 = mean over heads. */
   validSelection(layer: number, head: number): boolean {
-    if (!(Number.isInteger(layer) && layer >= 0 && layer < this.L)) return false;
-    if (head === -1) return this.mean !== null || this.H > 0;
+    if (!(Number.isInteger(layer) && layer >= -1 && layer < this.L) || this.L === 0) return false;
+    if (head === -1) return this.mean !== null || this.heads !== null;
     return Number.isInteger(head) && head >= 0 && head < this.H;
   }
 
@@ -229,9 +293,14 @@ export class WidgetData {
     }
   }
 
-  /** Attention of query row `q` over all P image columns at (layer, head); head −1 = mean of heads. */
+  /**
+   * Attention of query row `q` over all P image columns at (layer, head) from the data shipped up front; head −1 =
+   * mean of heads, layer −1 = mean of layers. A single head needs the `attention` trait (else see extras.ts).
+   */
   mapFor(layer: number, head: number, q: number, out?: Float32Array): Float32Array {
     this.check(layer, head);
+    if (layer === -1) return this.meanOverLayers((l, o) => this.mapFor(l, head, q, o), this.P, out);
+    if (head >= 0 && this.heads === null) throw new RangeError(`mmviz: the heads of layer ${layer} were not shipped`);
     const { Q, P, H } = this;
     if (!(Number.isInteger(q) && q >= 0 && q < Q)) throw new RangeError(`mmviz: query row ${q} outside 0…${Q - 1}`);
     if (head === -1) {
@@ -252,6 +321,8 @@ export class WidgetData {
   /** Attention of every query row to image column `p` at (layer, head): Q values in row order. */
   columnFor(layer: number, head: number, p: number, out?: Float32Array): Float32Array {
     this.check(layer, head);
+    if (layer === -1) return this.meanOverLayers((l, o) => this.columnFor(l, head, p, o), this.Q, out);
+    if (head >= 0 && this.heads === null) throw new RangeError(`mmviz: the heads of layer ${layer} were not shipped`);
     const { Q, P, H } = this;
     if (!(Number.isInteger(p) && p >= 0 && p < P)) throw new RangeError(`mmviz: image column ${p} outside 0…${P - 1}`);
     if (head === -1) {
@@ -266,6 +337,17 @@ export class WidgetData {
       return res;
     }
     return this.heads!.read((layer * H + head) * Q * P + p, Q, P, out);
+  }
+
+  private meanOverLayers(read: (layer: number, out: Float32Array) => Float32Array, size: number, out?: Float32Array): Float32Array {
+    const res = out ?? new Float32Array(size);
+    res.fill(0);
+    const tmp = new Float32Array(size);
+    for (let l = 0; l < this.L; l++) {
+      read(l, tmp);
+      for (let i = 0; i < size; i++) res[i] = res[i]! + tmp[i]! / this.L;
+    }
+    return res;
   }
 
   /** The decoded PNG of image `i` (cached, shared by every view of this model). */
@@ -416,6 +498,7 @@ export function buildData(model: TraitSource): WidgetData {
     n_heads: num(m.n_heads, 0),
     map_label: str(m.map_label),
     map_description: str(m.map_description),
+    extras: parseExtrasFlags(m.extras),
   };
 
   const Q = queryPositions.length;
@@ -423,6 +506,8 @@ export function buildData(model: TraitSource): WidgetData {
   const rawMean = model.get("attention_mean");
   const heads = isEnvelope(rawHeads) ? openTrait("attention", rawHeads) : null;
   const mean = isEnvelope(rawMean) ? openTrait("attention_mean", rawMean) : null;
+  const rawStats = model.get("head_stats");
+  const headStats = isEnvelope(rawStats) ? openTrait("head_stats", rawStats) : null;
   if (heads) {
     const s = heads.shape;
     if (s.length !== 4 || s[2] !== Q || s[3] !== P) {
@@ -436,6 +521,19 @@ export function buildData(model: TraitSource): WidgetData {
       throw new Error(`mmviz: attention_mean has shape [${s.join(", ")}], expected [${L ?? "L"}, ${Q}, ${P}]`);
     }
   }
+  if (headStats) {
+    const s = headStats.shape;
+    const L = mean?.shape[0] ?? heads?.shape[0] ?? s[1];
+    if (s.length !== 4 || s[0] !== 2 || s[1] !== L || s[3] !== Q || (heads !== null && s[2] !== heads.shape[1])) {
+      throw new Error(`mmviz: head_stats has shape [${s.join(", ")}], expected [2, ${L ?? "L"}, H, ${Q}]`);
+    }
+  }
+  const wordStart = optBytes(layout, "word_start", n) ?? new Uint8Array(n).fill(1);
+  const rawLogprobs = optFloat32(layout, "logprobs");
+  if (rawLogprobs.length !== 0 && rawLogprobs.length !== n) {
+    throw new Error(`mmviz: token_layout.logprobs has ${rawLogprobs.length} values, expected ${n}`);
+  }
+  const logprobs = rawLogprobs.length === n ? rawLogprobs : new Float32Array(n).fill(Number.NaN);
   // Images referenced by columns need a size to be drawn.
   for (const i of imageIdx) {
     if (i >= images.length) throw new Error(`mmviz: token_layout.image_index refers to image ${i} but layout.images has ${images.length}`);
@@ -456,5 +554,22 @@ export function buildData(model: TraitSource): WidgetData {
     mean,
     viewCodes,
     viewNames,
+    headStats,
+    wordStart,
+    logprobs,
   );
+}
+
+function parseExtrasFlags(x: unknown): Meta["extras"] {
+  const o = (x !== null && typeof x === "object" ? x : {}) as Record<string, unknown>;
+  return { heads: o.heads !== false, lens: o.lens === true, projection: o.projection === true };
+}
+
+function optBytes(layout: Record<string, unknown>, key: string, n: number): Uint8Array | null {
+  const x = layout[key];
+  if (x === undefined || x === null) return null;
+  if (!isByteSource(x)) throw new Error(`mmviz: token_layout.${key} must be bytes (uint8)`);
+  const out = asBytes(x);
+  if (out.length !== n) throw new Error(`mmviz: token_layout.${key} has ${out.length} entries, expected ${n}`);
+  return out;
 }

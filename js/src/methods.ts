@@ -100,6 +100,26 @@ export class MethodMap {
     return this.values.read(slice * this.R * this.P + p, this.R, this.P, out);
   }
 
+  /** Row `r` averaged over every slice (a layered map at "all layers"). */
+  meanRow(r: number): Float32Array {
+    return this.meanOfSlices((s, out) => this.row(s, r, out), this.P);
+  }
+
+  /** Column `p` averaged over every slice. */
+  meanColumn(p: number): Float32Array {
+    return this.meanOfSlices((s, out) => this.column(s, p, out), this.R);
+  }
+
+  private meanOfSlices(read: (slice: number, out: Float32Array) => Float32Array, size: number): Float32Array {
+    const res = new Float32Array(size);
+    const tmp = new Float32Array(size);
+    for (let s = 0; s < this.S; s++) {
+      read(s, tmp);
+      for (let i = 0; i < size; i++) res[i] = res[i]! + tmp[i]! / this.S;
+    }
+    return res;
+  }
+
   private check(slice: number, r: number, p: number): void {
     if (!(slice >= 0 && slice < this.S && r >= 0 && r < Math.max(1, this.R) && p >= 0 && p < Math.max(1, this.P))) {
       throw new RangeError(`mmviz: ${this.name}: no value at slice ${slice}, row ${r}, column ${p}`);

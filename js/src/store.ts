@@ -1,29 +1,71 @@
-/** View-local focus state with synchronous pub/sub. Hover never leaves the browser. */
+/**
+ * The one state store of a view: what is focused and how it is drawn. Every view reads it and writes to it; each
+ * `render` has its own store, so two displays of one widget are independent. Hover never leaves the browser;
+ * `layer`, `head`, `pinnedToken` and `method` are synced to Python (debounced, see sync.ts).
+ */
 
-export interface FocusState {
-  /** Sequence position under the mouse in the token strip. */
+/** `layer` value meaning "the mean over all layers". */
+export const ALL_LAYERS = -1;
+
+export type ScaleMode = "linear" | "log" | "gamma";
+export type Statistic = "share" | "entropy" | "patch";
+export type Panel = "none" | "lens" | "projection";
+export type ColorBy = "modality" | "row";
+
+export interface ViewState {
+  /** Sequence position under the mouse (token strip, projection, lens). */
   hoverToken: number | null;
-  /** Sequence position pinned by a click. */
+  /** Sequence position pinned by a click (or moved with the arrow keys). */
   pinnedToken: number | null;
-  /** Attention column (index into image_positions) under the mouse in an image view. */
+  /** Image column (index into image_positions) under the mouse. */
   hoverPatch: number | null;
+  /** 0 … L−1, or {@link ALL_LAYERS}. */
   layer: number;
   /** −1 = mean over heads. */
   head: number;
+  /** The layer × head overview cell under the mouse: its map is previewed on the image. */
+  preview: { layer: number; head: number } | null;
+  /** `"attention"` or a key of `maps`. */
+  method: string;
+  /** View code drawn for each image (see `WidgetData.selectedView`); −1 = the image's default. */
+  views: readonly number[];
+  /** Merge sub-word pieces into words in the token strip (a word's map is the mean of its pieces' maps). */
+  words: boolean;
+  scale: ScaleMode;
+  /** Exponent of the gamma scale. */
+  gamma: number;
+  /** Heatmap opacity over the photo, 0 … 1. */
+  opacity: number;
+  /** What the layer × head overview colours its cells by. */
+  stat: Statistic;
+  /** The side panel shown beside the layer × head overview ("none" until opened: its data is fetched then). */
+  panel: Panel;
+  colorBy: ColorBy;
+  /** The layer scrubber is playing. */
+  playing: boolean;
 }
 
-export type Listener = (state: Readonly<FocusState>, prev: Readonly<FocusState>) => void;
-
-export const INITIAL_STATE: Readonly<FocusState> = {
+export const INITIAL_STATE: Readonly<ViewState> = {
   hoverToken: null,
   pinnedToken: null,
   hoverPatch: null,
   layer: 0,
   head: -1,
+  preview: null,
+  method: "attention",
+  views: [],
+  words: false,
+  scale: "linear",
+  gamma: 0.5,
+  opacity: 0.65,
+  stat: "share",
+  panel: "none",
+  colorBy: "modality",
+  playing: false,
 };
 
-/** The token whose attention map is shown: the pinned one, else the hovered one. */
-export function focusToken(s: Readonly<FocusState>): number | null {
+/** The token whose map is shown: the pinned one, else the hovered one. */
+export function focusToken(s: Readonly<ViewState>): number | null {
   return s.pinnedToken ?? s.hoverToken;
 }
 
@@ -68,22 +110,8 @@ export class StateStore<T extends object> {
   }
 }
 
-export class Store extends StateStore<FocusState> {
-  constructor(initial: Partial<FocusState> = {}) {
+export class Store extends StateStore<ViewState> {
+  constructor(initial: Partial<ViewState> = {}) {
     super({ ...INITIAL_STATE, ...initial });
-  }
-}
-
-/** View-local choice of what is drawn: the map method (synced to Python) and each image's view (browser only). */
-export interface DisplayState {
-  /** `"attention"` or a key of `maps`. */
-  method: string;
-  /** View code drawn for each image (see `WidgetData.selectedView`); −1 = the image's default. */
-  views: readonly number[];
-}
-
-export class DisplayStore extends StateStore<DisplayState> {
-  constructor(initial: Partial<DisplayState> = {}) {
-    super({ method: "attention", views: [], ...initial });
   }
 }

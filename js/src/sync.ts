@@ -1,12 +1,12 @@
 /** Debounced browser → Python sync of `layer`, `head`, `pinned` and `method` (hover never leaves the browser). */
 
-import type { FocusState } from "./store";
+import type { ViewState } from "./store";
 import type { Model } from "./widget";
 
 export const SYNC_DELAY_MS = 150;
 
-/** What is synced: the focus state, plus the map method when the view has one. */
-export type SyncState = Readonly<FocusState> & { readonly method?: string };
+/** What is synced: the layer, head, pinned token and the map method of a view's state. */
+export type SyncState = Pick<ViewState, "layer" | "head" | "pinnedToken"> & { readonly method?: string };
 
 export class ModelSync {
   private timer: ReturnType<typeof setTimeout> | null = null;

@@ -1,23 +1,31 @@
 /**
  * anywidget lifecycle: `initialize` sets up the per-model data cache, `render` builds one independent view.
  *
- * Decoded data is shared by every view of a model (WeakMap keyed by model, dropped when `revision`
- * changes); DOM and focus state (hover, pin, layer, head) belong to each view.
+ * Decoded data and fetched extras are shared by every view of a model (a WeakMap keyed by the model, dropped when
+ * `revision` changes); the state store, DOM and listeners belong to each view, so a widget displayed twice gives
+ * two independent views. Every view paints from one derived frame (frame.ts).
  */
 
 import type { AnyModel } from "@anywidget/types";
-import { scaleOf, type ColorScale } from "./colormap";
+import { Channel } from "./channel";
 import { ComputeRequests, COMPUTE_TIMEOUT_MS, type ComputeStatus } from "./compute";
 import { buildData, type WidgetData } from "./data";
-import { ATTENTION, parseCatalogue, parseMaps, type MethodInfo, type MethodMap, type SliceChoice } from "./methods";
-import { DisplayStore, focusToken, Store, type DisplayState, type FocusState } from "./store";
+import { Extras, type LensData, type ProjectionData } from "./extras";
+import { FrameBuilder, NO_METHODS, type Frame, type MethodContext } from "./frame";
+import { ATTENTION, parseCatalogue, parseMaps, type MethodInfo, type MethodMap } from "./methods";
+import { ALL_LAYERS, focusToken, Store, type Panel, type ViewState } from "./store";
 import { ModelSync } from "./sync";
 import { Caption } from "./views/caption";
 import { Controls } from "./views/controls";
 import { ImageView } from "./views/image-view";
-import { Legend } from "./views/legend";
+import { Legend, formatValue } from "./views/legend";
+import { LensPanel } from "./views/lens-panel";
 import { MethodSwitcher, type SwitcherEntry } from "./views/method-switcher";
+import { Overview } from "./views/overview";
+import { ProjectionPanel } from "./views/projection-panel";
 import { TokenStrip } from "./views/token-strip";
+
+export type { MethodContext } from "./frame";
 
 /** The subset of anywidget's AnyModel this widget uses (the static host implements exactly this). */
 export interface Model {
@@ -33,24 +41,46 @@ export interface Model {
 type Assert<T extends true> = T;
 export type _AnyModelIsModel = Assert<AnyModel extends Model ? true : false>;
 
+/** Does this model have a kernel behind it? The static host (exported pages) says it has none. */
+function hasKernel(model: Model): boolean {
+  return (model as { kernel?: unknown }).kernel !== false;
+}
+
 interface CacheEntry {
   revision: unknown;
   data: WidgetData | null;
   error: Error | null;
+  extras: Extras | null;
 }
 
 const cache = new WeakMap<object, CacheEntry>();
+const channels = new WeakMap<object, Channel>();
 
-/** Decoded data of `model` at its current revision (built once, shared by its views). */
-export function getData(model: Model): { data: WidgetData | null; error: Error | null } {
+/** The request/response channel of `model` (one per model, shared by its views). */
+export function channelOf(model: Model): Channel {
+  let c = channels.get(model);
+  if (c === undefined) channels.set(model, (c = new Channel(model)));
+  return c;
+}
+
+/** Decoded data of `model` at its current revision, and its fetched extras (built once, shared by its views). */
+export function getData(model: Model): { data: WidgetData | null; error: Error | null; extras: Extras | null } {
   const revision = model.get("revision");
   const hit = cache.get(model);
   if (hit && hit.revision === revision) return hit;
+  hit?.extras?.dispose();
   let entry: CacheEntry;
   try {
-    entry = { revision, data: buildData(model), error: null };
+    const data = buildData(model);
+    const prefetched = model.get("prefetched");
+    const extras = new Extras(
+      { L: data.L, H: data.H, Q: data.Q, P: data.P, n: data.n },
+      hasKernel(model) ? channelOf(model) : null,
+      prefetched !== null && typeof prefetched === "object" ? (prefetched as Record<string, unknown>) : {},
+    );
+    entry = { revision, data, error: null, extras };
   } catch (err) {
-    entry = { revision, data: null, error: err instanceof Error ? err : new Error(String(err)) };
+    entry = { revision, data: null, error: err instanceof Error ? err : new Error(String(err)), extras: null };
   }
   cache.set(model, entry);
   return entry;
@@ -58,34 +88,17 @@ export function getData(model: Model): { data: WidgetData | null; error: Error |
 
 export function initialize({ model }: { model: Model }): () => void {
   const drop = (): void => {
+    cache.get(model)?.extras?.dispose();
     cache.delete(model);
   };
   model.on("change:revision", drop);
-  return () => model.off("change:revision", drop);
+  return () => {
+    model.off("change:revision", drop);
+    drop();
+    channels.get(model)?.dispose();
+    channels.delete(model);
+  };
 }
-
-/** What the methods side of a view knows when it paints (catalogue, parsed maps, compute state). */
-export interface MethodContext {
-  catalogue: readonly MethodInfo[];
-  maps: ReadonlyMap<string, MethodMap>;
-  /** Bumped whenever `maps` is re-parsed (part of the memo keys). */
-  mapsGeneration: number;
-  /** The method being computed (this view's request or the kernel's `busy`), or null. */
-  pending: string | null;
-  /** The last failed request. */
-  failed: { method: string; message: string } | null;
-  /** A kernel is there to compute methods (false on a static export). */
-  kernel: boolean;
-}
-
-const NO_METHODS: MethodContext = {
-  catalogue: [],
-  maps: new Map(),
-  mapsGeneration: 0,
-  pending: null,
-  failed: null,
-  kernel: false,
-};
 
 /** The switcher's entries: the catalogue, then computed maps it does not list; attention first if absent. */
 export function switcherEntries(data: WidgetData, m: MethodContext): SwitcherEntry[] {
@@ -126,30 +139,39 @@ export function switcherEntries(data: WidgetData, m: MethodContext): SwitcherEnt
   });
 }
 
+/** Status text of a side panel's extra: why it is not shown yet. */
+function extraMessage(extras: Extras, key: string, what: string): string {
+  const st = extras.statusOf(key);
+  if (st.state === "error") return `The ${what} could not be loaded: ${st.error ?? "unknown error"}.`;
+  return `Loading the ${what} from the kernel…`;
+}
+
 /** Everything built from one revision of the data (one per render). */
 class BuiltView {
   readonly controls: Controls;
   readonly switcher: MethodSwitcher;
   readonly legend: Legend;
-  readonly tokens: TokenStrip;
+  tokens: TokenStrip;
   readonly images: ImageView[] = [];
   readonly caption: Caption;
-  private mapKey = "";
-  private map: Float32Array | null = null;
-  private scale: ColorScale = { signed: false, range: 0 };
-  private colKey = "";
-  private column: Float32Array | null = null;
-  private colScale: ColorScale = { signed: false, range: 0 };
-  private visibleKey = "";
-  private visible: Uint8Array = new Uint8Array(0);
+  readonly overview: Overview | null;
+  readonly lens: LensPanel | null;
+  readonly projection: ProjectionPanel | null;
+  readonly frames: FrameBuilder;
+  private readonly tabs = new Map<Panel, HTMLButtonElement>();
+  private readonly side: HTMLDivElement;
+  private readonly disposers: (() => void)[] = [];
+  /** Bumped when an extra arrives (part of the overview's memo key). */
+  arrivals = 0;
 
   constructor(
     readonly data: WidgetData,
+    readonly extras: Extras | null,
     readonly store: Store,
-    readonly display: DisplayStore,
     parent: HTMLElement,
     onPickMethod: (name: string) => void,
   ) {
+    this.frames = new FrameBuilder(data, extras);
     const header = document.createElement("div");
     header.className = "mmviz-header";
     const title = document.createElement("div");
@@ -166,167 +188,217 @@ class BuiltView {
     const imgs = document.createElement("div");
     imgs.className = "mmviz-images";
     const onView = (image: number, code: number): void => {
-      const views = [...this.display.get().views];
+      const views = [...store.get().views];
       while (views.length <= image) views.push(-1);
       views[image] = code;
-      this.display.set({ views });
+      store.set({ views });
     };
     for (let i = 0; i < data.nImages; i++) {
       const v = new ImageView(data, store, i, undefined, onView);
       this.images.push(v);
       imgs.append(v.el);
     }
-    if (data.nImages === 0) imgs.hidden = true;
-    this.tokens = new TokenStrip(data, store);
+    imgs.hidden = data.nImages === 0;
+    this.tokens = new TokenStrip(data, store, store.get().words);
     body.append(imgs, this.tokens.el);
 
+    const panels = document.createElement("div");
+    panels.className = "mmviz-panels";
+    this.overview = data.hasAttention ? new Overview(data, store, this.frames) : null;
+    const side = document.createElement("div");
+    side.className = "mmviz-side";
+    const tabBar = document.createElement("div");
+    tabBar.className = "mmviz-tabs";
+    tabBar.setAttribute("role", "tablist");
+    const canFetch = extras !== null;
+    this.lens = canFetch && data.meta.extras.lens ? new LensPanel(data, store) : null;
+    this.projection = canFetch && data.meta.extras.projection ? new ProjectionPanel(data, store) : null;
+    for (const [panel, text, view] of [
+      ["lens", "Logit lens", this.lens],
+      ["projection", "Projection", this.projection],
+    ] as const) {
+      if (view === null) continue;
+      const tab = document.createElement("button");
+      tab.type = "button";
+      tab.className = "mmviz-tab";
+      tab.dataset.panel = panel;
+      tab.textContent = text;
+      tab.setAttribute("role", "tab");
+      const onTab = (): void => store.set({ panel: store.get().panel === panel ? "none" : panel });
+      tab.addEventListener("click", onTab);
+      this.disposers.push(() => tab.removeEventListener("click", onTab));
+      this.tabs.set(panel, tab);
+      tabBar.append(tab);
+    }
+    this.side = side;
+    side.append(tabBar);
+    if (this.lens) side.append(this.lens.el);
+    if (this.projection) side.append(this.projection.el);
+    if (this.overview) panels.append(this.overview.el);
+    if (this.tabs.size > 0) panels.append(side);
+
     this.caption = new Caption(data);
-    parent.append(header, body, this.caption.el);
+    parent.append(header, body, this.caption.el, panels);
+    if (extras !== null) this.disposers.push(extras.subscribe(() => this.arrivals++));
   }
 
-  /** The method actually drawn: `d.method` when it has data, the attention traits for attention. */
-  paint(s: Readonly<FocusState>, d: Readonly<DisplayState>, m: MethodContext): void {
+  /** Rebuild the token strip (pieces ↔ words). */
+  private rebuildTokens(words: boolean): void {
+    const strip = new TokenStrip(this.data, this.store, words);
+    this.tokens.el.replaceWith(strip.el);
+    this.tokens.dispose();
+    this.tokens = strip;
+  }
+
+  paint(s: Readonly<ViewState>, m: MethodContext): Frame {
     const { data } = this;
-    const focus = focusToken(s);
-    const method = d.method || ATTENTION;
+    if (this.tokens.words !== s.words) this.rebuildTokens(s.words);
+    const f = this.frames.build(s, m);
     const entries = switcherEntries(data, m);
-    const info = entries.find((e) => e.info.name === method)?.info;
-    const useAttention = method === ATTENTION && data.hasAttention;
-    const methodMap = useAttention ? null : (m.maps.get(method) ?? null);
-
-    // Columns drawn: every image's selected view (views of one image are never drawn together).
-    const viewsKey = data.defaultViews().map((_, i) => data.selectedView(i, d.views)).join(",");
-    if (viewsKey !== this.visibleKey) {
-      this.visibleKey = viewsKey;
-      this.visible = data.visibleColumns(d.views);
-    }
-    this.images.forEach((v, i) => v.setView(data.selectedView(i, d.views)));
-
-    let valid: boolean;
-    let row: number;
-    let slice: SliceChoice | null = null;
-    let mapKey: string;
-    if (useAttention) {
-      valid = data.validSelection(s.layer, s.head);
-      row = focus === null ? -1 : data.rowOf(focus);
-      mapKey = valid && row >= 0 ? `attention|${s.layer}|${s.head}|${row}|${viewsKey}` : "none";
-      if (mapKey !== this.mapKey) {
-        this.mapKey = mapKey;
-        this.map = mapKey === "none" ? null : data.mapFor(s.layer, s.head, row);
-        this.scale = this.map === null ? { signed: false, range: 0 } : scaleOf(this.map, false, this.visible);
-      }
-    } else if (methodMap !== null) {
-      valid = true;
-      slice = methodMap.sliceFor(s.layer);
-      row = focus === null ? -1 : methodMap.rowOf(focus);
-      mapKey = row >= 0 ? `${method}|${m.mapsGeneration}|${slice.slice}|${row}|${viewsKey}` : "none";
-      if (mapKey !== this.mapKey) {
-        this.mapKey = mapKey;
-        this.map = mapKey === "none" ? null : methodMap.row(slice.slice, row);
-        this.scale =
-          this.map === null ? { signed: methodMap.signed, range: 0 } : scaleOf(this.map, methodMap.signed, this.visible);
-      }
-    } else {
-      valid = false;
-      row = -1;
-      mapKey = "none";
-      this.mapKey = mapKey;
-      this.map = null;
-      this.scale = { signed: info?.signed ?? false, range: 0 };
-    }
-    const shownRow = this.map === null ? -1 : row;
-    for (const v of this.images) {
-      v.paintHeat(this.map, this.scale, shownRow, mapKey);
-      v.heat.dataset.method = this.map === null ? "" : method;
-      v.heat.dataset.layer = slice?.layer != null ? String(slice.layer) : useAttention ? String(s.layer) : "";
+    const info = entries.find((e) => e.info.name === f.method)?.info;
+    this.images.forEach((v, i) => {
+      v.setView(data.selectedView(i, s.views));
+      v.paintHeat(f.map, f.scale, f.map === null ? -1 : (f.rows[0] ?? -1), f.mapKey);
+      v.heat.dataset.method = f.map === null ? "" : f.method;
+      v.heat.dataset.layer = f.slice?.layer != null ? String(f.slice.layer) : f.attention ? String(f.layer) : "";
+      v.heat.dataset.scale = s.scale;
+      v.heat.dataset.gamma = String(s.gamma);
+      v.setOpacity(s.opacity);
       v.paintOutline(s.hoverPatch);
-    }
+      const value = s.hoverPatch !== null && f.map !== null ? f.map[s.hoverPatch] : undefined;
+      v.paintTooltip(s.hoverPatch, value === undefined ? "" : `${this.patchLabel(s.hoverPatch!)}: ${formatValue(value)}`);
+    });
 
-    // Patch hover: tint the tokens by the shown map's values at that patch.
-    const patch = s.hoverPatch;
-    let positions: Int32Array | undefined;
-    let colKey = "none";
-    if (patch !== null && useAttention && data.validSelection(s.layer, s.head)) {
-      colKey = `attention|${s.layer}|${s.head}|${patch}`;
-    } else if (patch !== null && methodMap !== null && slice !== null) {
-      colKey = `${method}|${m.mapsGeneration}|${slice.slice}|${patch}`;
-      positions = methodMap.positions;
-    }
-    if (colKey !== this.colKey) {
-      this.colKey = colKey;
-      if (colKey === "none") this.column = null;
-      else if (useAttention) this.column = data.columnFor(s.layer, s.head, patch!);
-      else this.column = methodMap!.column(slice!.slice, patch!);
-      this.colScale =
-        this.column === null ? { signed: false, range: 0 } : scaleOf(this.column, methodMap?.signed ?? false);
-    }
-    if (methodMap !== null) {
-      const sparse = methodMap.positions.length < data.n;
-      this.tokens.setRows(`${method}|${m.mapsGeneration}`, (pos) => methodMap.hasRow(pos), sparse);
+    if (f.methodMap !== null) {
+      const map = f.methodMap;
+      this.tokens.setRows(`${f.method}|${m.mapsGeneration}`, (pos) => map.hasRow(pos), map.positions.length < data.n);
     } else {
-      this.tokens.setRows(useAttention ? "attention" : `none|${method}`, (pos) => useAttention && data.rowOf(pos) >= 0, !useAttention);
+      this.tokens.setRows(f.attention ? "attention" : `none|${f.method}`, (pos) => f.attention && data.rowOf(pos) >= 0, !f.attention);
     }
     this.tokens.paint({
       hoverToken: s.hoverToken,
       pinnedToken: s.pinnedToken,
-      column: this.column,
-      ...(positions ? { positions } : {}),
-      scale: this.colScale,
+      column: f.column,
+      positions: f.columnPositions,
+      scale: f.columnScale,
+      key: f.columnKey,
     });
-    const signed = methodMap?.signed ?? false;
     this.legend.update({
-      vmax: this.map === null ? null : this.scale.range,
-      tokenMax: this.column === null ? null : this.colScale.range,
-      signed,
-      label: useAttention ? data.meta.map_label : (info?.label ?? methodMap?.label ?? method),
+      vmax: f.map === null ? null : f.scale.range,
+      tokenMax: f.column === null ? null : f.columnScale.range,
+      signed: f.scale.signed,
+      label: f.attention ? data.meta.map_label : (info?.label ?? f.methodMap?.label ?? f.method),
     });
-    if (useAttention || (method === ATTENTION && methodMap === null)) {
-      this.caption.update({ state: s, focus, row, vmax: this.scale.range, valid: useAttention && valid });
-    } else {
-      const entry = entries.find((e) => e.info.name === method);
-      const failed = m.failed !== null && m.failed.method === method ? m.failed.message : null;
-      this.caption.update({
-        method: {
-          state: s,
-          focus,
-          info: info ?? { name: method, label: methodMap?.label ?? method, meaning: methodMap?.meaning ?? "", cost: "fast" },
-          map: methodMap,
-          row,
-          slice,
-          range: this.scale.range,
-          pending: m.pending === method,
-          failed,
-          canCompute: entry?.canCompute ?? false,
-          staticPage: !m.kernel,
-        },
-      });
-    }
-    const layered = useAttention || (methodMap !== null && methodMap.layers !== null && methodMap.layers.length > 0);
-    this.controls.setApplicable(layered, useAttention, useAttention ? "" : "this map does not depend on it");
+    this.paintCaption(s, f, m, entries, info);
+    const layered = f.attention || (f.methodMap !== null && f.methodMap.layers !== null && f.methodMap.layers.length > 0);
+    this.controls.setApplicable(layered, f.attention, f.attention ? "" : "this map does not depend on it");
     this.controls.update(s);
-    this.switcher.update(entries, method);
+    this.switcher.update(entries, f.method);
+    this.paintPanels(s, f);
+    return f;
+  }
+
+  private patchLabel(p: number): string {
+    const g = this.data.grid;
+    return g.length === 2 * this.data.P ? `patch (${g[2 * p]}, ${g[2 * p + 1]})` : `patch ${p}`;
+  }
+
+  private paintCaption(
+    s: Readonly<ViewState>,
+    f: Frame,
+    m: MethodContext,
+    entries: readonly SwitcherEntry[],
+    info: MethodInfo | undefined,
+  ): void {
+    if (f.attention || (f.method === ATTENTION && f.methodMap === null)) {
+      this.caption.update({
+        state: s,
+        focus: f.focus,
+        row: f.rows[0] ?? -1,
+        vmax: f.scale.range,
+        valid: f.attention && this.data.validSelection(f.layer, f.head),
+        preview: f.previewing ? { layer: f.layer, head: f.head } : null,
+        waiting: f.waiting,
+        word: f.focusPositions,
+      });
+      return;
+    }
+    const entry = entries.find((e) => e.info.name === f.method);
+    const failed = m.failed !== null && m.failed.method === f.method ? m.failed.message : null;
+    this.caption.update({
+      method: {
+        state: s,
+        focus: f.focus,
+        info: info ?? { name: f.method, label: f.methodMap?.label ?? f.method, meaning: f.methodMap?.meaning ?? "", cost: "fast" },
+        map: f.methodMap,
+        row: f.rows[0] ?? -1,
+        slice: f.slice,
+        range: f.scale.range,
+        pending: m.pending === f.method,
+        failed,
+        canCompute: entry?.canCompute ?? false,
+        staticPage: !m.kernel,
+      },
+    });
+  }
+
+  private paintPanels(s: Readonly<ViewState>, f: Frame): void {
+    this.overview?.update(s, f.focusPositions, this.arrivals);
+    for (const [panel, tab] of this.tabs) {
+      tab.setAttribute("aria-selected", s.panel === panel ? "true" : "false");
+      tab.classList.toggle("mmviz-on", s.panel === panel);
+    }
+    this.side.dataset.panel = s.panel;
+    const extras = this.extras;
+    if (this.lens) {
+      this.lens.el.hidden = s.panel !== "lens";
+      if (s.panel === "lens" && extras) {
+        extras.want("lens");
+        this.lens.update(s, f.focus, extras.get<LensData>("lens"), extraMessage(extras, "lens", "logit lens"));
+      }
+    }
+    if (this.projection) {
+      this.projection.el.hidden = s.panel !== "projection";
+      if (s.panel === "projection" && extras) {
+        extras.want("projection");
+        const data = extras.get<ProjectionData>("projection");
+        this.projection.update(s, f.focusPositions, data, extraMessage(extras, "projection", "projection"));
+      }
+    }
+  }
+
+  /** Positions the arrow keys step through: those the drawn map has a row for. */
+  rowPositions(f: Frame): number[] {
+    if (f.methodMap !== null) return [...new Set(f.methodMap.positions)].sort((a, b) => a - b);
+    return [...this.data.queryPositions].sort((a, b) => a - b);
   }
 
   dispose(): void {
+    for (const d of this.disposers) d();
+    this.disposers.length = 0;
     this.controls.dispose();
     this.switcher.dispose();
     this.tokens.dispose();
+    this.overview?.dispose();
+    this.lens?.dispose();
+    this.projection?.dispose();
     for (const v of this.images) v.dispose();
   }
 }
 
 function toInt(x: unknown, fallback: number): number {
-  return typeof x === "number" && Number.isFinite(x) ? Math.trunc(x) : fallback;
+  return typeof x === "number" && Number.isInteger(x) ? x : fallback;
 }
 
-/** layer / head / pinned from the model, clamped to what `data` holds. */
-function stateFromModel(model: Model, data: WidgetData | null): Partial<FocusState> {
+/** The synced part of the state, read from the model (validated against the data). */
+function stateFromModel(model: Model, data: WidgetData | null): Partial<ViewState> {
   const L = data?.L ?? 0;
   const H = data?.H ?? 0;
   const n = data?.n ?? 0;
-  const layer = Math.max(0, Math.min(Math.max(0, L - 1), toInt(model.get("layer"), 0)));
+  let layer = toInt(model.get("layer"), 0);
+  if (layer !== ALL_LAYERS && (layer < 0 || layer >= L)) layer = Math.max(0, Math.min(L - 1, layer));
   let head = toInt(model.get("head"), -1);
-  if (!(head >= -1 && head < H)) head = -1;
+  if (head < -1 || head >= H) head = -1;
   const pinned = toInt(model.get("pinned"), -1);
   return { layer, head, pinnedToken: pinned >= 0 && pinned < n ? pinned : null };
 }
@@ -334,11 +406,6 @@ function stateFromModel(model: Model, data: WidgetData | null): Partial<FocusSta
 function methodFromModel(model: Model): string {
   const m = model.get("method");
   return typeof m === "string" && m !== "" ? m : ATTENTION;
-}
-
-/** Does this model have a kernel behind it? The static host (exported pages) says it has none. */
-function hasKernel(model: Model): boolean {
-  return (model as { kernel?: unknown }).kernel !== false;
 }
 
 export interface RenderOptions {
@@ -349,6 +416,7 @@ export interface RenderOptions {
 export function render({ model, el }: { model: Model; el: HTMLElement }, options: RenderOptions = {}): () => void {
   const root = document.createElement("div");
   root.className = "mmviz-root";
+  root.tabIndex = 0; // focusable: the arrow keys move the pinned token and the layer
   const errorBox = document.createElement("div");
   errorBox.className = "mmviz-error";
   errorBox.setAttribute("role", "alert");
@@ -358,16 +426,17 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
   root.append(errorBox, content);
   el.append(root);
 
-  const store = new Store();
-  const display = new DisplayStore({ method: methodFromModel(model) });
+  const store = new Store({ method: methodFromModel(model) });
   const sync = new ModelSync(model);
   let view: BuiltView | null = null;
+  let frame: Frame | null = null;
   let dataError: string | null = null;
   let mapsErrors: string[] = [];
   let applyingModel = false;
   let catalogue: MethodInfo[] = [];
   let maps: ReadonlyMap<string, MethodMap> = new Map();
   let mapsGeneration = 0;
+  let unsubscribeExtras: () => void = () => {};
   /** The method shown before a request for an uncomputed one (shown again if that request fails). */
   let beforeRequest: string = ATTENTION;
 
@@ -403,17 +472,19 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     };
   };
 
+  let painting = false;
   const paint = (): void => {
+    if (painting) return; // a view set the store while painting: that change repaints on its own
+    painting = true;
     const s = store.get();
-    const d = display.get();
     const m = view ? methodContext() : NO_METHODS;
-    if (view) {
-      try {
-        view.paint(s, d, m);
-      } catch (err) {
-        dataError = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
-        showErrors();
-      }
+    try {
+      if (view) frame = view.paint(s, m);
+    } catch (err) {
+      dataError = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
+      showErrors();
+    } finally {
+      painting = false;
     }
     // Test hooks: set after painting.
     const focus = focusToken(s);
@@ -421,8 +492,9 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     root.dataset.head = String(s.head);
     root.dataset.focus = String(focus ?? -1);
     root.dataset.patch = String(s.hoverPatch ?? -1);
-    root.dataset.method = d.method;
+    root.dataset.method = s.method;
     root.dataset.busy = m.pending ?? "";
+    root.dataset.waiting = frame?.waiting ?? "";
     root.dataset.ready = "1";
   };
 
@@ -435,7 +507,7 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     options.computeTimeoutMs ?? COMPUTE_TIMEOUT_MS,
     (method) => {
       // Show the previous map again, so the failed method can be picked (and asked for) again.
-      if (display.get().method === method && !maps.has(method)) display.set({ method: beforeRequest });
+      if (store.get().method === method && !maps.has(method)) store.set({ method: beforeRequest });
     },
   );
 
@@ -449,7 +521,7 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
   };
 
   const pickMethod = (name: string): void => {
-    const current = display.get().method;
+    const current = store.get().method;
     compute.clearFailure();
     if (name === current) return;
     const data = view?.data;
@@ -457,14 +529,15 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     const info = catalogue.find((i) => i.name === name);
     if (!computed && info !== undefined && info.available && hasKernel(model)) {
       beforeRequest = current;
-      display.set({ method: name });
+      store.set({ method: name });
       compute.request(name);
     } else {
-      display.set({ method: name });
+      store.set({ method: name });
     }
   };
 
-  const applyModel = (patch: Partial<FocusState>): void => {
+  /** Apply a change that came from the model (Python), without syncing it back. */
+  const applyModel = (patch: Partial<ViewState>): void => {
     applyingModel = true;
     try {
       store.set(patch);
@@ -473,54 +546,49 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     }
   };
 
-  const applyDisplay = (patch: Partial<DisplayState>): void => {
-    applyingModel = true;
-    try {
-      display.set(patch);
-    } finally {
-      applyingModel = false;
-    }
-  };
-
   const build = (): void => {
     view?.dispose();
     view = null;
+    unsubscribeExtras();
     content.replaceChildren();
-    const { data, error } = getData(model);
+    const { data, error, extras } = getData(model);
     dataError = error ? error.message : null;
-    applyModel({ ...stateFromModel(model, data), hoverToken: null, hoverPatch: null });
-    applyDisplay({ method: methodFromModel(model), views: data ? data.defaultViews() : [] });
+    applyModel({
+      ...stateFromModel(model, data),
+      method: methodFromModel(model),
+      views: data ? data.defaultViews() : [],
+      hoverToken: null,
+      hoverPatch: null,
+      preview: null,
+      playing: false,
+    });
     if (data) {
       try {
-        view = new BuiltView(data, store, display, content, pickMethod);
+        view = new BuiltView(data, extras, store, content, pickMethod);
       } catch (err) {
         content.replaceChildren();
         dataError = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
       }
     }
+    unsubscribeExtras = extras?.subscribe(() => queueMicrotask(paint)) ?? (() => {});
     readMethods();
     showErrors();
     paint();
   };
 
-  const scheduleSync = (): void => sync.schedule({ ...store.get(), method: display.get().method });
-
   const unsubscribe = store.subscribe((s, prev) => {
     paint();
+    if (painting) queueMicrotask(paint);
     if (
       !applyingModel &&
-      (s.layer !== prev.layer || s.head !== prev.head || s.pinnedToken !== prev.pinnedToken)
+      (s.layer !== prev.layer || s.head !== prev.head || s.pinnedToken !== prev.pinnedToken || s.method !== prev.method)
     ) {
-      scheduleSync();
+      sync.schedule(s);
     }
-  });
-  const unsubscribeDisplay = display.subscribe((d, prev) => {
-    paint();
-    if (!applyingModel && d.method !== prev.method) scheduleSync();
   });
 
   const onSelection = (): void => applyModel(stateFromModel(model, view?.data ?? null));
-  const onMethod = (): void => applyDisplay({ method: methodFromModel(model) });
+  const onMethod = (): void => applyModel({ method: methodFromModel(model) });
   const onMethods = (): void => {
     readMethods();
     showErrors();
@@ -542,28 +610,59 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
   ];
   for (const [name, fn] of events) model.on(name, fn);
 
+  // Esc unpins from anywhere; the arrow keys act when the widget has the keyboard focus.
   const onKey = (ev: KeyboardEvent): void => {
     if (ev.key === "Escape" && root.isConnected && store.get().pinnedToken !== null) {
       store.set({ pinnedToken: null });
     }
   };
+  const onRootKey = (ev: KeyboardEvent): void => {
+    if (view === null || frame === null) return;
+    const target = ev.target as HTMLElement | null;
+    if (target !== null && target !== root && /^(INPUT|SELECT|TEXTAREA)$/.test(target.tagName)) return;
+    const s = store.get();
+    if (ev.key === "ArrowLeft" || ev.key === "ArrowRight") {
+      const positions = view.rowPositions(frame);
+      if (positions.length === 0) return;
+      const from = s.pinnedToken ?? s.hoverToken;
+      const step = ev.key === "ArrowRight" ? 1 : -1;
+      let index: number;
+      if (from === null) index = step > 0 ? 0 : positions.length - 1;
+      else {
+        const here = positions.findIndex((p) => p >= from);
+        const at = here === -1 ? positions.length : here;
+        index = positions[at] === from ? at + step : step > 0 ? at : at - 1;
+      }
+      index = Math.max(0, Math.min(positions.length - 1, index));
+      store.set({ pinnedToken: positions[index]! });
+    } else if (ev.key === "ArrowUp" || ev.key === "ArrowDown") {
+      const L = view.data.L;
+      const from = s.layer === ALL_LAYERS ? 0 : s.layer;
+      const layer = Math.max(0, Math.min(L - 1, from + (ev.key === "ArrowUp" ? 1 : -1)));
+      store.set({ layer, playing: false });
+    } else {
+      return;
+    }
+    ev.preventDefault();
+  };
   document.addEventListener("keydown", onKey);
+  root.addEventListener("keydown", onRootKey);
 
   build();
 
   return () => {
     document.removeEventListener("keydown", onKey);
+    root.removeEventListener("keydown", onRootKey);
     for (const [name, fn] of events) model.off(name, fn);
     compute.dispose();
     unsubscribe();
-    unsubscribeDisplay();
-    store.clear();
-    display.clear();
+    unsubscribeExtras();
     try {
       sync.flush(); // the last layer/head/pin/method choice still reaches Python
     } catch {
       sync.cancel();
     }
+    store.clear();
     view?.dispose();
     view = null;
     root.remove();

@@ -112,11 +112,17 @@ describe("fallbacks and errors", () => {
     col.forEach((v, q) => expect(v).toBeCloseTo(mean[(Q + q) * P + 2]!, 6));
   });
 
-  it("works with the head mean only (H = 0)", () => {
+  it("works with the head mean only: heads are then fetched per layer", () => {
     const data = buildData(source(makeState({ withHeads: false })));
-    expect([data.L, data.H]).toEqual([L, 0]);
+    expect([data.L, data.H]).toEqual([L, H]); // H from the metadata
     expect(data.validSelection(0, -1)).toBe(true);
-    expect(data.validSelection(0, 0)).toBe(false);
+    expect(data.validSelection(0, 0)).toBe(true);
+    expect(data.eagerHeads(0)).toBe(null);
+    expect(() => data.mapFor(0, 0, 0)).toThrow(/were not shipped/);
+    expect(data.validSelection(-1, -1)).toBe(true); // mean over layers
+    const meanOverLayers = data.mapFor(-1, -1, 1);
+    const want = [0, 1, 2, 3].map((p) => (data.mapFor(0, -1, 1)[p]! + data.mapFor(1, -1, 1)[p]!) / 2);
+    want.forEach((v, p) => expect(meanOverLayers[p]).toBeCloseTo(v, 6));
   });
 
   it("treats empty attention traits as no data", () => {

@@ -95,7 +95,7 @@ describe("ModelSync (debounced browser → Python)", () => {
   });
 
   it("writes the latest layer/head/pinned once, after the delay", () => {
-    const m = createStaticModel({ layer: 0, head: -1, pinned: -1 });
+    const m = createStaticModel({ layer: 0, head: -1, pinned: -1, method: "attention" });
     const sync = new ModelSync(m);
     sync.schedule({ ...INITIAL_STATE, layer: 1 });
     sync.schedule({ ...INITIAL_STATE, layer: 2, head: 1 });
@@ -110,7 +110,7 @@ describe("ModelSync (debounced browser → Python)", () => {
   });
 
   it("does not save when nothing differs, and cancel drops a pending write", () => {
-    const m = createStaticModel({ layer: 0, head: -1, pinned: -1 });
+    const m = createStaticModel({ layer: 0, head: -1, pinned: -1, method: "attention" });
     const sync = new ModelSync(m);
     sync.schedule(INITIAL_STATE);
     vi.advanceTimersByTime(SYNC_DELAY_MS);
@@ -121,7 +121,7 @@ describe("ModelSync (debounced browser → Python)", () => {
   });
 
   it("flush writes immediately", () => {
-    const m = createStaticModel({ layer: 0, head: -1, pinned: -1 });
+    const m = createStaticModel({ layer: 0, head: -1, pinned: -1, method: "attention" });
     const sync = new ModelSync(m);
     sync.schedule({ ...INITIAL_STATE, head: 2 });
     sync.flush();

@@ -4,7 +4,8 @@ import { focusToken, Store } from "../src/store";
 describe("Store", () => {
   it("starts with nothing focused, layer 0 and the head mean", () => {
     const s = new Store();
-    expect(s.get()).toEqual({ hoverToken: null, pinnedToken: null, hoverPatch: null, layer: 0, head: -1 });
+    expect(s.get()).toMatchObject({ hoverToken: null, pinnedToken: null, hoverPatch: null, layer: 0, head: -1 });
+    expect(s.get()).toMatchObject({ method: "attention", preview: null, words: false, scale: "linear", panel: "none" });
     expect(new Store({ layer: 3 }).get().layer).toBe(3);
   });
 

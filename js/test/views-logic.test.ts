@@ -2,7 +2,7 @@
 
 import { describe, expect, it } from "vitest";
 import { buildData } from "../src/data";
-import { INITIAL_STATE, type FocusState } from "../src/store";
+import { INITIAL_STATE, type ViewState as FocusState } from "../src/store";
 import { CAVEAT, captionText, quoteToken } from "../src/views/caption";
 import { displaySize, pixelRect } from "../src/views/image-view";
 import { formatValue } from "../src/views/legend";

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -33,14 +35,26 @@ def display_strings(tokenizer: object, ids: Sequence[int]) -> list[str]:
     """
     pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])  # type: ignore[attr-defined]
     special = set(getattr(tokenizer, "all_special_tokens", []))
-    byte_level = _looks_byte_level(pieces, special)
+    byte_level = _is_byte_level(tokenizer, special)
     return [_display(piece, special, byte_level) for piece in pieces]
 
 
-def _looks_byte_level(pieces: list[str | None], special: set[str]) -> bool:
-    """GPT-2-style vocabularies spell a space as ``Ġ`` and never use SentencePiece's ``▁``."""
-    ordinary = [p for p in pieces if p and p not in special]
-    return any("Ġ" in p or "Ċ" in p for p in ordinary) and not any("▁" in p for p in ordinary)
+_BYTE_LEVEL: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
+
+
+def _is_byte_level(tokenizer: object, special: set[str]) -> bool:
+    """GPT-2-style vocabularies spell a space as ``Ġ`` and never use SentencePiece's ``▁``. Decided once per
+    tokenizer from its whole vocabulary, so every call shows a token the same way."""
+    try:
+        return _BYTE_LEVEL[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    vocab = getattr(tokenizer, "get_vocab", dict)()
+    ordinary = [piece for piece in vocab if piece not in special]
+    answer = any("Ġ" in p or "Ċ" in p for p in ordinary) and not any("▁" in p for p in ordinary)
+    with contextlib.suppress(TypeError):  # not weak-referenceable: decide again next time
+        _BYTE_LEVEL[tokenizer] = answer
+    return answer
 
 
 def _display(piece: str | None, special: set[str], byte_level: bool) -> str:
@@ -57,3 +71,24 @@ def _display(piece: str | None, special: set[str], byte_level: bool) -> str:
     if match:
         return bytes([int(match.group(1), 16)]).decode("utf-8", errors="replace")
     return piece.replace("▁", " ")
+
+
+def word_starts(tokenizer: object, strings: Sequence[str], text: Sequence[bool]) -> list[bool]:
+    """Whether each position starts a word, so that sub-word pieces can be merged for display.
+
+    ``strings`` are the display strings (:func:`display_strings`), ``text`` says which positions are ordinary
+    text. A text piece continues the previous word when the previous position is text too and the piece does not
+    begin with whitespace (SentencePiece ``▁`` and byte-level ``Ġ`` already became spaces). Word-level vocabularies
+    (every token a word, spaces added when decoding) start a word at every position.
+
+    Example:
+        >>> word_starts(tokenizer, [" The", " gir", "affe", "?"], [True] * 4)   # doctest: +SKIP
+        [True, True, False, False]
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    word_level = type(getattr(backend, "model", None)).__name__ == "WordLevel"
+    starts = []
+    for i, (string, is_text) in enumerate(zip(strings, text, strict=True)):
+        continues = not word_level and is_text and i > 0 and text[i - 1] and not string[:1].isspace()
+        starts.append(not continues)
+    return starts

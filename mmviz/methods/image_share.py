@@ -29,6 +29,8 @@ class ImageShare:
         groups: group name → ``(L,)`` head- and row-mean mass on that group: ``first`` (position 0, the usual sink),
             ``image``, ``prompt`` (other prompt tokens), ``answer``. Sums to one per layer.
         positions: ``(Q,)`` the rows used.
+        row_share: ``(L, H, Q)`` image share of every head and row (the layer × head overview for one token).
+        row_entropy: ``(L, H, Q)`` attention entropy of every head and row, in nats.
     """
 
     layers: np.ndarray
@@ -37,6 +39,8 @@ class ImageShare:
     entropy: np.ndarray
     groups: dict[str, np.ndarray]
     positions: np.ndarray
+    row_share: np.ndarray
+    row_entropy: np.ndarray
 
 
 def image_share(trace: Trace, rows: Literal["all", "answer"] = "all") -> ImageShare:
@@ -70,4 +74,6 @@ def image_share(trace: Trace, rows: Literal["all", "answer"] = "all") -> ImageSh
         entropy=entropy.mean(axis=2),
         groups={name: mean_rows[:, mask].sum(axis=-1) for name, mask in group_masks.items()},
         positions=trace.query_positions[selected],
+        row_share=on_image,
+        row_entropy=entropy,
     )

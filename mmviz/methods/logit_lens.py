@@ -40,6 +40,10 @@ class LogitLens:
         answer_ranks: int ``(L + 1, A)`` rank (0 = top) of answer token t at the position predicting it.
         answer_probs: float32 ``(L + 1, A)`` its probability there.
         entropy: float32 ``(L + 1, N)`` entropy of each lens distribution (nats).
+        target_ids: int ``(N,)`` the token each position is read against: the next token of the analysed
+            sequence at text positions (at position t − 1: answer token t), the first answer token at image
+            positions (does this patch already "read as" the answer?), the final top-1 at the last position.
+        target_ranks: int ``(L + 1, N)`` rank (0 = top) of ``target_ids`` under the lens at every depth.
         map: :class:`Map` of each answer token's probability at the image positions, per depth.
     """
 
@@ -49,6 +53,8 @@ class LogitLens:
     answer_ranks: np.ndarray
     answer_probs: np.ndarray
     entropy: np.ndarray
+    target_ids: np.ndarray
+    target_ranks: np.ndarray
     map: Map
 
     def __repr__(self) -> str:
@@ -85,7 +91,11 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
     answer_probs = np.zeros((depths, len(answer)), np.float32)
     entropy = np.zeros((depths, n), np.float32)
     image_probs = np.zeros((depths, len(answer), len(columns)), np.float32)
+    target_ranks = np.zeros((depths, n), np.int64)
     dtype = next(adapter.unembedding().parameters()).dtype
+    with torch.no_grad():
+        final_guess = int(adapter.lens_logits(states[-1, -1:].to(dtype)).argmax())
+    targets = _lens_targets(ids, trace, final_guess)
     with torch.no_grad():
         for depth in progress(range(depths), desc="mmviz: logit lens", unit="layer"):
             logits = adapter.lens_logits(states[depth].to(dtype)).float()  # (N, V)
@@ -99,6 +109,8 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
             ranks[depth] = (predicting > picked).sum(dim=-1).numpy()
             answer_probs[depth] = picked[:, 0].exp().numpy()
             image_probs[depth] = probs[columns][:, ids[answer]].T.numpy()
+            target = log_probs.gather(1, targets[:, None])
+            target_ranks[depth] = (log_probs > target).sum(dim=-1).numpy()
     top_tokens = [[adapter.display_tokens(row.tolist()) for row in layer] for layer in top_ids]
     return LogitLens(
         top_ids=top_ids,
@@ -107,6 +119,8 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
         answer_ranks=ranks,
         answer_probs=answer_probs,
         entropy=entropy,
+        target_ids=targets.numpy(),
+        target_ranks=target_ranks,
         map=Map(
             method="logit_lens",
             label=LABEL,
@@ -118,3 +132,13 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
             info={"layer -1": "embeddings", "final_norm": "applied once"},
         ),
     )
+
+
+def _lens_targets(ids: torch.Tensor, trace: Trace, final_guess: int) -> torch.Tensor:
+    """The token every position is read against (see :class:`LogitLens`)."""
+    targets = torch.full_like(ids, final_guess)
+    targets[:-1] = ids[1:]
+    columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
+    if trace.answer_start < len(ids):
+        targets[columns] = ids[trace.answer_start]
+    return targets

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from mmviz.adapters.layout import IMAGE
+from mmviz.adapters.layout import IMAGE, QUERY
 from mmviz.capture.hidden import recording_hidden_states
 from mmviz.capture.model_state import preserved
 from mmviz.errors import InputError
@@ -29,7 +29,7 @@ class Projection:
 
     Attributes:
         coords: float32 ``(L + 1, N, 2)``; depth 0 = embeddings, ℓ = after decoder layer ℓ − 1.
-        is_image: ``(N,)`` True for image positions (colour by modality).
+        is_image: ``(N,)`` True for positions that carry the image (image tokens; BLIP-2's query tokens).
         grid: ``(N, 2)`` grid row/column of image positions (-1 for text; colour by grid position).
         modality_gap: float32 ``(L + 1,)`` cosine distance between the mean image and mean text state per depth.
         explained: fraction of variance the two components explain (PCA only, else NaN).
@@ -53,7 +53,7 @@ def projection(trace: Trace, *, method: Literal["pca", "umap"] = "pca", seed: in
         (33, 620, 2)
     """
     states = _hidden_states(trace)  # (D, N, d)
-    is_image = trace.layout.kinds == IMAGE
+    is_image = np.isin(trace.layout.kinds, [IMAGE, QUERY])
     if not is_image.any() or is_image.all():
         raise InputError("a projection needs both image and text positions")
     centred = states - states.mean(axis=1, keepdims=True)

@@ -46,9 +46,14 @@ window.mmvizView = await mod.mountStatic(document.getElementById("mmviz-root"), 
 """
 
 
-def widget_payload(widget: ipywidgets.Widget) -> dict[str, Any]:
-    """The widget's synced state with binary buffers split out and base64-encoded (the static host's input)."""
+def widget_payload(widget: ipywidgets.Widget, prefetched: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The widget's synced state with binary buffers split out and base64-encoded (the static host's input).
+
+    ``prefetched`` (the answers a kernel would give to the browser's fetch requests) goes in as ``state.prefetched``.
+    """
     state = {key: value for key, value in widget.get_state().items() if key not in _SKIP and key not in _SKIP_MODEL}
+    if prefetched:
+        state["prefetched"] = prefetched
     stripped, paths, buffers = _remove_buffers(state)
     return {
         "state": stripped,
@@ -64,12 +69,12 @@ def _script_json(value: Any) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def to_html(widget: ipywidgets.Widget, title: str = "mmviz") -> str:
+def to_html(widget: ipywidgets.Widget, title: str = "mmviz", prefetched: dict[str, Any] | None = None) -> str:
     """A self-contained HTML page showing ``widget`` (works from ``file://``, offline)."""
     javascript, css = read_bundle()
     return _PAGE.format(
         title=html.escape(title),
         css=css.replace("</", "<\\/"),
-        payload=_script_json(widget_payload(widget)),
+        payload=_script_json(widget_payload(widget, prefetched)),
         bundle=_script_json(javascript),
     )

@@ -41,6 +41,11 @@ def test_image_share_groups_partition_attention(trace):
     np.testing.assert_allclose(total, 1.0, atol=1e-5)
     image = trace.attention_rows[..., trace.layout.positions("image")].sum(-1)  # (L, H, Q)
     np.testing.assert_allclose(share.share, image.mean(-1), atol=1e-6)
+    np.testing.assert_allclose(share.row_share, image, atol=1e-6)
+    rows = trace.attention_rows.astype(np.float64)
+    entropy = -(rows * np.log(np.where(rows > 0, rows, 1.0))).sum(-1)
+    np.testing.assert_allclose(share.row_entropy, entropy, atol=1e-4)
+    np.testing.assert_allclose(share.entropy, entropy.mean(-1), atol=1e-4)
     assert (share.entropy > 0).all()
     answer = image_share(trace, rows="answer")
     assert answer.positions.min() == trace.answer_start - 1
@@ -95,3 +100,20 @@ def test_projection_is_one_frame_for_all_layers(trace_all_rows):
     except ImportError:
         with pytest.raises(InputError, match="umap-learn"):
             projection(trace_all_rows, method="umap")
+
+
+def test_logit_lens_reads_every_position_against_its_target(trace):
+    """Text positions are read against the next token (answer token t at t − 1, matching answer_ranks), image
+    positions against the first answer token; the ranks are those of a full sort of the lens distribution."""
+    lens = logit_lens(trace, k=3)
+    ids = trace.token_ids
+    n = len(ids)
+    assert lens.target_ids.shape == (n,) and lens.target_ranks.shape == (trace.num_layers + 1, n)
+    text = np.setdiff1d(np.arange(n - 1), trace.image_positions)
+    np.testing.assert_array_equal(lens.target_ids[text], ids[text + 1])
+    np.testing.assert_array_equal(lens.target_ids[trace.image_positions], ids[trace.answer_start])
+    assert lens.target_ids[-1] == lens.top_ids[-1, -1, 0]
+    predicting = np.arange(trace.answer_start - 1, n - 1)
+    np.testing.assert_array_equal(lens.target_ranks[:, predicting], lens.answer_ranks)
+    top = lens.target_ranks == 0
+    np.testing.assert_array_equal(top, lens.top_ids[:, :, 0] == lens.target_ids[None, :])

@@ -6,7 +6,9 @@
  * path as a DataView (like ipywidgets' `put_buffers`), and renders the widget into an element.
  */
 
-import { base64ToBytes } from "../codec";
+import { base64ToBytes, putAtPath } from "../codec";
+
+export { putAtPath };
 import { DIVERGING, VIRIDIS } from "../colormap";
 import { initialize, render } from "../widget";
 
@@ -91,18 +93,6 @@ export function createStaticModel(state: Record<string, unknown> = {}, options: 
 export interface StaticPayload {
   state: Record<string, unknown>;
   buffers?: { path: (string | number)[]; data: string }[];
-}
-
-/** Put `value` at `path` inside `state`, creating containers on the way (ipywidgets' put_buffers). */
-export function putAtPath(state: Record<string, unknown>, path: readonly (string | number)[], value: unknown): void {
-  if (path.length === 0) throw new Error("mmviz static host: empty buffer path");
-  let obj: any = state;
-  for (let i = 0; i < path.length - 1; i++) {
-    const key = path[i]!;
-    if (obj[key] === undefined || obj[key] === null) obj[key] = typeof path[i + 1] === "number" ? [] : {};
-    obj = obj[key];
-  }
-  obj[path[path.length - 1]!] = value;
 }
 
 export interface Mounted {

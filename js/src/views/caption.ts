@@ -2,13 +2,13 @@
 
 import type { WidgetData } from "../data";
 import { costHint, explainsAnswerTokens, type MethodInfo, type MethodMap, type SliceChoice } from "../methods";
-import type { FocusState } from "../store";
-import { displayToken } from "./token-strip";
+import { ALL_LAYERS, type ViewState } from "../store";
+import { displayToken, probabilityText } from "./token-strip";
 
 export const CAVEAT = "Attention shows where a head reads, not what caused the answer.";
 
 export interface CaptionState {
-  state: Readonly<FocusState>;
+  state: Readonly<ViewState>;
   focus: number | null;
   /** Attention row of the focused token, −1 if none. */
   row: number;
@@ -16,6 +16,12 @@ export interface CaptionState {
   vmax: number;
   /** Is (layer, head) an existing map? */
   valid: boolean;
+  /** The layer and head drawn when they differ from the selection (an overview cell is previewed). */
+  preview?: { layer: number; head: number } | null;
+  /** Why the map is not drawn yet (per-head maps on their way), or null. */
+  waiting?: string | null;
+  /** The focused word's positions, when pieces are merged into words. */
+  word?: readonly number[];
 }
 
 export function quoteToken(text: string, maxLen = 32): string {
@@ -24,7 +30,17 @@ export function quoteToken(text: string, maxLen = 32): string {
 }
 
 export function selectionText(layer: number, head: number): string {
-  return `layer ${layer}, ${head === -1 ? "mean of heads" : `head ${head}`}`;
+  const l = layer === ALL_LAYERS ? "mean over all layers" : `layer ${layer}`;
+  return `${l}, ${head === -1 ? "mean of heads" : `head ${head}`}`;
+}
+
+/** ‹token› or ‹word› (n pieces), with its probability when it is an answer token. */
+function focusText(data: WidgetData, focus: number, word: readonly number[] | undefined): string {
+  const positions = word !== undefined && word.length > 1 ? word : [focus];
+  const text = quoteToken(positions.map((i) => data.tokens[i] ?? "").join(""));
+  const pieces = positions.length > 1 ? ` (${positions.length} pieces, their maps averaged)` : "";
+  const prob = probabilityText(positions.reduce((sum, i) => sum + (data.logprobs[i] ?? Number.NaN), 0));
+  return `${text}${pieces}${prob ? `, ${prob}` : ""}`;
 }
 
 export function captionText(data: WidgetData, c: CaptionState): string {
@@ -36,19 +52,21 @@ export function captionText(data: WidgetData, c: CaptionState): string {
       : "No attention maps were recorded for this input, so only the tokens are shown.";
   }
   if (!c.valid) return `There is no attention map for ${selectionText(s.layer, s.head)}.`;
-  const sel = selectionText(s.layer, s.head);
+  const shown = c.preview ?? { layer: s.layer, head: s.head };
+  const sel = selectionText(shown.layer, shown.head) + (c.preview ? " (previewed from the overview)" : "");
   const pinNote = s.pinnedToken !== null && c.focus === s.pinnedToken ? " (pinned: click it again or press Esc to unpin)" : "";
   const patch = s.hoverPatch;
   const patchNote =
     patch !== null ? ` Tokens are tinted by their attention to ${patchText(data, patch)}.` : "";
   if (c.focus !== null) {
-    const tok = quoteToken(data.tokens[c.focus] ?? "");
+    const tok = focusText(data, c.focus, c.word);
     if (c.row < 0) {
       return (
         `${tok} at position ${c.focus} has no attention row: maps were recorded for ${data.Q} ` +
         `query position${data.Q === 1 ? "" : "s"} only.${pinNote}${patchNote}`
       );
     }
+    if (c.waiting) return `${tok} at ${sel}: ${c.waiting}${pinNote}`;
     if (!(c.vmax > 0)) {
       return (
         `${tok} (query row at position ${c.focus}) cannot see the image at ${sel}: every value is 0, ` +
@@ -78,7 +96,7 @@ function patchText(data: WidgetData, p: number): string {
 
 /** What the caption needs to describe a map method other than attention (or attention shipped as a map). */
 export interface MethodCaptionState {
-  state: Readonly<FocusState>;
+  state: Readonly<ViewState>;
   focus: number | null;
   info: Pick<MethodInfo, "name" | "label" | "meaning" | "cost">;
   /** The computed map, or null when `maps` does not hold it. */

@@ -31,6 +31,8 @@ export class ImageView {
   readonly photo: HTMLCanvasElement;
   readonly heat: HTMLCanvasElement;
   readonly outline: HTMLCanvasElement;
+  /** The value of the hovered patch, next to it. */
+  readonly tooltip: HTMLDivElement;
   readonly width: number;
   readonly height: number;
   private readonly meta: ImageMeta;
@@ -76,23 +78,26 @@ export class ImageView {
     const el = document.createElement("div");
     el.className = "mmviz-image";
     el.dataset.imageIndex = String(index);
+    // The stack shrinks with the notebook (CSS scales the canvases; pointer maths uses the rendered size).
     const stack = document.createElement("div");
     stack.className = "mmviz-image-stack";
     stack.style.width = `${w}px`;
-    stack.style.height = `${h}px`;
+    stack.style.aspectRatio = `${w} / ${h}`;
     const mk = (cls: string): HTMLCanvasElement => {
       const c = document.createElement("canvas");
       c.className = cls;
       c.width = w;
       c.height = h;
-      c.style.width = `${w}px`;
-      c.style.height = `${h}px`;
       stack.append(c);
       return c;
     };
     this.photo = mk("mmviz-photo");
     this.heat = mk("mmviz-heat");
     this.outline = mk("mmviz-outline");
+    this.tooltip = document.createElement("div");
+    this.tooltip.className = "mmviz-tooltip";
+    this.tooltip.hidden = true;
+    stack.append(this.tooltip);
     this.photo.dataset.loaded = "0";
     this.heat.dataset.row = "-1";
     this.heat.setAttribute("aria-hidden", "true");
@@ -277,6 +282,25 @@ export class ImageView {
     this.heat.dataset.row = String(row);
     this.heat.dataset.signed = scale.signed ? "1" : "0";
     this.heat.dataset.range = drawn ? String(scale.range) : "";
+  }
+
+  /** Heatmap opacity over the photo (0 … 1). */
+  setOpacity(opacity: number): void {
+    const v = String(Math.max(0, Math.min(1, opacity)));
+    if (this.heat.style.opacity !== v) this.heat.style.opacity = v;
+  }
+
+  /** Show `text` next to the hovered column when it belongs to this image; hide it otherwise. */
+  paintTooltip(patch: number | null, text: string): void {
+    const mine = patch !== null && this.visibleSet.has(patch);
+    this.tooltip.hidden = !mine || text === "";
+    if (!mine || text === "") return;
+    if (this.tooltip.textContent !== text) this.tooltip.textContent = text;
+    const [x0, y0, x1, y1] = this.rects.get(patch)!;
+    // Percentages, so the tooltip follows the box when the stack is scaled.
+    this.tooltip.style.left = `${(100 * (x0 + x1)) / 2 / this.width}%`;
+    this.tooltip.style.top = `${(100 * y1) / this.height}%`;
+    this.tooltip.dataset.patch = String(patch);
   }
 
   /** Outline the hovered column when it belongs to this image. */

@@ -1,11 +1,19 @@
 /**
- * The sequence as a strip of token chips. Image positions collapse into one chip per contiguous run.
- * Token text is only ever set with textContent.
+ * The sequence as a strip of token chips. Image positions collapse into one chip per contiguous run. In word mode
+ * the sub-word pieces of a word are one chip (its map is the mean of its pieces' maps). Token text is only ever
+ * set with textContent.
  */
 
 import { scaleColor, textColorOn, type ColorScale } from "../colormap";
 import { isImageKind, KIND_QUERY, KIND_SPECIAL, type WidgetData } from "../data";
 import type { Store } from "../store";
+
+/** "p = 0.83" for a log-probability (answer tokens), "" for NaN. */
+export function probabilityText(logprob: number): string {
+  if (!Number.isFinite(logprob)) return "";
+  const p = Math.exp(logprob);
+  return `p = ${p >= 0.01 || p === 0 ? p.toFixed(2) : p.toExponential(1)}`;
+}
 
 /** Token text with whitespace made visible (the strip uses `white-space: pre`). */
 export function displayToken(text: string): string {
@@ -58,25 +66,29 @@ export interface TokenPaint {
   positions?: Int32Array;
   /** How `column` is coloured. */
   scale: ColorScale;
+  /** Identifies `column` and `scale`: the tint is rewritten only when it changes. */
+  key: string;
 }
 
 export class TokenStrip {
   readonly el: HTMLDivElement;
-  /** Span of each displayed position (undefined for image positions). */
+  /** Span of each displayed position (undefined for image positions); in word mode every piece maps to its word. */
   private readonly spans: (HTMLSpanElement | undefined)[];
   private readonly tinted = new Set<HTMLSpanElement>();
   private hoverEl: HTMLSpanElement | undefined;
   private pinnedEl: HTMLSpanElement | undefined;
-  private lastColumn: Float32Array | null = null;
+  private lastKey = "";
   private rowsKey = "attention";
   private readonly disposers: (() => void)[] = [];
 
   constructor(
     private readonly data: WidgetData,
     private readonly store: Store,
+    /** Merge sub-word pieces into one chip per word. */
+    readonly words = false,
   ) {
     const el = document.createElement("div");
-    el.className = "mmviz-tokens";
+    el.className = words ? "mmviz-tokens mmviz-words" : "mmviz-tokens";
     el.setAttribute("role", "list");
     el.setAttribute("aria-label", "tokens");
     this.el = el;
@@ -101,8 +113,11 @@ export class TokenStrip {
         pos += run.count;
         continue;
       }
-      frag.append(this.makeSpan(pos));
-      pos++;
+      const members = words ? data.wordOf(pos).filter((i) => i >= pos && !runAt.has(i)) : [pos];
+      const last = members.findIndex((i, k) => k > 0 && i !== members[k - 1]! + 1);
+      const word = last === -1 ? members : members.slice(0, last);
+      frag.append(this.makeSpan(word.length > 0 ? word : [pos]));
+      pos += Math.max(1, word.length);
     }
     el.append(frag);
 
@@ -133,8 +148,10 @@ export class TokenStrip {
     });
   }
 
-  private makeSpan(pos: number): HTMLSpanElement {
+  /** One chip for `positions` (a token, or the pieces of a word), keyed by its first position. */
+  private makeSpan(positions: readonly number[]): HTMLSpanElement {
     const { data } = this;
+    const pos = positions[0]!;
     const span = document.createElement("span");
     const kind = data.kinds[pos] ?? 0;
     const classes = ["mmviz-token"];
@@ -142,19 +159,26 @@ export class TokenStrip {
     if (kind === KIND_SPECIAL) classes.push("mmviz-special");
     if (kind === KIND_QUERY) classes.push("mmviz-query");
     const q = data.rowOf(pos);
-    if (q >= 0) classes.push("mmviz-has-row");
+    if (positions.some((i) => data.rowOf(i) >= 0)) classes.push("mmviz-has-row");
     span.className = classes.join(" ");
-    const text = data.tokens[pos] ?? "";
+    const text = positions.map((i) => data.tokens[i] ?? "").join("");
     span.textContent = displayToken(text);
     if (text === "") span.classList.add("mmviz-empty");
     span.dataset.pos = String(pos);
+    if (positions.length > 1) span.dataset.positions = positions.join(",");
     span.setAttribute("role", "listitem");
-    let title = `position ${pos}`;
-    if (q >= 0) title += ` · attention row ${q}`;
+    let title = positions.length > 1 ? `positions ${pos}–${positions[positions.length - 1]} (${positions.length} pieces)` : `position ${pos}`;
+    if (q >= 0 && positions.length === 1) title += ` · attention row ${q}`;
     if (kind === KIND_SPECIAL) title += " · special token";
     if (pos >= data.answerStart) title += " · answer";
+    const logprob = positions.reduce((sum, i) => sum + (data.logprobs[i] ?? Number.NaN), 0);
+    const prob = probabilityText(logprob);
+    if (prob !== "") {
+      title += ` · ${prob}`;
+      span.dataset.prob = Math.exp(logprob).toFixed(6);
+    }
     span.title = title;
-    this.spans[pos] = span;
+    for (const i of positions) this.spans[i] = span;
     return span;
   }
 
@@ -166,9 +190,11 @@ export class TokenStrip {
     if (key === this.rowsKey) return;
     this.rowsKey = key;
     this.el.classList.toggle("mmviz-rows-sparse", sparse);
+    const marked = new Set<HTMLSpanElement>();
     this.spans.forEach((span, pos) => {
-      if (span !== undefined) span.classList.toggle("mmviz-has-row", hasRow(pos));
+      if (span !== undefined && hasRow(pos)) marked.add(span);
     });
+    for (const span of new Set(this.spans)) span?.classList.toggle("mmviz-has-row", marked.has(span));
   }
 
   spanAt(pos: number): HTMLSpanElement | undefined {
@@ -188,8 +214,8 @@ export class TokenStrip {
       pinnedEl?.classList.add("mmviz-pinned");
       this.pinnedEl = pinnedEl;
     }
-    if (p.column === this.lastColumn) return; // same (memoised) column: tint unchanged
-    this.lastColumn = p.column;
+    if (p.key === this.lastKey) return; // same column and scale: tint unchanged
+    this.lastKey = p.key;
     for (const span of this.tinted) {
       span.style.removeProperty("background-color");
       span.style.removeProperty("color");
@@ -199,11 +225,17 @@ export class TokenStrip {
     this.tinted.clear();
     if (p.column === null) return;
     const positions = p.positions ?? this.data.queryPositions;
+    // A word's tint is the mean of its pieces' values.
+    const sums = new Map<HTMLSpanElement, [number, number]>();
     for (let q = 0; q < positions.length; q++) {
       const span = this.spans[positions[q]!];
-      if (span === undefined) continue;
       const v = p.column[q]!;
-      if (!Number.isFinite(v)) continue;
+      if (span === undefined || !Number.isFinite(v)) continue;
+      const acc = sums.get(span) ?? [0, 0];
+      sums.set(span, [acc[0] + v, acc[1] + 1]);
+    }
+    for (const [span, [sum, count]] of sums) {
+      const v = sum / count;
       const rgb = scaleColor(p.scale, v);
       span.style.backgroundColor = `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
       span.style.color = textColorOn(rgb);

@@ -1,0 +1,259 @@
+/**
+ * The layer × head overview: one cell per (layer, head), coloured by a statistic of the focused token's attention
+ * row (or, with nothing focused, the mean over the answer's rows): its image share, its entropy, or the attention
+ * it pays to the last hovered image patch. Hovering a cell previews that head's map on the image; a click selects
+ * it; a layer's row header selects the layer (mean of heads), a head's column header that head averaged over all
+ * layers, the corner the mean of everything.
+ *
+ * Share and entropy come with the first payload (`head_stats`); the patch statistic needs every layer's per-head
+ * maps, which are fetched in the background (cells fill in as layers arrive).
+ */
+
+import { colorFor } from "../colormap";
+import type { WidgetData } from "../data";
+import type { FrameBuilder } from "../frame";
+import { ALL_LAYERS, type Statistic, type Store, type ViewState } from "../store";
+import { formatValue } from "./legend";
+
+const STAT_LABELS: Record<Statistic, string> = {
+  share: "image share",
+  entropy: "entropy (nats)",
+  patch: "attention on the hovered patch",
+};
+
+/** Rows the statistics average over: the focused positions' rows, else the answer's rows, else every row. */
+export function statRows(data: WidgetData, focusPositions: readonly number[]): { rows: number[]; which: string } {
+  const focused = focusPositions.map((pos) => data.rowOf(pos)).filter((q) => q >= 0);
+  if (focused.length > 0) return { rows: focused, which: "focus" };
+  const answer: number[] = [];
+  data.queryPositions.forEach((pos, q) => {
+    if (pos >= data.answerStart - 1) answer.push(q);
+  });
+  if (answer.length > 0) return { rows: answer, which: "answer" };
+  return { rows: Array.from({ length: data.Q }, (_, q) => q), which: "all" };
+}
+
+export class Overview {
+  readonly el: HTMLDivElement;
+  readonly grid: HTMLCanvasElement;
+  readonly statSelect: HTMLSelectElement;
+  private readonly note: HTMLDivElement;
+  private readonly cell: number;
+  private readonly disposers: (() => void)[] = [];
+  private values: Float32Array;
+  /** Max of the cells' values: the top of their colour scale. */
+  private range = 0;
+  private key = "";
+  /** The patch the patch statistic is about: the last one hovered (the mouse leaves the image to reach here). */
+  private patch: number | null = null;
+
+  constructor(
+    private readonly data: WidgetData,
+    private readonly store: Store,
+    private readonly frames: FrameBuilder,
+  ) {
+    const { L, H } = data;
+    this.cell = Math.max(8, Math.min(18, Math.floor(360 / Math.max(1, H))));
+    this.values = new Float32Array(L * H).fill(Number.NaN);
+    const el = document.createElement("div");
+    el.className = "mmviz-overview";
+    const head = document.createElement("div");
+    head.className = "mmviz-overview-head";
+    const title = document.createElement("span");
+    title.className = "mmviz-panel-title";
+    title.textContent = "Layer × head";
+    const select = document.createElement("select");
+    select.className = "mmviz-stat";
+    select.setAttribute("aria-label", "overview statistic");
+    for (const stat of ["share", "entropy", "patch"] as Statistic[]) {
+      const o = document.createElement("option");
+      o.value = stat;
+      o.textContent = STAT_LABELS[stat];
+      o.disabled = stat !== "patch" && data.headStats === null;
+      select.append(o);
+    }
+    head.append(title, select);
+
+    // Corner, head headers (top), layer headers (left), cells.
+    const table = document.createElement("div");
+    table.className = "mmviz-overview-table";
+    table.style.gridTemplateColumns = `auto ${H * this.cell}px`;
+    const corner = this.button("all", "mmviz-overview-corner", "mean over every layer and head", () =>
+      store.set({ layer: ALL_LAYERS, head: -1, preview: null }),
+    );
+    const heads = document.createElement("div");
+    heads.className = "mmviz-overview-heads";
+    heads.style.gridTemplateColumns = `repeat(${H}, ${this.cell}px)`;
+    for (let h = 0; h < H; h++) {
+      heads.append(
+        this.button(String(h), "mmviz-overview-headbtn", `head ${h}, mean over all layers`, () =>
+          store.set({ layer: ALL_LAYERS, head: h, preview: null }),
+        ),
+      );
+      heads.lastElementChild!.setAttribute("data-head", String(h));
+    }
+    const layers = document.createElement("div");
+    layers.className = "mmviz-overview-layers";
+    layers.style.gridTemplateRows = `repeat(${L}, ${this.cell}px)`;
+    for (let l = 0; l < L; l++) {
+      layers.append(
+        this.button(String(l), "mmviz-overview-layerbtn", `layer ${l}, mean of heads`, () =>
+          store.set({ layer: l, head: -1, preview: null }),
+        ),
+      );
+      layers.lastElementChild!.setAttribute("data-layer", String(l));
+    }
+    const grid = document.createElement("canvas");
+    grid.className = "mmviz-overview-grid";
+    grid.width = H * this.cell;
+    grid.height = L * this.cell;
+    grid.dataset.cell = String(this.cell);
+    grid.setAttribute("role", "img");
+    grid.setAttribute("aria-label", "layer by head overview");
+    table.append(corner, heads, layers, grid);
+
+    const note = document.createElement("div");
+    note.className = "mmviz-overview-note";
+    el.append(head, table, note);
+    this.el = el;
+    this.grid = grid;
+    this.statSelect = select;
+    this.note = note;
+
+    const cellAt = (ev: MouseEvent): { layer: number; head: number } | null => {
+      const r = grid.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) return null;
+      const head = Math.floor(((ev.clientX - r.left) / r.width) * H);
+      const layer = Math.floor(((ev.clientY - r.top) / r.height) * L);
+      return head >= 0 && head < H && layer >= 0 && layer < L ? { layer, head } : null;
+    };
+    const on = (target: EventTarget, type: string, fn: (ev: MouseEvent) => void): void => {
+      const listener = fn as EventListener;
+      target.addEventListener(type, listener);
+      this.disposers.push(() => target.removeEventListener(type, listener));
+    };
+    on(grid, "mousemove", (ev) => {
+      const c = cellAt(ev);
+      const prev = store.get().preview;
+      if (c === null ? prev !== null : prev?.layer !== c.layer || prev.head !== c.head) store.set({ preview: c });
+      grid.title = c === null ? "" : this.cellText(c.layer, c.head);
+    });
+    on(grid, "mouseleave", () => store.set({ preview: null }));
+    on(grid, "click", (ev) => {
+      const c = cellAt(ev);
+      if (c !== null) store.set({ layer: c.layer, head: c.head, preview: null });
+    });
+    on(select, "change", () => store.set({ stat: select.value as Statistic }));
+  }
+
+  private button(text: string, cls: string, title: string, onClick: () => void): HTMLButtonElement {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = cls;
+    b.textContent = text;
+    b.title = title;
+    b.addEventListener("click", onClick);
+    this.disposers.push(() => b.removeEventListener("click", onClick));
+    return b;
+  }
+
+  private cellText(layer: number, head: number): string {
+    const v = this.values[layer * this.data.H + head]!;
+    return `layer ${layer}, head ${head}: ${STAT_LABELS[this.store.get().stat]} ${Number.isFinite(v) ? formatValue(v) : "–"}`;
+  }
+
+  /** Recompute and repaint when what the cells show changed. */
+  update(s: Readonly<ViewState>, focusPositions: readonly number[], arrivals: number): void {
+    const { data } = this;
+    if (s.hoverPatch !== null) this.patch = s.hoverPatch;
+    if (this.statSelect.value !== s.stat) this.statSelect.value = s.stat;
+    const { rows, which } = statRows(data, focusPositions);
+    const key = [s.stat, rows.join(","), s.stat === "patch" ? this.patch : "", arrivals].join("|");
+    if (key !== this.key) {
+      this.key = key;
+      this.compute(s.stat, rows);
+      this.note.textContent = this.noteText(s.stat, which);
+    }
+    this.paint(s);
+    this.el.dataset.stat = s.stat;
+    this.el.dataset.rows = which;
+    this.el.dataset.patch = String(s.stat === "patch" ? (this.patch ?? -1) : -1);
+  }
+
+  private compute(stat: Statistic, rows: readonly number[]): void {
+    const { data } = this;
+    const { L, H } = data;
+    this.values.fill(Number.NaN);
+    let missing = 0;
+    for (let l = 0; l < L; l++) {
+      const heads = stat === "patch" && this.patch !== null ? this.frames.headsOf(l) : null;
+      if (stat === "patch" && this.patch !== null && heads === null) missing++;
+      for (let h = 0; h < H; h++) {
+        let sum = 0;
+        for (const q of rows) {
+          if (stat === "patch") sum += heads === null ? Number.NaN : heads.value(h, q, this.patch!);
+          else sum += data.headStat(stat === "share" ? 0 : 1, l, h, q);
+        }
+        this.values[l * H + h] = rows.length > 0 ? sum / rows.length : Number.NaN;
+      }
+    }
+    this.el.dataset.missing = String(missing);
+    let max = 0;
+    for (const v of this.values) if (v > max) max = v;
+    this.range = max;
+    this.el.dataset.range = String(max);
+  }
+
+  private noteText(stat: Statistic, which: string): string {
+    const over =
+      which === "focus" ? "the focused token" : which === "answer" ? "the answer tokens (mean)" : "every recorded row";
+    if (stat === "patch" && this.patch === null) return "Hover a patch of the image: cells show the attention paid to it.";
+    const missing = Number(this.el.dataset.missing ?? 0);
+    const loading = missing > 0 ? ` Loading ${missing} layer${missing === 1 ? "" : "s"}…` : "";
+    return `${STAT_LABELS[stat]} of ${over}, per layer (rows) and head (columns); 0 … ${formatValue(this.range)}.${loading} Hover a cell to preview its map, click to select it.`;
+  }
+
+  private paint(s: Readonly<ViewState>): void {
+    const ctx = this.grid.getContext("2d");
+    if (!ctx) return;
+    const { L, H } = this.data;
+    const c = this.cell;
+    ctx.clearRect(0, 0, H * c, L * c);
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < H; h++) {
+        const v = this.values[l * H + h]!;
+        if (!Number.isFinite(v)) {
+          ctx.fillStyle = "rgba(128, 128, 128, 0.25)";
+        } else {
+          const [r, g, b] = colorFor(this.range > 0 ? v / this.range : 0);
+          ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+        }
+        ctx.fillRect(h * c, l * c, c, c);
+      }
+    }
+    // Selection: a cell, a layer's row (mean of heads), a head's column (mean over layers), or everything.
+    const outline = (x: number, y: number, w: number, hgt: number, dashed: boolean): void => {
+      ctx.setLineDash(dashed ? [3, 2] : []);
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = "#000";
+      ctx.strokeRect(x + 1, y + 1, w - 2, hgt - 2);
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "#fff";
+      ctx.strokeRect(x + 2.5, y + 2.5, w - 5, hgt - 5);
+    };
+    const layer = s.layer;
+    if (layer === ALL_LAYERS && s.head === -1) outline(0, 0, H * c, L * c, false);
+    else if (layer === ALL_LAYERS) outline(s.head * c, 0, c, L * c, false);
+    else if (s.head === -1) outline(0, layer * c, H * c, c, false);
+    else outline(s.head * c, layer * c, c, c, false);
+    if (s.preview !== null) outline(s.preview.head * c, s.preview.layer * c, c, c, true);
+    ctx.setLineDash([]);
+    this.grid.dataset.selected = `${layer},${s.head}`;
+    this.grid.dataset.preview = s.preview === null ? "" : `${s.preview.layer},${s.preview.head}`;
+  }
+
+  dispose(): void {
+    for (const d of this.disposers) d();
+    this.disposers.length = 0;
+  }
+}
