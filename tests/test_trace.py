@@ -85,3 +85,12 @@ def test_tokens_before_the_image_cannot_attend_to_it_and_later_ones_can(small_tr
 def test_repr_summarises(small_trace):
     text = repr(small_trace)
     assert "LLaVA-1.5" in text and "16 image tokens" in text and "3 layers × 4 heads" in text
+
+
+def test_word_starts_merge_sub_word_pieces_only():
+    from mmviz.adapters.tokens import word_starts
+
+    strings = ["<s>", " The", " gir", "affe", "?", "\n", "Next", " one"]
+    text = [False, True, True, True, True, True, True, True]
+    assert word_starts(None, strings, text) == [True, True, True, False, False, True, True, True]
+    assert word_starts(None, [" a", "b"], [True, False]) == [True, True], "a special token starts its own word"

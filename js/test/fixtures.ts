@@ -1,5 +1,6 @@
 /** A small synthetic widget state (what the Python Inspector would send), built with the test encoder. */
 
+import type { StaticModel } from "../src/host/static-host";
 import { encodeFloat32, encodeUint8, float32Bytes, int32Bytes, subView } from "./helpers";
 
 export const L = 2;
@@ -149,4 +150,26 @@ export function makeMethodsState(computed: string[] = ["relevancy"], opts: State
     maps,
     busy: "",
   };
+}
+
+/** Layer `l`'s heads as the kernel's payload: `[H, Q, P]` float32. */
+export function headsPayload(l: number): Record<string, unknown> {
+  const values: number[] = [];
+  for (let h = 0; h < H; h++) for (let q = 0; q < Q; q++) for (let p = 0; p < P; p++) values.push(att(l, h, q, p));
+  return encodeFloat32(values, [H, Q, P]) as unknown as Record<string, unknown>;
+}
+
+/** Reply to the last fetch like the kernel: byte fields split out as buffers with their paths. */
+export function answer(model: StaticModel, payload: Record<string, unknown>, sentIndex = -1): void {
+  const request = (model.sent.at(sentIndex)!.content as { request: string }).request;
+  const stripped: Record<string, unknown> = {};
+  const paths: string[][] = [];
+  const buffers: DataView[] = [];
+  for (const [key, value] of Object.entries(payload)) {
+    if (value instanceof Uint8Array) {
+      paths.push([key]);
+      buffers.push(new DataView(value.buffer, value.byteOffset, value.byteLength));
+    } else stripped[key] = value;
+  }
+  model.receive({ type: "fetched", request, ok: true, payload: stripped, buffer_paths: paths }, buffers);
 }

@@ -77,8 +77,9 @@ def word_starts(tokenizer: object, strings: Sequence[str], text: Sequence[bool])
     """Whether each position starts a word, so that sub-word pieces can be merged for display.
 
     ``strings`` are the display strings (:func:`display_strings`), ``text`` says which positions are ordinary
-    text. A text piece continues the previous word when the previous position is text too and the piece does not
-    begin with whitespace (SentencePiece ``▁`` and byte-level ``Ġ`` already became spaces). Word-level vocabularies
+    text. A text piece continues the previous word when the previous position is text too, the piece does not
+    begin with whitespace (SentencePiece ``▁`` and byte-level ``Ġ`` already became spaces) and the previous piece
+    does not end with whitespace (a newline ends a word). Word-level vocabularies
     (every token a word, spaces added when decoding) start a word at every position.
 
     Example:
@@ -89,6 +90,7 @@ def word_starts(tokenizer: object, strings: Sequence[str], text: Sequence[bool])
     word_level = type(getattr(backend, "model", None)).__name__ == "WordLevel"
     starts = []
     for i, (string, is_text) in enumerate(zip(strings, text, strict=True)):
-        continues = not word_level and is_text and i > 0 and text[i - 1] and not string[:1].isspace()
+        joined = i > 0 and text[i - 1] and not string[:1].isspace() and not strings[i - 1][-1:].isspace()
+        continues = not word_level and is_text and joined
         starts.append(not continues)
     return starts

@@ -133,7 +133,12 @@ export class Controls {
       const s = this.store.get();
       this.store.set({ layer: s.layer === ALL_LAYERS ? Number(layer.value) : ALL_LAYERS, playing: false });
     });
-    on(play, "click", () => this.store.set({ playing: !this.store.get().playing }));
+    on(play, "click", () => {
+      const s = this.store.get();
+      // Playing from the last layer (or from all layers) starts over at the first.
+      const restart = !s.playing && (s.layer === ALL_LAYERS || s.layer >= this.L - 1);
+      this.store.set({ playing: !s.playing, ...(restart ? { layer: 0 } : {}) });
+    });
     on(head, "change", () => this.store.set({ head: Number(head.value) }));
     on(scale, "change", () => this.store.set({ scale: scale.value as ScaleMode }));
     on(gamma, "change", () => {
@@ -193,8 +198,6 @@ export class Controls {
       this.timer = null;
       return;
     }
-    const s = this.store.get();
-    if (s.layer === ALL_LAYERS || s.layer >= this.L - 1) this.store.set({ layer: 0 });
     this.timer = setInterval(() => {
       const now = this.store.get();
       const next = now.layer + 1;

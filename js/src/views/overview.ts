@@ -214,6 +214,8 @@ export class Overview {
   }
 
   private paint(s: Readonly<ViewState>): void {
+    this.grid.dataset.selected = `${s.layer},${s.head}`;
+    this.grid.dataset.preview = s.preview === null ? "" : `${s.preview.layer},${s.preview.head}`;
     const ctx = this.grid.getContext("2d");
     if (!ctx) return;
     const { L, H } = this.data;
@@ -248,8 +250,6 @@ export class Overview {
     else outline(s.head * c, layer * c, c, c, false);
     if (s.preview !== null) outline(s.preview.head * c, s.preview.layer * c, c, c, true);
     ctx.setLineDash([]);
-    this.grid.dataset.selected = `${layer},${s.head}`;
-    this.grid.dataset.preview = s.preview === null ? "" : `${s.preview.layer},${s.preview.head}`;
   }
 
   dispose(): void {
