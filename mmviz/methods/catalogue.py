@@ -53,6 +53,8 @@ class MethodSpec:
         signed: values can be negative.
         layered: one map per layer.
         cost: ``"instant"`` (from the captured forward), ``"fast"`` (a few passes), ``"slow"`` (many passes).
+        targeted: ``compute`` also takes a :class:`~mmviz.methods.Target` (it explains a score, rather than
+            describing where the model reads).
     """
 
     name: str
@@ -62,6 +64,7 @@ class MethodSpec:
     signed: bool
     layered: bool
     cost: Literal["instant", "fast", "slow"]
+    targeted: bool = True
 
     def describe(self) -> dict[str, object]:
         return {
@@ -78,11 +81,52 @@ def _lens_map(trace: Trace) -> Map:
     return logit_lens.logit_lens(trace).map
 
 
+def _attention_max(trace: Trace) -> Map:
+    return attention.attention(trace, heads="max")
+
+
+def _attention_without_sinks(trace: Trace) -> Map:
+    return attention.attention(trace, heads="mean", mask_sinks=True)
+
+
+MAX_MEANING = (
+    "The largest attention any head of the layer pays from the token to each image token: a patch that one head "
+    "reads strongly stands out even when the mean over heads hides it."
+)
+SINKS_MEANING = (
+    "Attention (mean of heads) with the attention-sink tokens removed (the first token, and tokens whose residual "
+    "norm is an outlier when hidden states were captured) and each row renormalised over what is left: sinks soak "
+    "up attention regardless of content, so the rest shows more clearly."
+)
+
+
 CATALOGUE: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("attention", attention.attention, "Attention", attention.MEANING, False, True, "instant"),
-        MethodSpec("rollout", rollout.rollout, rollout.LABEL, rollout.MEANING, False, False, "fast"),
+        MethodSpec(
+            "attention", attention.attention, "Attention", attention.MEANING, False, True, "instant", targeted=False
+        ),
+        MethodSpec(
+            "attention_max",
+            _attention_max,
+            "Attention (max over heads)",
+            MAX_MEANING,
+            False,
+            True,
+            "instant",
+            targeted=False,
+        ),
+        MethodSpec(
+            "attention_sinks_masked",
+            _attention_without_sinks,
+            "Attention, sinks masked",
+            SINKS_MEANING,
+            False,
+            True,
+            "instant",
+            targeted=False,
+        ),
+        MethodSpec("rollout", rollout.rollout, rollout.LABEL, rollout.MEANING, False, False, "fast", targeted=False),
         MethodSpec("relevancy", relevancy.relevancy, relevancy.LABEL, relevancy.MEANING, False, False, "fast"),
         MethodSpec("grad_cam", grad_cam.grad_cam, grad_cam.LABEL, grad_cam.MEANING, False, True, "fast"),
         MethodSpec(
@@ -106,6 +150,6 @@ CATALOGUE: dict[str, MethodSpec] = {
         MethodSpec("occlusion", occlusion.occlusion, occlusion.LABEL, occlusion.MEANING, True, False, "slow"),
         MethodSpec("rise", rise.rise, rise.LABEL, rise.MEANING, True, False, "slow"),
         MethodSpec("knockout", knockout.knockout_map, knockout.LABEL, knockout.MEANING, True, False, "slow"),
-        MethodSpec("logit_lens", _lens_map, logit_lens.LABEL, logit_lens.MEANING, False, True, "fast"),
+        MethodSpec("logit_lens", _lens_map, logit_lens.LABEL, logit_lens.MEANING, False, True, "fast", targeted=False),
     )
 }

@@ -97,14 +97,11 @@ def _reduce(result: Map, position: int) -> np.ndarray:
 
 
 def _compute(name: str, traced: Trace) -> Map:
-    settings = FAST_SETTINGS.get(name, {})
-    if name == "attention":
-        return CATALOGUE[name].compute(traced)
+    spec = CATALOGUE[name]
+    if not spec.targeted:  # where the model reads: nothing to explain, their own defaults
+        return spec.compute(traced)
     target = Target.logprob(traced.answer_start)
-    if name in ("rollout", "logit_lens"):  # target-agnostic: their own defaults
-        return CATALOGUE[name].compute(traced)
-    function = CATALOGUE[name].compute
-    return function(traced, target, **settings)  # type: ignore[call-arg]
+    return spec.compute(traced, target, **FAST_SETTINGS.get(name, {}))  # type: ignore[call-arg]
 
 
 def evaluate(
