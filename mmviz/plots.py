@@ -1,28 +1,361 @@
-"""Bokeh analysis plots. Each function returns a bokeh layout or figure; show it with ``bokeh.io.show``.
+"""Bokeh analysis plots of a trace, linked to an :class:`~mmviz.Inspector` when given one.
+
+Every plot takes a :class:`~mmviz.Trace` or an :class:`~mmviz.Inspector` (its trace is used) and returns a bokeh
+model. Given an Inspector the plot is **linked** to it: a click on a layer in the plot selects that layer in the
+inspector, and the inspector's layer is marked in the plot by a vertical dashed line that follows it (the pinned
+token and the selected head are highlighted where the plot shows them).
+
+Linking needs the plot displayed as an ipywidget, so that clicks reach Python: :func:`widget` wraps it in a
+``jupyter_bokeh.BokehModel`` and loads BokehJS into the page inline (no CDN). A plain ``bokeh.io.show`` draws the
+same plot without the link.
 
 Example:
-    >>> from bokeh.io import show
-    >>> show(mmviz.plots.image_share(trace))                       # doctest: +SKIP
+    >>> inspector = mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+    >>> ipywidgets.VBox([inspector, mmviz.plots.widget(mmviz.plots.lens_ranks(inspector))])   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import hashlib
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from bokeh.core.templates import AUTOLOAD_NB_JS
+from bokeh.embed.bundle import Bundle, bundle_for_objs_and_resources
+from bokeh.events import Tap
+from bokeh.io.notebook import LOAD_MIME_TYPE
 from bokeh.layouts import row
-from bokeh.models import Legend
-from bokeh.palettes import Category10_10
+from bokeh.models import (
+    BasicTicker,
+    CDSView,
+    ColumnDataSource,
+    HoverTool,
+    IndexFilter,
+    LayoutDOM,
+    Legend,
+    LegendItem,
+    NumeralTickFormatter,
+    Range1d,
+    Span,
+    TapTool,
+)
+from bokeh.palettes import Category10_10, Category20_20, Colorblind8
 from bokeh.plotting import figure
+from bokeh.resources import INLINE
+from jupyter_bokeh import BokehModel
 
+from mmviz.methods import LogitLens, Projection, logit_lens
 from mmviz.methods import image_share as compute_image_share
+from mmviz.methods import projection as compute_projection
+from mmviz.tracing import Trace
+from mmviz.widget.inspector import Inspector
 
 if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+    from mmviz.methods import ImageShare
     from mmviz.zoo.evaluate import Evaluation
 
+Source = Trace | Inspector
 
-def faithfulness_curves(result: Evaluation) -> Any:
+LAYER_MARKER = "mmviz-layer-marker"
+"""Name of the ``Span`` marking the inspector's layer in a linked plot (``plot.select({"name": LAYER_MARKER})``)."""
+
+MODALITY_COLOURS = {"image": Colorblind8[0], "prompt": Colorblind8[1], "answer": Colorblind8[5]}
+MODALITY_MARKERS = {"image": "square", "prompt": "circle", "answer": "triangle"}
+
+
+def image_share(source: Source, *, rows: Literal["all", "answer"] = "answer") -> figure:
+    """Per-layer share of attention mass on the first token, the image, the prompt and the answer.
+
+    Mean over heads and over the ``rows`` (the answer rows by default) of :func:`mmviz.methods.image_share`.
+
+    Example:
+        >>> show(image_share(trace))                                   # doctest: +SKIP
+    """
+    trace, inspector = _resolve(source)
+    share = _image_share(trace, rows)
+    whose = "the answer's" if rows == "answer" else "the text's"
+    plot = _layer_figure(f"Where {whose} attention goes", y_axis_label="share of attention")
+    lines = []
+    for colour, (name, values) in zip(Category10_10, share.groups.items(), strict=False):
+        data = ColumnDataSource({"x": np.asarray(share.layers), "y": np.asarray(values, dtype=float)})
+        lines.append(
+            plot.line("x", "y", source=data, legend_label=name, color=colour, line_width=2, name=f"share:{name}")
+        )
+    plot.add_tools(HoverTool(renderers=lines, tooltips=[("layer", "@x"), ("share", "@y{0.000}")], mode="vline"))
+    plot.legend.click_policy = "hide"
+    plot.add_layout(plot.legend[0], "right")
+    if inspector is not None:
+        _link(inspector, plot, layer_axes=[plot])
+    return plot
+
+
+def entropy(source: Source, *, rows: Literal["all", "answer"] = "answer") -> figure:
+    """Per-layer attention entropy of the heads (nats; low = a focused head): the mean over heads as a line, the
+    range over heads as a band and every head as a dot. Linked, the inspector's head (if not the mean) is drawn too.
+
+    Each head's value is the mean over ``rows`` of its rows' entropy (:func:`mmviz.methods.image_share`).
+
+    Example:
+        >>> show(entropy(trace))                                       # doctest: +SKIP
+    """
+    trace, inspector = _resolve(source)
+    share = _image_share(trace, rows)
+    layers = np.asarray(share.layers)
+    per_head = np.asarray(share.entropy, dtype=float)  # (L, H)
+    plot = _layer_figure("Attention entropy of the heads", y_axis_label="entropy (nats)")
+    band = ColumnDataSource({"x": layers, "low": per_head.min(axis=1), "high": per_head.max(axis=1)})
+    plot.varea(
+        "x",
+        "low",
+        "high",
+        source=band,
+        fill_color="#999999",
+        fill_alpha=0.25,
+        legend_label="range",
+        name="entropy:band",
+    )
+    heads = ColumnDataSource(
+        {
+            "x": np.repeat(layers, per_head.shape[1]),
+            "y": per_head.ravel(),
+            "head": np.tile(np.arange(per_head.shape[1]), len(layers)),
+        }
+    )
+    dots = plot.scatter(
+        "x", "y", source=heads, size=5, color="#555555", alpha=0.5, legend_label="heads", name="entropy:heads"
+    )
+    mean = ColumnDataSource({"x": layers, "y": per_head.mean(axis=1)})
+    plot.line("x", "y", source=mean, color=Category10_10[0], line_width=2, legend_label="mean of heads", name="entropy")
+    plot.add_tools(HoverTool(renderers=[dots], tooltips=[("layer", "@x"), ("head", "@head"), ("entropy", "@y{0.00}")]))
+    plot.legend.click_policy = "hide"
+    plot.add_layout(plot.legend[0], "right")
+    if inspector is not None:
+        chosen = ColumnDataSource({"x": [], "y": []})
+        chosen_line = plot.line(
+            "x", "y", source=chosen, color=Category10_10[3], line_width=2, legend_label="inspector's head",
+            name="entropy:head",
+        )  # fmt: skip
+
+        def show_head(head: int) -> None:
+            chosen.data = {"x": layers, "y": per_head[:, head]} if head >= 0 else {"x": np.array([]), "y": np.array([])}
+            chosen_line.visible = head >= 0
+
+        _link(inspector, plot, layer_axes=[plot], updates={"head": show_head})
+    return plot
+
+
+def lens_ranks(source: Source, *, lens: LogitLens | None = None) -> figure:
+    """Logit-lens rank of every answer token at every depth: one line per token, rank 1 (the top guess) at the top,
+    on a log scale. Depth ℓ is the residual stream after decoder layer ℓ (``emb`` = the embeddings); the last depth
+    is the model's own output. Linked, the pinned token's line is emphasised.
+
+    ``lens`` reuses a :func:`mmviz.methods.logit_lens` result; otherwise it is computed once per trace (the trace's
+    hidden states are used when captured) and its map is added to ``trace.maps["logit_lens"]`` if missing, so the
+    widget's method switcher does not run it again.
+
+    Example:
+        >>> show(lens_ranks(trace))                                    # doctest: +SKIP
+    """
+    trace, inspector = _resolve(source)
+    lens = _logit_lens(trace) if lens is None else lens
+    depths = np.arange(lens.answer_ranks.shape[0]) - 1
+    ranks = lens.answer_ranks.astype(float) + 1.0  # (depths, A), 1 = top
+    deepest = float(ranks.max())
+    plot = _layer_figure(
+        "Logit lens: rank of each answer token",
+        y_axis_label="rank (1 = top guess)",
+        y_axis_type="log",
+        y_range=Range1d(max(deepest * 2.0, 10.0), 0.7),  # reversed: rank 1 at the top
+        embeddings=True,
+    )
+    plot.yaxis.formatter = NumeralTickFormatter(format="0,0")
+    palette = Category20_20 if ranks.shape[1] > 10 else Category10_10
+    positions = trace.answer_start + np.arange(ranks.shape[1])
+    lines, items = [], []
+    for index, position in enumerate(positions):
+        token = trace.tokens[position]
+        data = ColumnDataSource(
+            {
+                "x": depths,
+                "y": ranks[:, index],
+                "p": lens.answer_probs[:, index].astype(float),
+                "token": [token] * len(depths),
+            }
+        )
+        colour = palette[index % len(palette)]
+        line = plot.line("x", "y", source=data, color=colour, line_width=2, name=f"rank:{position}")
+        dots = plot.scatter("x", "y", source=data, color=colour, size=4)
+        lines.append(line)
+        items.append(LegendItem(label=f"{token!r} @{position}", renderers=[line, dots]))
+    plot.add_layout(Legend(items=items, click_policy="hide", label_text_font_size="8pt"), "right")
+    plot.add_tools(
+        HoverTool(
+            renderers=lines,
+            tooltips=[("token", "@token"), ("layer", "@x"), ("rank", "@y{0,0}"), ("p", "@p{0.0000}")],
+        )
+    )
+    if inspector is not None:
+
+        def emphasise(pinned: int) -> None:
+            for position, line in zip(positions, lines, strict=True):
+                chosen = position == pinned
+                line.glyph.line_width = 4 if chosen else 2
+                line.glyph.line_alpha = 1.0 if chosen or pinned not in positions else 0.3
+
+        _link(inspector, plot, layer_axes=[plot], updates={"pinned": emphasise})
+    return plot
+
+
+def projection(source: Source, layer: int | None = None, *, result: Projection | None = None) -> LayoutDOM:
+    """Image patches and text tokens in ONE PCA frame fitted on all layers, and the modality gap per layer.
+
+    Left: every position's hidden state after decoder ``layer`` (−1 = the embeddings), coloured by modality (image
+    patch, prompt text, answer text); the axes are fixed across layers, so points can be compared between layers.
+    Right: the cosine distance between the mean image and the mean text state at every depth.
+
+    Linked, the scatter follows the inspector's layer (``layer`` only sets the first one shown), a click on the gap
+    plot selects a layer, a click on a text point pins that token, and the pinned token's path through all layers is
+    drawn. ``result`` reuses a :func:`mmviz.methods.projection` result; otherwise it is computed once per trace.
+
+    Example:
+        >>> show(projection(trace, layer=2))                           # doctest: +SKIP
+    """
+    trace, inspector = _resolve(source)
+    result = trace.computed("projection", lambda: compute_projection(trace)) if result is None else result
+    depths = result.coords.shape[0]
+    if layer is None:
+        layer = inspector.layer if inspector is not None else depths - 2
+    if not -1 <= layer < depths - 1:
+        raise ValueError(f"layer must be -1 (the embeddings) or a decoder layer in 0…{depths - 2}, got {layer}")
+    scatter, points, dots = _projection_scatter(trace, result, layer)
+    gap = _layer_figure(
+        "Modality gap per layer",
+        y_axis_label="1 − cos(mean image, mean text)",
+        embeddings=True,
+        width=420,
+        height=400,
+    )
+    gap_source = ColumnDataSource({"x": np.arange(depths) - 1, "y": result.modality_gap.astype(float)})
+    gap_line = gap.line("x", "y", source=gap_source, line_width=2, color=Category10_10[0], name="gap")
+    gap.scatter("x", "y", source=gap_source, size=6, color=Category10_10[0])
+    gap.add_tools(HoverTool(renderers=[gap_line], tooltips=[("layer", "@x"), ("gap", "@y{0.000}")], mode="vline"))
+    layout = row(scatter, gap)
+    if inspector is not None:
+        _link_projection(inspector, layout, scatter, points, dots, gap, result, layer)
+    return layout
+
+
+def _projection_scatter(trace: Trace, result: Projection, layer: int) -> tuple[figure, ColumnDataSource, list[Any]]:
+    """The scatter of every position at ``layer``, one renderer per modality over one shared source."""
+    groups = np.where(
+        result.is_image, "image", np.where(np.arange(len(trace.tokens)) >= trace.answer_start, "answer", "prompt")
+    )
+    every = result.coords.reshape(-1, 2)
+    low, high = every.min(axis=0), every.max(axis=0)
+    margin = np.maximum((high - low) * 0.05, 1e-6)
+    scatter = figure(
+        title=_projection_title(result, layer),
+        width=460,
+        height=400,
+        x_range=Range1d(low[0] - margin[0], high[0] + margin[0]),  # one frame for all layers: fixed axes
+        y_range=Range1d(low[1] - margin[1], high[1] + margin[1]),
+        x_axis_label="component 1",
+        y_axis_label="component 2",
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+    )
+    scatter.toolbar.logo = None
+    points = ColumnDataSource(
+        {
+            "x": result.coords[layer + 1, :, 0].astype(float),
+            "y": result.coords[layer + 1, :, 1].astype(float),
+            "position": np.arange(len(groups)),
+            "token": list(trace.tokens),
+            "cell": [f"{r}, {c}" if r >= 0 else "" for r, c in result.grid.tolist()],
+        }
+    )
+    dots = []
+    for group, colour in MODALITY_COLOURS.items():
+        members = np.flatnonzero(groups == group)
+        if len(members) == 0:
+            continue
+        dot = scatter.scatter(
+            "x",
+            "y",
+            source=points,
+            view=CDSView(filter=IndexFilter(members.tolist())),
+            marker=MODALITY_MARKERS[group],
+            color=colour,
+            size=7 if group == "image" else 9,
+            alpha=0.7,
+            legend_label=f"{group} ({len(members)})",
+            name=f"points:{group}",
+        )
+        dot.selection_glyph = dot.nonselection_glyph = None  # a click pins a token; no lingering selection look
+        dots.append(dot)
+    scatter.add_tools(
+        HoverTool(renderers=dots, tooltips=[("token", "@token"), ("position", "@position"), ("cell", "@cell")])
+    )
+    scatter.legend.click_policy = "hide"
+    return scatter, points, dots
+
+
+def _link_projection(
+    inspector: Inspector,
+    layout: LayoutDOM,
+    scatter: figure,
+    points: ColumnDataSource,
+    dots: list[Any],
+    gap: figure,
+    result: Projection,
+    layer: int,
+) -> None:
+    """The scatter follows the inspector's layer, draws the pinned token's path and pins a clicked text token."""
+    depths = result.coords.shape[0]
+    path = ColumnDataSource({"x": [], "y": [], "layer": []})
+    path_line = scatter.line("x", "y", source=path, color="#000000", line_width=1.5, alpha=0.8, name="path")
+    path_dots = scatter.scatter("x", "y", source=path, color="#000000", size=4, name="path:layers")
+    here = ColumnDataSource({"x": [], "y": []})
+    scatter.scatter(
+        "x", "y", source=here, size=16, fill_alpha=0, line_color="#000000", line_width=2.5, name="path:current"
+    )
+    scatter.add_tools(HoverTool(renderers=[path_dots], tooltips=[("pinned token at layer", "@layer")]))
+    shown = {"layer": layer, "pinned": -1}
+
+    def mark_pinned_here() -> None:
+        depth, pinned = shown["layer"] + 1, shown["pinned"]
+        at = result.coords[depth : depth + 1, pinned].astype(float) if pinned >= 0 else np.zeros((0, 2))
+        here.data = {"x": at[:, 0], "y": at[:, 1]}
+
+    def show_layer(value: int) -> None:
+        shown["layer"] = value
+        depth = value + 1
+        points.data.update(x=result.coords[depth, :, 0].astype(float), y=result.coords[depth, :, 1].astype(float))
+        scatter.title.text = _projection_title(result, value)
+        mark_pinned_here()
+
+    def show_pinned(value: int) -> None:
+        shown["pinned"] = value
+        track = result.coords[:, value].astype(float) if value >= 0 else np.zeros((0, 2))
+        path.data = {"x": track[:, 0], "y": track[:, 1], "layer": (np.arange(depths) - 1)[: len(track)]}
+        path_line.visible = value >= 0
+        mark_pinned_here()
+
+    def pin_clicked(attribute: str, old: list[int], new: list[int]) -> None:
+        if not new:
+            return
+        position = int(points.data["position"][new[0]])
+        points.selected.indices = []
+        if position in inspector.trace.query_positions:  # image tokens have no attention row to pin
+            inspector.pinned = position
+
+    scatter.add_tools(TapTool(renderers=dots))
+    points.selected.on_change("indices", pin_clicked)
+    _link(inspector, layout, layer_axes=[gap], updates={"layer": show_layer, "pinned": show_pinned})
+
+
+def faithfulness_curves(result: Evaluation) -> LayoutDOM:
     """Mean deletion (lower is better) and insertion (higher is better) curves of every evaluated method.
 
     Example:
@@ -37,23 +370,236 @@ def faithfulness_curves(result: Evaluation) -> Any:
         for colour, score in zip(Category10_10 * 2, result.scores.values(), strict=False):
             curves = score.mean_curves()
             dash = "dashed" if score.method.startswith("random") else "solid"
-            line = plot.line(curves[0], curves[index], color=colour, line_width=2, line_dash=dash)
+            line = plot.line(
+                curves[0], curves[index], color=colour, line_width=2, line_dash=dash, name=f"curve:{score.method}"
+            )
             items.append((score.method, [line]))
         plot.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"), "right")
         panels.append(plot)
     return row(*panels)
 
 
-def image_share(trace: Trace) -> Any:
-    """Per-layer share of attention mass on the first token, image, prompt and answer (answer rows).
+def widget(plot: LayoutDOM) -> BokehModel:
+    """``plot`` as an ipywidget (``jupyter_bokeh.BokehModel``) synced both ways with the kernel: the way to display
+    a linked plot, alone or in an ipywidgets layout next to its inspector.
+
+    In a notebook kernel, BokehJS is sent inline into the page the first time a plot needs it (no CDN; only the
+    parts of BokehJS the plot uses, once per kernel, as an output of that cell: keep that output, or restart the
+    kernel after clearing it). Closing the widget unlinks the plot from its inspector.
 
     Example:
-        >>> show(image_share(trace))                                   # doctest: +SKIP
+        >>> inspector = mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> plot = mmviz.plots.image_share(inspector)                                         # doctest: +SKIP
+        >>> ipywidgets.VBox([inspector, mmviz.plots.widget(plot)])                            # doctest: +SKIP
     """
-    share = compute_image_share(trace, rows="answer")
-    plot = figure(title="Where the answer's attention goes", width=520, height=320, x_axis_label="layer")
-    plot.yaxis.axis_label = "share of attention"
-    for colour, (name, values) in zip(Category10_10, share.groups.items(), strict=False):
-        plot.line(np.asarray(share.layers), values, legend_label=name, color=colour, line_width=2)
-    plot.legend.click_policy = "hide"
+    if not isinstance(plot, LayoutDOM):
+        raise TypeError(f"widget() takes a bokeh plot or layout (from mmviz.plots), not {type(plot).__name__}")
+    _publish_bokehjs(plot)
+    synced = _SyncedPlot(plot)
+
+    def unlink_when_closed(change: dict[str, Any]) -> None:
+        if change["new"] is None:
+            unlink(plot)
+
+    synced.observe(unlink_when_closed, names="comm")
+    return synced
+
+
+def unlink(plot: LayoutDOM) -> None:
+    """Stop ``plot`` following its inspector and its clicks changing it (the plot keeps what it shows).
+
+    Closing the plot's :func:`widget` does this; a plot that is garbage-collected unlinks itself too.
+
+    Example:
+        >>> unlink(plot); inspector.layer = 0      # the plot's marker stays where it was   # doctest: +SKIP
+    """
+    for model in plot.references():  # the plot itself and, in a layout, every plot in it
+        for link in getattr(model, "_mmviz_links", ()):
+            link.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Linking
+
+_SENT_BOKEHJS: set[str] = set()
+
+
+class _Link:
+    """Keeps one plot in step with one Inspector, for as long as the plot lives (it is kept in ``plot._mmviz_links``).
+
+    ``updates`` maps an Inspector trait (``layer``, ``head``, ``pinned``) to a function that redraws the plot for its
+    value; the layer marker of every ``layer_axes`` figure is always updated, and a tap on one of them selects the
+    nearest layer.
+    """
+
+    def __init__(
+        self,
+        inspector: Inspector,
+        layer_axes: Sequence[figure],
+        updates: dict[str, Callable[[int], None]],
+    ) -> None:
+        self.inspector = inspector
+        self.open = True
+        markers = [_layer_marker(plot, inspector.layer) for plot in layer_axes]
+
+        def move_markers(layer: int) -> None:
+            for marker in markers:
+                marker.location = layer
+
+        self.updates: dict[str, list[Callable[[int], None]]] = {"layer": [move_markers]}
+        for name, update in updates.items():
+            self.updates.setdefault(name, []).append(update)
+        for plot in layer_axes:
+            plot.on_event(Tap, self._on_tap)
+        handler = _weak_handler(self)
+        names = list(self.updates)
+        inspector.observe(handler, names=names)
+        # The inspector holds the handler, the handler only a weak reference to this link: a discarded plot unlinks.
+        self._stop_observing = weakref.finalize(self, _unobserve, weakref.ref(inspector), handler, names)
+        for name in names:
+            if name != "layer":
+                self.redraw(name, getattr(inspector, name))
+
+    def redraw(self, name: str, value: int) -> None:
+        for update in self.updates.get(name, []):
+            update(int(value))
+
+    def _on_tap(self, event: Tap) -> None:
+        if not self.open or event.x is None:
+            return
+        layer = round(event.x)
+        if 0 <= layer < self.inspector.trace.num_layers:
+            self.inspector.layer = layer
+
+    def close(self) -> None:
+        self.open = False
+        self._stop_observing()
+
+
+def _link(
+    inspector: Inspector,
+    plot: LayoutDOM,
+    *,
+    layer_axes: Sequence[figure],
+    updates: dict[str, Callable[[int], None]] | None = None,
+) -> None:
+    link = _Link(inspector, layer_axes, updates or {})
+    plot._mmviz_links = [*getattr(plot, "_mmviz_links", []), link]
+
+
+def _weak_handler(link: _Link) -> Callable[[dict[str, Any]], None]:
+    reference = weakref.ref(link)
+
+    def handler(change: dict[str, Any]) -> None:
+        live = reference()
+        if live is not None and live.open:
+            live.redraw(change["name"], change["new"])
+
+    return handler
+
+
+def _unobserve(inspector: weakref.ref[Inspector], handler: Callable[..., None], names: Iterable[str]) -> None:
+    target = inspector()
+    if target is not None:
+        target.unobserve(handler, names=list(names))
+
+
+def _layer_marker(plot: figure, layer: int) -> Span:
+    marker = Span(
+        location=layer, dimension="height", line_color="#333333", line_dash="dashed", line_width=2, name=LAYER_MARKER
+    )
+    plot.add_layout(marker)
+    return marker
+
+
+class _SyncedPlot(BokehModel):
+    """A ``BokehModel`` that can be closed twice: ipywidgets closes a widget again when it is garbage-collected,
+    and jupyter_bokeh 4.1's second close raises (it detaches the document again)."""
+
+    def close(self) -> None:
+        if self.comm is not None:
+            super().close()
+
+
+def _publish_bokehjs(plot: LayoutDOM) -> None:
+    """Display the inline BokehJS loader in the running notebook, before the widget that needs it."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:  # no page to load it into (a script, a test)
+        return
+    loader, parts = _bokehjs_loader(plot, _SENT_BOKEHJS)
+    if loader is not None:
+        from IPython.display import publish_display_data
+
+        publish_display_data({LOAD_MIME_TYPE: loader})
+        _SENT_BOKEHJS.update(parts)
+
+
+def _bokehjs_loader(plot: LayoutDOM, sent: set[str]) -> tuple[str | None, set[str]]:
+    """JavaScript that defines, inline (it fetches nothing), the parts of BokehJS ``plot`` needs that are not in
+    ``sent`` (digests of parts already in the page), and the digests of the parts it defines; None if nothing is new.
+    """
+    needed = bundle_for_objs_and_resources([plot], INLINE)
+    fresh = {_digest(code): code for code in needed.js_raw if _digest(code) not in sent}
+    if not fresh:
+        return None, set()
+    inline = Bundle(js_files=[], js_raw=list(fresh.values()), css_files=[], css_raw=list(needed.css_raw), hashes={})
+    loader = AUTOLOAD_NB_JS.render(bundle=inline, elementid=None, force=True, timeout=5000, register_mime=False)
+    return loader, set(fresh)
+
+
+def _digest(code: str) -> str:
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+def _resolve(source: Any) -> tuple[Trace, Inspector | None]:
+    if isinstance(source, Inspector):
+        return source.trace, source
+    if isinstance(source, Trace):
+        return source, None
+    raise TypeError(
+        f"mmviz.plots takes an mmviz.Trace (from mmviz.trace(...)) or an mmviz.Inspector (from mmviz.inspect(...)), "
+        f"not {type(source).__name__}"
+    )
+
+
+def _image_share(trace: Trace, rows: Literal["all", "answer"]) -> ImageShare:
+    return trace.computed(f"image_share:{rows}", lambda: compute_image_share(trace, rows=rows))
+
+
+def _logit_lens(trace: Trace) -> LogitLens:
+    lens = trace.computed("logit_lens", lambda: logit_lens(trace))
+    trace.maps.setdefault("logit_lens", lens.map)
+    return lens
+
+
+def _layer_figure(
+    title: str, *, y_axis_label: str, embeddings: bool = False, width: int = 520, height: int = 320, **options: Any
+) -> figure:
+    """A figure whose x axis is the decoder layer (``emb`` at −1 for the embeddings when ``embeddings``)."""
+    plot = figure(
+        title=title,
+        width=width,
+        height=height,
+        x_axis_label="layer (output of)" if embeddings else "layer",
+        y_axis_label=y_axis_label,
+        tools="pan,wheel_zoom,box_zoom,reset,save",
+        **options,
+    )
+    plot.xaxis.ticker = BasicTicker(min_interval=1)
+    if embeddings:
+        plot.xaxis.major_label_overrides = {-1: "emb"}
+    plot.toolbar.logo = None
     return plot
+
+
+def _projection_title(result: Projection, layer: int) -> str:
+    where = "embeddings" if layer < 0 else f"after layer {layer}"
+    explained = "" if np.isnan(result.explained) else f", {result.explained:.0%} of variance"
+    return f"Aligned {result.method.upper()} of hidden states: {where}{explained}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +18,8 @@ from mmviz.errors import InputError
 from mmviz.inputs import ImageLike, check_prompt, load_images
 from mmviz.methods import MAP_METHODS, Map
 from mmviz.progress import progress
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, repr=False)
@@ -72,6 +74,19 @@ class Trace:
     vision_attention: np.ndarray | None = None
     maps: dict[str, Map] = field(default_factory=dict)
     run: ModelRun | None = field(default=None, compare=False)
+    results: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Derived results that several consumers share (the widget's lens panel and ``mmviz.plots``), see
+    :meth:`computed`."""
+
+    def computed(self, key: str, compute: Callable[[], _T]) -> _T:
+        """``compute()`` the first time ``key`` is asked for, the cached result afterwards.
+
+        Example:
+            >>> lens = trace.computed("logit_lens", lambda: mmviz.methods.logit_lens(trace))   # doctest: +SKIP
+        """
+        if key not in self.results:
+            self.results[key] = compute()
+        return self.results[key]
 
     @property
     def image_positions(self) -> np.ndarray:

@@ -28,7 +28,7 @@ MAP_DESCRIPTION = (
     "Softmax attention probability from the token's query row to each image token. It shows where a head "
     "reads, not what caused the answer."
 )
-LENS_TOP_K = 5
+LENS_TOP_K = 5  # the default of mmviz.methods.logit_lens, so the cached lens serves the plots too
 
 
 def layout_payload(trace: Trace) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def attention_mean(trace: Trace) -> dict[str, Any]:
 def head_stats(trace: Trace) -> dict[str, Any]:
     """The ``head_stats`` trait: uint8 ``[2, L, H, Q]``: image share (0) and attention entropy in nats (1) of every
     head and query row, for the layer × head overview. One range per (statistic, layer, head)."""
-    share = image_share(trace)
+    share = trace.computed("image_share:all", lambda: image_share(trace))
     return wire.encode(np.stack([share.row_share, share.row_entropy]), scale_dims=3)
 
 
@@ -127,7 +127,7 @@ def lens_payload(trace: Trace) -> dict[str, Any]:
     rank (0 = top) of the token each position is read against at every depth; ``entropy`` float16 ``[D, N]``.
     Depth 0 is the embeddings, depth d the state after decoder layer d − 1.
     """
-    lens = logit_lens(trace, k=LENS_TOP_K)
+    lens = trace.computed("logit_lens", lambda: logit_lens(trace, k=LENS_TOP_K))
     used, inverse = np.unique(np.concatenate([lens.top_ids.ravel(), lens.target_ids]), return_inverse=True)
     top = inverse[: lens.top_ids.size].reshape(lens.top_ids.shape)
     target = inverse[lens.top_ids.size :]
@@ -150,7 +150,7 @@ def projection_payload(trace: Trace) -> dict[str, Any]:
     """The aligned PCA projection (:func:`mmviz.methods.projection`): ``coords`` float32 ``[D, N, 2]`` in one frame
     for all depths, ``is_image`` uint8 ``[N]``, ``grid`` int32 ``[N, 2]`` (−1 for text), ``modality_gap`` float32
     ``[D]`` and the variance the two components explain."""
-    result = projection(trace)
+    result = trace.computed("projection", lambda: projection(trace))
     return {
         "depths": int(result.coords.shape[0]),
         "n_positions": int(result.coords.shape[1]),

@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 
 from mmviz.widget import bundle
+from tests.browser.servers import CHROMIUM_ARGS
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 
 
