@@ -155,24 +155,55 @@ def test_layer_and_head_selectors_change_the_map(page_watch, inspector_576, tmp_
     watch.assert_clean()
 
 
-def test_hostile_token_strings_render_as_inert_text(page_watch, small_trace, tmp_path):
-    page, watch = page_watch
-    inspector = mmviz.Inspector(small_trace)
-    hostile = [
-        "<img src=x onerror=window.__pwned=1>",
-        "</script><script>window.__pwned=1</script>",
-        '"><svg onload=window.__pwned=1>',
-        "\u202eevil\u202c",
-        "x" * 500,
+def hostile_strings(count: int) -> list[str]:
+    """``count`` token strings that would run script, inject markup or confuse layout if rendered as HTML."""
+    templates = [
+        "<img src=x onerror=window.__pwned={i}>",
+        "</script><script>window.__pwned={i}</script>",
+        '"><svg onload=window.__pwned={i}>',
+        "<iframe src=javascript:window.__pwned={i}></iframe>",
+        "<a href=javascript:window.__pwned={i}>x</a>",
+        "<body onload=window.__pwned={i}>",
+        "<style>*{{display:none}}</style>{i}",
+        "<details open ontoggle=window.__pwned={i}>",
+        "\u202eevil{i}\u202c",
+        "\u200f\u200ertl {i}",
+        "{{{{constructor.constructor('window.__pwned={i}')()}}}}",
+        "&lt;b&gt;{i}&amp;",
+        "x" * 400 + "{i}",
+        "\n\t{i}\r",
     ]
+    return [templates[i % len(templates)].format(i=i) for i in range(count)]
+
+
+def test_hundreds_of_hostile_token_strings_render_as_inert_text(page_watch, llava_small, photo, tmp_path):
+    page, watch = page_watch
+    model, processor = llava_small
+    trace = mmviz.trace(model, processor, photo, "word " * 150, answer="A red square " * 20)
+    inspector = mmviz.Inspector(trace)
+    text = [p for p in range(len(trace.tokens)) if trace.layout.kinds[p] != 2]
+    hostile = hostile_strings(len(text))
+    assert len(hostile) >= 300
     tokens = list(inspector.tokens)
-    text_positions = [int(p) for p in small_trace.query_positions][-len(hostile) :]
-    for position, text in zip(text_positions, hostile, strict=True):
-        tokens[position] = text
+    for position, string in zip(text, hostile, strict=True):
+        tokens[position] = string
     inspector.tokens = tokens
+    lens = inspector.extra("lens")
+    lens["vocab"] = hostile_strings(len(lens["vocab"]))  # what the lens panel shows, too
     open_inspector(page, inspector, tmp_path)
-    for position, text in zip(text_positions, hostile, strict=True):
-        assert page.text_content(f'.mmviz-token[data-pos="{position}"]') == text
+    shown = page.eval_on_selector_all(".mmviz-token", "ts => ts.map(t => [+t.dataset.pos, t.textContent])")
+    by_position = dict(shown)
+    for position, string in zip(text, hostile, strict=True):
+        assert by_position[position] == string.replace("\n", "↵").replace("\r", "↵").replace("\t", "⇥")
+    # Hover, pin, open the lens on many of them: nothing they say ever becomes markup or runs.
+    for position in text[::25]:
+        page.hover(f'.mmviz-token[data-pos="{position}"]')
+    page.click('.mmviz-tab[data-panel="lens"]')
+    page.click(f'.mmviz-token[data-pos="{text[-2]}"]')
+    page.wait_for_selector("tr.mmviz-lens-row")
+    cells = page.eval_on_selector_all(".mmviz-lens-token", "cs => cs.map(c => c.textContent)")
+    assert set(cells) <= set(lens["vocab"]) and cells
     assert page.evaluate("() => window.__pwned === undefined")
-    assert page.query_selector(".mmviz-tokens img, .mmviz-tokens svg, .mmviz-tokens script") is None
+    injected = ", ".join(f".mmviz-root {tag}" for tag in ("img", "svg", "script", "iframe", "a", "style", "details"))
+    assert page.query_selector(injected) is None
     watch.assert_clean()
