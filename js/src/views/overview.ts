@@ -44,6 +44,7 @@ export class Overview {
   /** Max of the cells' values: the top of their colour scale. */
   private range = 0;
   private key = "";
+  private paintKey = "";
   /** The patch the patch statistic is about: the last one hovered (the mouse leaves the image to reach here). */
   private patch: number | null = null;
 
@@ -174,7 +175,11 @@ export class Overview {
       this.compute(s.stat, rows);
       this.note.textContent = this.noteText(s.stat, which);
     }
-    this.paint(s);
+    const paintKey = `${key}|${s.layer},${s.head}|${s.preview?.layer},${s.preview?.head}`;
+    if (paintKey !== this.paintKey) {
+      this.paintKey = paintKey;
+      this.paint(s);
+    }
     this.el.dataset.stat = s.stat;
     this.el.dataset.rows = which;
     this.el.dataset.patch = String(s.stat === "patch" ? (this.patch ?? -1) : -1);
