@@ -24,4 +24,5 @@ def test_notebook_executes(name, tmp_path):
         widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
         assert widget_views, "the quickstart should display the Inspector widget"
         printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-        assert "576 image tokens" in printed and "attention map shape: (" in printed
+        assert "64 image tokens on a 8×8 grid" in printed and "attention map shape: (" in printed
+        assert "the model answers: 'purple'" in printed

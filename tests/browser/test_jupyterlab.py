@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -35,22 +36,36 @@ def test_quickstart_renders_the_inspector_in_jupyterlab(browser, jupyterlab):
     page.wait_for_function(KERNEL_IDLE_JS, timeout=60_000)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
-    root = page.wait_for_selector(".mmviz-root[data-ready='1']", timeout=180_000)
+    root = page.wait_for_selector(".mmviz-root[data-ready='1'][data-method='relevancy']", timeout=180_000)
     assert root.query_selector(".mmviz-missing-bundle") is None
     page.wait_for_selector("canvas.mmviz-photo[data-loaded='1']", timeout=30_000)
-    answer = page.query_selector(".mmviz-token.mmviz-answer")
-    position = answer.get_attribute("data-pos")
-    answer.hover()
-    page.wait_for_selector(f".mmviz-root[data-focus='{position}']")
-    painted = page.eval_on_selector(
-        "canvas.mmviz-heat",
-        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0)",
-    )
-    assert painted, "hovering an answer token paints the heatmap"
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.jp-OutputArea-output')].some(o => o.textContent.includes('576 image'))",
+        "() => [...document.querySelectorAll('.jp-OutputArea-output')].some(o => o.textContent.includes('queried'))",
         timeout=120_000,
     )
+    printed = page.eval_on_selector_all(".jp-OutputArea-output", "os => os.map(o => o.textContent).join('\\n')")
+    box = [float(v) for v in re.search(r"the queried object's box: \(([^)]*)\)", printed).group(1).split(",")]
+    # The answer token is pinned and its relevancy map painted: its hottest cell lies on the queried shape.
+    answer = page.query_selector(".mmviz-token.mmviz-answer.mmviz-pinned")
+    assert answer is not None and root.get_attribute("data-focus") == answer.get_attribute("data-pos")
+    hottest = page.eval_on_selector(
+        "canvas.mmviz-heat",
+        """c => {
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let best = -1, at = [0, 0];
+            for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+                const i = (y * c.width + x) * 4;
+                if (px[i + 3] === 0) continue;
+                const luma = 0.2126 * px[i] + 0.7152 * px[i + 1] + 0.0722 * px[i + 2];  // monotone along viridis
+                if (luma > best) { best = luma; at = [x, y]; }
+            }
+            return { at, width: c.width, height: c.height };
+        }""",
+    )
+    scale = 256 / hottest["width"]  # the scene is rendered at 256 px
+    x, y = (hottest["at"][0] + 0.5) * scale, (hottest["at"][1] + 0.5) * scale
+    assert box[0] <= x <= box[2] and box[1] <= y <= box[3], (x, y, box)
+    assert "'purple'" in printed
     assert not page.query_selector(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
     watch.assert_clean()
     context.close()
