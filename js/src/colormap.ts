@@ -51,14 +51,14 @@ export function colorFor(t: number): RGB {
   return lutColor(lutIndexFor(t));
 }
 
-/** Index of the LUT entry nearest to (r, g, b) (squared RGB distance; first on ties). */
-export function lutIndexOf(r: number, g: number, b: number): number {
+/** Index of the entry of the flat r,g,b table `lut` nearest to (r, g, b) (squared RGB distance; first on ties). */
+function nearestEntry(lut: Uint8Array, r: number, g: number, b: number): number {
   let best = 0;
   let bestD = Infinity;
-  for (let i = 0; i < LUT_SIZE; i++) {
-    const dr = VIRIDIS[3 * i]! - r;
-    const dg = VIRIDIS[3 * i + 1]! - g;
-    const db = VIRIDIS[3 * i + 2]! - b;
+  for (let i = 0; i < lut.length / 3; i++) {
+    const dr = lut[3 * i]! - r;
+    const dg = lut[3 * i + 1]! - g;
+    const db = lut[3 * i + 2]! - b;
     const d = dr * dr + dg * dg + db * db;
     if (d < bestD) {
       bestD = d;
@@ -67,6 +67,11 @@ export function lutIndexOf(r: number, g: number, b: number): number {
     }
   }
   return best;
+}
+
+/** Index of the viridis entry nearest to (r, g, b) (tests read canvas pixels back into values with it). */
+export function lutIndexOf(r: number, g: number, b: number): number {
+  return nearestEntry(VIRIDIS, r, g, b);
 }
 
 export function toHex([r, g, b]: RGB): string {
@@ -148,20 +153,7 @@ export function divergingColorFor(t: number): RGB {
 
 /** Index of the diverging entry nearest to (r, g, b). */
 export function divergingIndexOf(r: number, g: number, b: number): number {
-  let best = 0;
-  let bestD = Infinity;
-  for (let i = 0; i < DIVERGING_SIZE; i++) {
-    const dr = DIVERGING[3 * i]! - r;
-    const dg = DIVERGING[3 * i + 1]! - g;
-    const db = DIVERGING[3 * i + 2]! - b;
-    const d = dr * dr + dg * dg + db * db;
-    if (d < bestD) {
-      bestD = d;
-      best = i;
-      if (d === 0) break;
-    }
-  }
-  return best;
+  return nearestEntry(DIVERGING, r, g, b);
 }
 
 /**

@@ -179,7 +179,28 @@ class Adapter:
 
     # -- family knowledge --------------------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise :class:`ProcessorMismatchError` when the processor cannot belong to the model."""
+        """Raise :class:`ProcessorMismatchError` when the processor cannot belong to the model (by default: its
+        image token and its vocabulary; families add their own checks)."""
+        self.check_image_token()
+        self.check_vocabulary()
+
+    def check_image_token(self) -> None:
+        """The processor's image placeholder must be the token the model replaces with image features."""
+        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        if processor_id != self.image_token_id:
+            raise ProcessorMismatchError(
+                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
+                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
+            )
+
+    def check_vocabulary(self) -> None:
+        """The tokenizer must not make ids the language model has no embedding for."""
+        vocab = int(self.text_config.vocab_size)
+        if len(self.tokenizer) > vocab:
+            raise ProcessorMismatchError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
+                f"load the processor from the same checkpoint as the model"
+            )
 
     def layout(
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]

@@ -88,24 +88,13 @@ class Blip2Adapter(Adapter):
                 "mmviz supports BLIP-2 with a decoder-only language model (OPT, Llama, ...); this checkpoint uses an "
                 "encoder-decoder language model (Flan-T5), which mmviz does not trace yet"
             )
-        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        if processor_id != self.image_token_id:
-            raise ProcessorMismatchError(
-                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
-                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
-            )
+        super().check()
         queries = getattr(self.processor, "num_query_tokens", None)
         if queries is None or int(queries) != self.num_query_tokens:
             raise ProcessorMismatchError(
                 f"the processor inserts {queries} query tokens but the model's Q-Former gives "
                 f"{self.num_query_tokens}; load the processor from the same checkpoint as the model (older BLIP-2 "
                 f"processors have no num_query_tokens: set processor.num_query_tokens = model.config.num_query_tokens)"
-            )
-        vocab = int(self.text_config.vocab_size)
-        if len(self.tokenizer) > vocab:
-            raise ProcessorMismatchError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
-                f"load the processor from the same checkpoint as the model"
             )
 
     # -- prompt and inputs -------------------------------------------------------------------------------------

@@ -80,12 +80,7 @@ class Gemma3Adapter(Adapter):
                 f"model's (ids {self.marker_ids[0]} and {self.image_token_id}); load the processor from the same "
                 f"checkpoint as the model"
             )
-        vocab = int(self.text_config.vocab_size)
-        if len(self.tokenizer) > vocab:
-            raise ProcessorMismatchError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
-                f"load the processor from the same checkpoint as the model"
-            )
+        self.check_vocabulary()
         seq_length = int(getattr(self.processor, "image_seq_length", self.model.config.mm_tokens_per_image))
         if seq_length != int(self.model.config.mm_tokens_per_image):
             raise ProcessorMismatchError(

@@ -116,18 +116,7 @@ class Idefics3Adapter(Adapter):
 
     # -- checks ------------------------------------------------------------------------------------------------
     def check(self) -> None:
-        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        if processor_id != self.image_token_id:
-            raise ProcessorMismatchError(
-                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
-                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
-            )
-        vocab = int(self.text_config.vocab_size)
-        if len(self.tokenizer) > vocab:
-            raise ProcessorMismatchError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
-                f"load the processor from the same checkpoint as the model"
-            )
+        super().check()
         patch, scale = int(self.model.config.vision_config.patch_size), int(self.model.config.scale_factor)
         tile, per_side = self.tile_size, self.tokens_per_side
         seq_len = int(getattr(self.processor, "image_seq_len", per_side**2))

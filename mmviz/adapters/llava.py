@@ -48,20 +48,6 @@ class LlavaAdapter(Adapter):
         cells = layout.grid[columns]
         return np.stack([layout.image_index[columns], 1 + cells[:, 0] * self.grid_size + cells[:, 1]], axis=1)
 
-    def check(self) -> None:
-        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        if processor_id != self.image_token_id:
-            raise ProcessorMismatchError(
-                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
-                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
-            )
-        vocab = int(self.model.config.text_config.vocab_size)
-        if len(self.tokenizer) > vocab:
-            raise ProcessorMismatchError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
-                f"load the processor from the same checkpoint as the model"
-            )
-
     def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         inputs = super().encode(images, text)
         size = int(self.model.config.vision_config.image_size)

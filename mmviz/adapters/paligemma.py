@@ -51,20 +51,6 @@ class PaliGemmaAdapter(Adapter):
     def vision_tokens_per_image(self) -> int:
         return self.grid_size**2
 
-    def check(self) -> None:
-        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        if processor_id != self.image_token_id:
-            raise ProcessorMismatchError(
-                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
-                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
-            )
-        vocab = int(self.text_config.vocab_size)
-        if len(self.tokenizer) > vocab:
-            raise ProcessorMismatchError(
-                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
-                f"load the processor from the same checkpoint as the model"
-            )
-
     def format_prompt(self, prompt: str, n_images: int) -> str:
         """``<image>``×n + the prompt; the processor itself inserts ``<bos>`` after the images and appends ``\\n``."""
         if self.image_token in prompt or getattr(self.processor, "chat_template", None):

@@ -22,7 +22,7 @@ from mmviz.capture import recording_hidden_states
 from mmviz.errors import InputError, ProcessorMismatchError
 from mmviz.methods import CATALOGUE
 from mmviz.widget import wire
-from mmviz.widget.inspector import display_cells, map_payload
+from mmviz.widget.payloads import display_cells, map_payload
 from tests.families.build_gemma_blip import BLIP2_PATCH, BLIP2_QUERIES, BLIP2_SIZE, blip2_processor, build_blip2
 from tests.families.checks import assert_boxes_inside, assert_views_tile
 
@@ -252,7 +252,7 @@ def test_widget_composes_maps_onto_the_cells(wide_trace):
     weights = trace.layout.soft.weights
     inspector = mmviz.Inspector(trace)
     expected = trace.attention() @ weights  # (L, H, Q, C)
-    shipped = wire.decode(inspector.attention)
+    shipped = np.stack([wire.decode(inspector.extra("heads", layer)) for layer in range(trace.num_layers)])
     assert shipped.shape == expected.shape
     step = (expected.max(-1, keepdims=True) - expected.min(-1, keepdims=True)) / 510
     assert np.all(np.abs(shipped - expected) <= step + 1e-6)

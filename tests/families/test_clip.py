@@ -334,8 +334,13 @@ def test_inspector(traced):
     entries = {entry["name"]: entry for entry in widget.methods}
     assert entries["similarity"]["computed"] and entries["similarity"]["signed"]
     assert "similarity" in widget.maps and widget.maps["similarity"]["signed"]
-    attention = wire.decode(widget.attention)
-    assert attention.shape == (2, 4, len(traced.query_positions), len(traced.image_positions))
+    mean = wire.decode(widget.attention_mean)
+    assert mean.shape == (2, len(traced.query_positions), len(traced.image_positions))
+    heads = wire.decode(widget.extra("heads", 1))
+    assert heads.shape == (4, len(traced.query_positions), len(traced.image_positions))
+    assert widget.meta["extras"] == {"heads": True, "lens": False, "projection": False}, "no language model"
+    with pytest.raises(ValueError, match="needs the model's language model"):
+        widget.extra("lens")
     widget.method = "similarity"
     html = widget.to_html()
     assert "mmviz" in html and len(html) > 1000
