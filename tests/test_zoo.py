@@ -212,5 +212,5 @@ def test_the_faithfulness_command_prints_every_method_and_writes_the_curves(tmp_
     evaluate.main(["--scenes", "3", "--sanity-scenes", "1", "--plot", str(curves)])
     printed = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in printed.splitlines() if line.startswith("| ") and "%" in line]
-    assert sorted(rows) == sorted([*CATALOGUE, "random map (chance)"])
+    assert sorted(rows) == sorted([*CATALOGUE, *evaluate.VARIANTS, "random map (chance)"])
     assert curves.stat().st_size > 10_000 and "Deletion" in curves.read_text()
