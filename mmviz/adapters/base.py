@@ -121,7 +121,11 @@ class Adapter:
 
     @property
     def image_token_id(self) -> int:
-        """Id of the placeholder the processor expands into image positions."""
+        """Id of the image positions the model fills with image features (``config.image_token_id``; the
+        tokenizer's id of the processor's placeholder for models whose config does not say)."""
+        configured = getattr(self.model.config, "image_token_id", None)
+        if configured is not None:
+            return int(configured)
         return int(self.tokenizer.convert_tokens_to_ids(self.image_token))
 
     def format_prompt(self, prompt: str, n_images: int) -> str:
@@ -200,6 +204,24 @@ class Adapter:
             raise ProcessorMismatchError(
                 f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary has {vocab}; "
                 f"load the processor from the same checkpoint as the model"
+            )
+
+    def check_canvas(self, pixel_values: torch.Tensor, size: int, hint: str = "") -> None:
+        """The processor must make the ``size × size`` inputs the vision tower was built for."""
+        canvas = tuple(int(v) for v in pixel_values.shape[-2:])
+        if canvas != (size, size):
+            raise ProcessorMismatchError(
+                f"the processor makes {canvas[1]}×{canvas[0]} pixel inputs but the vision tower takes {size}×{size}; "
+                f"load the processor from the same checkpoint as the model{hint}"
+            )
+
+    def check_image_token_count(self, input_ids: torch.Tensor, expected: int, images: int, why: str) -> None:
+        """The processor must insert as many image positions as the model has features; ``why`` says what in the
+        processor does not match (the advice the error gives)."""
+        found = int((input_ids == self.image_token_id).sum())
+        if found != expected:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} image tokens for {images} image(s), the model needs {expected}; {why}"
             )
 
     def layout(

@@ -66,10 +66,6 @@ class Blip2Adapter(Adapter):
         return parts[0] if len(parts) == 1 else torch.nn.Sequential(*parts)
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def num_query_tokens(self) -> int:
         return int(self.model.config.num_query_tokens)
 
@@ -119,12 +115,7 @@ class Blip2Adapter(Adapter):
             raise InputError(f"pass the prompt without {self.image_token!r}: BLIP-2's processor adds the query tokens")
         inputs = dict(self.processor(images=list(images), text=text, return_tensors="pt"))
         size = int(self.model.config.vision_config.image_size)
-        canvas = tuple(inputs["pixel_values"].shape[-2:])
-        if canvas != (size, size):
-            raise ProcessorMismatchError(
-                f"the processor makes {canvas[1]}×{canvas[0]} pixel inputs but the vision tower takes {size}×{size}; "
-                f"load the processor from the same checkpoint as the model (BLIP-2 checkpoints use 224)"
-            )
+        self.check_canvas(inputs["pixel_values"], size, " (BLIP-2 checkpoints use 224)")
         found = int((inputs["input_ids"] == self.image_token_id).sum())
         if found != self.num_query_tokens:
             raise ProcessorMismatchError(

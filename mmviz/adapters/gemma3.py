@@ -40,11 +40,6 @@ class Gemma3Adapter(Adapter):
 
     # -- sizes, read from the loaded config ----------------------------------------------------------------------
     @property
-    def image_token_id(self) -> int:
-        """Id of the soft image tokens (``<image_soft_token>``) that carry the pooled patches."""
-        return int(self.model.config.image_token_id)
-
-    @property
     def marker_ids(self) -> tuple[int, int]:
         """``<start_of_image>`` and ``<end_of_image>`` ids."""
         config = self.model.config
@@ -110,25 +105,19 @@ class Gemma3Adapter(Adapter):
         options = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
         inputs = dict(self.processor(images=list(images), text=text, return_tensors="pt", **options))
         size = int(self.model.config.vision_config.image_size)
-        canvas = tuple(inputs["pixel_values"].shape[-2:])
-        if canvas != (size, size):
-            raise ProcessorMismatchError(
-                f"the processor makes {canvas[1]}×{canvas[0]} pixel inputs but the vision tower takes {size}×{size}; "
-                f"load the processor from the same checkpoint as the model (Gemma 3 checkpoints use 896)"
-            )
+        self.check_canvas(inputs["pixel_values"], size, " (Gemma 3 checkpoints use 896)")
         n_views = int(inputs["pixel_values"].shape[0])
         if n_views != len(images):
             raise ProcessorMismatchError(
                 f"the processor made {n_views} image views for {len(images)} image(s) (Pan & Scan crops); mmviz lays "
                 f"out one view per image for Gemma 3: pass a processor with do_pan_and_scan=False"
             )
-        found = int((inputs["input_ids"] == self.image_token_id).sum())
-        expected = int(self.model.config.mm_tokens_per_image) * len(images)
-        if found != expected:
-            raise ProcessorMismatchError(
-                f"the processor inserted {found} image tokens for {len(images)} image(s), the model needs "
-                f"{expected} (mm_tokens_per_image per image); the processor's image_seq_length does not match"
-            )
+        self.check_image_token_count(
+            inputs["input_ids"],
+            int(self.model.config.mm_tokens_per_image) * len(images),
+            len(images),
+            "mm_tokens_per_image per image; the processor's image_seq_length does not match",
+        )
         return inputs
 
     def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:

@@ -70,10 +70,6 @@ class Idefics3Adapter(Adapter):
 
     # -- sizes -------------------------------------------------------------------------------------------------
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def tile_size(self) -> int:
         """``T``: the side of a tile and of the global image, in processor pixels."""
         ip = self.processor.image_processor

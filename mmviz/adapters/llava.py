@@ -26,10 +26,6 @@ class LlavaAdapter(Adapter):
     fallback_template = "USER: {image}\n{prompt} ASSISTANT:"
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def grid_size(self) -> int:
         vision = self.model.config.vision_config
         return int(vision.image_size) // int(vision.patch_size)
@@ -51,19 +47,13 @@ class LlavaAdapter(Adapter):
     def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         inputs = super().encode(images, text)
         size = int(self.model.config.vision_config.image_size)
-        canvas = tuple(inputs["pixel_values"].shape[-2:])
-        if canvas != (size, size):
-            raise ProcessorMismatchError(
-                f"the processor makes {canvas[1]}×{canvas[0]} pixel inputs but the vision tower takes {size}×{size}; "
-                f"load the processor from the same checkpoint as the model"
-            )
-        found = int((inputs["input_ids"] == self.image_token_id).sum())
-        expected = self.tokens_per_image * len(images)
-        if found != expected:
-            raise ProcessorMismatchError(
-                f"the processor inserted {found} image tokens for {len(images)} image(s), the model needs "
-                f"{expected}; the processor's patch_size / vision_feature_select_strategy do not match the model's"
-            )
+        self.check_canvas(inputs["pixel_values"], size)
+        self.check_image_token_count(
+            inputs["input_ids"],
+            self.tokens_per_image * len(images),
+            len(images),
+            "the processor's patch_size / vision_feature_select_strategy do not match the model's",
+        )
         return inputs
 
     def layout(

@@ -74,10 +74,6 @@ class LlavaNextAdapter(Adapter):
 
     # -- sizes read from the model ---------------------------------------------------------------------------
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def tile_size(self) -> int:
         """``S``: side of one tile (and of the base view) fed to the vision tower."""
         return int(self.model.config.vision_config.image_size)

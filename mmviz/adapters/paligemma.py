@@ -36,10 +36,6 @@ class PaliGemmaAdapter(Adapter):
     fallback_template = "{image}{prompt}"
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def patch_size(self) -> int:
         return int(self.model.config.vision_config.patch_size)
 
@@ -61,20 +57,13 @@ class PaliGemmaAdapter(Adapter):
         inputs = super().encode(images, text)
         inputs.pop("labels", None)  # training targets the processor derives from token_type_ids; not a model input
         size = int(self.model.config.vision_config.image_size)
-        canvas = tuple(inputs["pixel_values"].shape[-2:])
-        if canvas != (size, size):
-            raise ProcessorMismatchError(
-                f"the processor makes {canvas[1]}×{canvas[0]} pixel inputs but the vision tower takes {size}×{size}; "
-                f"load the processor from the same checkpoint as the model"
-            )
-        found = int((inputs["input_ids"] == self.image_token_id).sum())
-        expected = self.grid_size**2 * len(images)
-        if found != expected:
-            raise ProcessorMismatchError(
-                f"the processor inserted {found} image tokens for {len(images)} image(s), the model needs "
-                f"{expected} ({self.grid_size}×{self.grid_size} per image); the image processor's image_seq_length "
-                f"does not match the vision tower"
-            )
+        self.check_canvas(inputs["pixel_values"], size)
+        self.check_image_token_count(
+            inputs["input_ids"],
+            self.grid_size**2 * len(images),
+            len(images),
+            f"{self.grid_size}×{self.grid_size} per image; the processor's image_seq_length does not match the tower",
+        )
         return inputs
 
     def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:

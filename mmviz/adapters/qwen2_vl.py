@@ -47,10 +47,6 @@ class Qwen2VLAdapter(Adapter):
 
     # -- sizes, read from the loaded config (the processor's copies are checked against them) -------------------
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def patch_size(self) -> int:
         return int(self.model.config.vision_config.patch_size)
 
