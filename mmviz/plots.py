@@ -558,6 +558,7 @@ def _digest(code: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers
 
+
 def _resolve(source: Any) -> tuple[Trace, Inspector | None]:
     if isinstance(source, Inspector):
         return source.trace, source

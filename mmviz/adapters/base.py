@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmviz.adapters.layout import TokenLayout
+from mmviz.adapters.layout import LayoutBuilder, TokenLayout
 from mmviz.adapters.tokens import display_strings
 from mmviz.errors import ProcessorMismatchError
 
@@ -175,11 +175,28 @@ class Adapter:
         """
         return inputs
 
+    def layout_builder(self, input_ids: np.ndarray, placeholder: str = "<image>") -> LayoutBuilder:
+        """A :class:`LayoutBuilder` over ``input_ids`` whose image-token positions read ``placeholder`` (the piece
+        string of an image token is often empty or unreadable)."""
+        strings = self.display_tokens(input_ids)
+        is_image = input_ids == self.image_token_id
+        tokens = [placeholder if image else text for image, text in zip(is_image, strings, strict=True)]
+        return LayoutBuilder(tokens, self.special_mask(input_ids))
+
     def display_tokens(self, ids: Sequence[int]) -> list[str]:
         return display_strings(self.tokenizer, ids)
 
     def special_mask(self, ids: np.ndarray) -> np.ndarray:
         return np.isin(ids, list(getattr(self.tokenizer, "all_special_ids", [])))
+
+    @staticmethod
+    def extend_token_type_ids(inputs: dict[str, torch.Tensor], n_answer: int, fill: int) -> dict[str, torch.Tensor]:
+        """``inputs`` with ``token_type_ids`` (when present) extended by ``n_answer`` entries of ``fill``."""
+        token_type_ids = inputs.get("token_type_ids")
+        if token_type_ids is None or n_answer == 0:
+            return inputs
+        answer = token_type_ids.new_full((token_type_ids.shape[0], n_answer), fill)
+        return {**inputs, "token_type_ids": torch.cat([token_type_ids, answer], dim=1)}
 
     # -- family knowledge --------------------------------------------------------------------------------------
     def check(self) -> None:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmviz.adapters import geometry
 from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import QUERY, VIEWS, ImageGeometry, LayoutBuilder, SoftCells, TokenLayout
+from mmviz.adapters.layout import QUERY, VIEWS, ImageGeometry, SoftCells, TokenLayout
 from mmviz.capture.model_state import preserved
 from mmviz.errors import InputError, ProcessorMismatchError, UnsupportedModelError
 
@@ -129,11 +129,7 @@ class Blip2Adapter(Adapter):
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
         is_query = input_ids == self.image_token_id
-        strings = self.display_tokens(input_ids)
-        builder = LayoutBuilder(
-            ["<query>" if query else text for query, text in zip(is_query, strings, strict=True)],
-            self.special_mask(input_ids),
-        )
+        builder = self.layout_builder(input_ids, "<query>")
         positions = np.flatnonzero(is_query)
         if len(images) != 1 or len(positions) != self.num_query_tokens:
             raise ProcessorMismatchError(

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mmviz.adapters import geometry
 from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import IMAGE_SEP, ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.adapters.layout import IMAGE_SEP, ImageGeometry, TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
 
@@ -122,22 +122,14 @@ class Gemma3Adapter(Adapter):
 
     def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
         """``token_type_ids`` extended with 0 (text) over the answer: answer tokens are causal text."""
-        token_type_ids = inputs.get("token_type_ids")
-        if token_type_ids is None or n_answer == 0:
-            return inputs
-        text = token_type_ids.new_zeros((token_type_ids.shape[0], n_answer))
-        return {**inputs, "token_type_ids": torch.cat([token_type_ids, text], dim=1)}
+        return self.extend_token_type_ids(inputs, n_answer, fill=0)
 
     # -- layout ------------------------------------------------------------------------------------------------
     def layout(
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
         is_image = input_ids == self.image_token_id
-        strings = self.display_tokens(input_ids)
-        builder = LayoutBuilder(
-            ["<image>" if image else text for image, text in zip(is_image, strings, strict=True)],
-            self.special_mask(input_ids),
-        )
+        builder = self.layout_builder(input_ids)
         g, k, patch = self.grid_size, self.pool_size, int(self.model.config.vision_config.patch_size)
         starts = np.flatnonzero(input_ids == self.marker_ids[0])
         ends = np.flatnonzero(input_ids == self.marker_ids[1])

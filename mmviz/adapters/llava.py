@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmviz.adapters import geometry
 from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.adapters.layout import ImageGeometry, TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
 
@@ -60,11 +60,7 @@ class LlavaAdapter(Adapter):
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
         is_image = input_ids == self.image_token_id
-        strings = self.display_tokens(input_ids)
-        builder = LayoutBuilder(
-            ["<image>" if image else text for image, text in zip(is_image, strings, strict=True)],
-            self.special_mask(input_ids),
-        )
+        builder = self.layout_builder(input_ids)
         spans = _contiguous_spans(np.flatnonzero(is_image), self.tokens_per_image)
         if len(spans) != len(images):
             raise ProcessorMismatchError(f"found {len(spans)} image-token spans for {len(images)} image(s)")

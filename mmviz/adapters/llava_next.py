@@ -162,11 +162,7 @@ class LlavaNextAdapter(Adapter):
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
         is_image = input_ids == self.image_token_id
-        strings = self.display_tokens(input_ids)
-        builder = LayoutBuilder(
-            ["<image>" if image else text for image, text in zip(is_image, strings, strict=True)],
-            self.special_mask(input_ids),
-        )
+        builder = self.layout_builder(input_ids)
         plans = self.image_plans(images, inputs)
         positions = np.flatnonzero(is_image)
         if len(positions) != sum(len(plan) for plan in plans):

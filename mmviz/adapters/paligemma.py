@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmviz.adapters import geometry
 from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.adapters.layout import ImageGeometry, TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
 
@@ -68,21 +68,13 @@ class PaliGemmaAdapter(Adapter):
 
     def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
         """``token_type_ids`` extended with 1 (causal suffix) over the answer, the value ``generate`` appends."""
-        token_type_ids = inputs.get("token_type_ids")
-        if token_type_ids is None or n_answer == 0:
-            return inputs
-        suffix = token_type_ids.new_ones((token_type_ids.shape[0], n_answer))
-        return {**inputs, "token_type_ids": torch.cat([token_type_ids, suffix], dim=1)}
+        return self.extend_token_type_ids(inputs, n_answer, fill=1)
 
     def layout(
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
         is_image = input_ids == self.image_token_id
-        strings = self.display_tokens(input_ids)
-        builder = LayoutBuilder(
-            [self.image_token if image else text for image, text in zip(is_image, strings, strict=True)],
-            self.special_mask(input_ids),
-        )
+        builder = self.layout_builder(input_ids, self.image_token)
         g = self.grid_size
         positions = np.flatnonzero(is_image)
         if len(positions) != g * g * len(images):
