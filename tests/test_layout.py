@@ -12,16 +12,9 @@ from PIL import Image
 
 from mmviz.adapters import adapter_for
 from mmviz.adapters.layout import KINDS
+from tests.families.checks import coordinate_image
 
 RAW = {"do_rescale": False, "do_normalize": False, "return_tensors": "np"}
-
-
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """Red = x, green = y of every pixel (so at most 256 px per side)."""
-    array = np.zeros((height, width, 3), np.uint8)
-    array[:, :, 0] = np.arange(width)[None, :]
-    array[:, :, 1] = np.arange(height)[:, None]
-    return Image.fromarray(array)
 
 
 def processor_variant(processor, variant: str):

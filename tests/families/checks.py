@@ -1,10 +1,19 @@
-"""Layout checks shared by every family's tests."""
+"""Layout checks, and the coordinate image they read boxes back from, shared by every family's tests."""
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from mmviz.adapters import VIEWS, TokenLayout
+
+
+def coordinate_image(width: int, height: int) -> Image.Image:
+    """Red = x, green = y of every pixel (so at most 256 px per side)."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[..., 0] = np.arange(width)[None, :]
+    pixels[..., 1] = np.arange(height)[:, None]
+    return Image.fromarray(pixels)
 
 
 def _box_groups(layout: TokenLayout):

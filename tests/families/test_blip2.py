@@ -24,7 +24,7 @@ from mmviz.methods import CATALOGUE
 from mmviz.widget import wire
 from mmviz.widget.payloads import display_cells, map_payload
 from tests.families.build_gemma_blip import BLIP2_PATCH, BLIP2_QUERIES, BLIP2_SIZE, blip2_processor, build_blip2
-from tests.families.checks import assert_boxes_inside, assert_views_tile
+from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image
 
 RAW = {"do_rescale": False, "do_normalize": False}
 TOLERANCE = 0.6  # px; the resampler rounds to uint8: an exact x.5 mean (256 px → 32) is off by 0.5 px
@@ -43,14 +43,6 @@ def blip2():
 def wide_trace(blip2):
     model, processor, _ = blip2
     return mmviz.trace(model, processor, WIDE, "What is in the picture?", max_new_tokens=3)
-
-
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """Red = x, green = y of every pixel (so at most 256 px per side)."""
-    pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[..., 0] = np.arange(width)[None, :]
-    pixels[..., 1] = np.arange(height)[:, None]
-    return Image.fromarray(pixels)
 
 
 def encode(adapter, image, **kwargs):

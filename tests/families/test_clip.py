@@ -21,7 +21,7 @@ from mmviz.errors import InputError, ProcessorMismatchError, UnsupportedModelErr
 from mmviz.methods.similarity import Similarity, similarity
 from mmviz.widget import wire
 from tests.families.build_clip import build_clip, build_siglip
-from tests.families.checks import assert_boxes_inside, assert_views_tile
+from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image
 
 BUILDERS = {"clip": build_clip, "siglip": build_siglip}
 CAPTION = "a photo of a red square"
@@ -57,14 +57,6 @@ def _eager_copy(model):
     twin = copy.deepcopy(model)
     twin.set_attn_implementation({"vision_config": "eager"})
     return twin
-
-
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """Red = x, green = y of every pixel (so at most 256 px a side)."""
-    pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[..., 0] = np.arange(width)[None, :]
-    pixels[..., 1] = np.arange(height)[:, None]
-    return Image.fromarray(pixels)
 
 
 # -- registry and layout -----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tests.families.build_qwen_idefics import (
     build_smolvlm,
     idefics_processor,
 )
-from tests.families.checks import assert_boxes_inside, assert_views_tile
+from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image
 
 BUILDERS = {"idefics3": build_idefics3, "smolvlm": build_smolvlm}
 RAW = {"do_rescale": False, "do_normalize": False}  # pixel values stay the image's own uint8 values
@@ -40,14 +40,6 @@ TILE, GLOBAL = VIEWS.index("tile"), VIEWS.index("global")
 def idefics(request):
     model, processor = BUILDERS[request.param]()
     return model, processor, adapter_for(model, processor)
-
-
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """Red = x, green = y of every pixel (so at most 256 px per side)."""
-    pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[..., 0] = np.arange(width)[None, :]
-    pixels[..., 1] = np.arange(height)[:, None]
-    return Image.fromarray(pixels)
 
 
 def encode(adapter, images, **kwargs):

@@ -28,7 +28,7 @@ from tests.families.build_gemma_blip import (
     gemma3_processor,
     paligemma_processor,
 )
-from tests.families.checks import assert_boxes_inside, assert_views_tile
+from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image
 
 BUILDERS = {"paligemma": build_paligemma, "gemma3": build_gemma3}
 RAW = {"do_rescale": False, "do_normalize": False}  # pixel values stay the image's own uint8 values
@@ -41,14 +41,6 @@ TALL = Image.fromarray(np.tile(np.linspace(0, 255, 90, dtype=np.uint8)[:, None, 
 def family(request):
     model, processor = BUILDERS[request.param]()
     return model, processor, adapter_for(model, processor)
-
-
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """Red = x, green = y of every pixel (so at most 256 px per side)."""
-    pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[..., 0] = np.arange(width)[None, :]
-    pixels[..., 1] = np.arange(height)[:, None]
-    return Image.fromarray(pixels)
 
 
 def encode(adapter, images, **kwargs):

@@ -20,7 +20,7 @@ import mmviz
 from mmviz.adapters import Qwen2_5_VLAdapter, Qwen2VLAdapter, adapter_for
 from mmviz.errors import InputError, ProcessorMismatchError
 from tests.families.build_qwen_idefics import QWEN_SIZE, build_qwen2_5_vl, build_qwen2_vl
-from tests.families.checks import assert_boxes_inside, assert_views_tile
+from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image
 
 BUILDERS = {"qwen2_vl": build_qwen2_vl, "qwen2_5_vl": build_qwen2_5_vl}
 RAW = {"do_rescale": False, "do_normalize": False}  # pixel values stay the image's own uint8 values
@@ -31,14 +31,6 @@ TOLERANCE = 0.6  # px; the resampler alone moves a cell's mean by up to ≈0.5 p
 def qwen(request):
     model, processor = BUILDERS[request.param]()
     return model, processor, adapter_for(model, processor)
-
-
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """Red = x, green = y of every pixel (so at most 256 px per side)."""
-    pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[..., 0] = np.arange(width)[None, :]
-    pixels[..., 1] = np.arange(height)[:, None]
-    return Image.fromarray(pixels)
 
 
 def encode(adapter, images, **kwargs):
