@@ -9,9 +9,9 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createStaticModel, type StaticModel } from "../src/host/static-host";
 import { SYNC_DELAY_MS } from "../src/sync";
 import { PLAY_STEP_MS } from "../src/views/controls";
-import { initialize, render } from "../src/widget";
 import { answer, headsPayload, L, makeState, TOKENS } from "./fixtures";
 import { encodeFloat32, int32Bytes } from "./helpers";
+import { mountWidget } from "./mount";
 
 let cleanups: (() => void)[] = [];
 beforeEach(() => {
@@ -29,21 +29,9 @@ function lazyState(): Record<string, unknown> {
 }
 
 function mount(state: Record<string, unknown>, model: StaticModel = createStaticModel(state, { kernel: true })) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  const endInit = initialize({ model });
-  const end = render({ model, el });
-  cleanups.push(() => {
-    end();
-    endInit();
-    el.remove();
-  });
-  const q = <T extends Element = HTMLElement>(sel: string): T => {
-    const found = el.querySelector<T>(sel);
-    if (!found) throw new Error(`no ${sel}`);
-    return found;
-  };
-  return { model, el, q, root: q(".mmviz-root") };
+  const { unmount, ...mounted } = mountWidget(model);
+  cleanups.push(unmount);
+  return { model, ...mounted };
 }
 
 const flush = () => new Promise<void>((resolve) => setTimeout(resolve, 0));

@@ -8,29 +8,16 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createStaticModel, type StaticModel } from "../src/host/static-host";
 import { SYNC_DELAY_MS } from "../src/sync";
-import { initialize, render } from "../src/widget";
 import { makeMethodsState, mapEntry, P, SIGNED, LAYERED } from "./fixtures";
 import { float32Bytes, int32Bytes } from "./helpers";
+import { mountWidget } from "./mount";
 
 let cleanups: (() => void)[] = [];
 
 function mount(state: Record<string, unknown>, opts: { kernel?: boolean; timeout?: number } = {}) {
   const model = createStaticModel(state, { kernel: opts.kernel ?? true });
-  const el = document.createElement("div");
-  document.body.append(el);
-  const endInit = initialize({ model });
-  const end = render({ model, el }, opts.timeout === undefined ? {} : { computeTimeoutMs: opts.timeout });
-  cleanups.push(() => {
-    end();
-    endInit();
-    el.remove();
-  });
-  const q = <T extends Element = HTMLElement>(sel: string): T => {
-    const found = el.querySelector<T>(sel);
-    if (!found) throw new Error(`no ${sel}`);
-    return found;
-  };
-  const root = q(".mmviz-root");
+  const { unmount, el, q, root } = mountWidget(model, opts.timeout === undefined ? {} : { computeTimeoutMs: opts.timeout });
+  cleanups.push(unmount);
   return {
     model,
     el,
