@@ -45,7 +45,7 @@ from mmviz.methods import (
     rise,
     rollout,
 )
-from mmviz.methods._backprop import EmbeddingLeaf, frozen_with_grad
+from mmviz.methods.common import EmbeddingLeaf, gradient_context
 from mmviz.zoo import tiny_llava
 
 PROMPT = "What is in the picture? Describe the shapes and colors."
@@ -86,7 +86,7 @@ def main() -> None:
 
     def forward_backward() -> None:
         leaf = EmbeddingLeaf()
-        with frozen_with_grad(run):
+        with gradient_context(run):
             logits = run.forward(edit=leaf, first_logit=first.first_logit)
             first(logits, run.input_ids, first.first_logit).sum().backward()
 

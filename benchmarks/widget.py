@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from ipywidgets.widgets.widget import _remove_buffers  # noqa: E402
 
 from mmviz.adapters.layout import SPECIAL, TEXT, ImageGeometry, LayoutBuilder  # noqa: E402
-from mmviz.tracing import Trace  # noqa: E402
+from mmviz.records import Trace  # noqa: E402
 
 FULL = {"layers": 32, "heads": 32, "text": 64, "grid": 24, "hovers": 500, "switches": 12}
 QUICK = {"layers": 6, "heads": 4, "text": 16, "grid": 8, "hovers": 60, "switches": 3}

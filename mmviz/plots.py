@@ -7,7 +7,9 @@ token and the selected head are highlighted where the plot shows them).
 
 Linking needs the plot displayed as an ipywidget, so that clicks reach Python: :func:`widget` wraps it in a
 ``jupyter_bokeh.BokehModel`` and loads BokehJS into the page inline (no CDN). A plain ``bokeh.io.show`` draws the
-same plot without the link.
+same plot without the link. Layers are decoder layers ``0 … L−1`` and ``"mean"`` (the inspector's mean over
+layers, where a plot shows the last layer or no marker); the projection's residual-stream axis is a ``depth``
+(0 = the embeddings, d = after decoder layer d − 1), drawn at x = d − 1 with the embeddings labelled ``emb``.
 
 Example:
     >>> inspector = mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from bokeh.core.templates import AUTOLOAD_NB_JS
@@ -46,15 +48,30 @@ from bokeh.plotting import figure
 from bokeh.resources import INLINE
 from jupyter_bokeh import BokehModel
 
+from mmviz import selection
 from mmviz.methods import LogitLens, Projection, logit_lens
 from mmviz.methods import image_share as compute_image_share
 from mmviz.methods import projection as compute_projection
-from mmviz.tracing import Trace
-from mmviz.widget.inspector import Inspector
+from mmviz.records import Trace
 
 if TYPE_CHECKING:
+    from mmviz.evaluation import Evaluation
     from mmviz.methods import ImageShare
-    from mmviz.zoo.evaluate import Evaluation
+
+
+
+class Inspector(Protocol):
+    """What a plot links to: an :class:`~mmviz.Inspector` (any widget with its trace and these observable traits)."""
+
+    trace: Trace
+    layer: selection.LayerChoice
+    head: selection.HeadChoice
+    pinned: int
+
+    def observe(self, handler: Callable[..., None], names: Any = ...) -> None: ...
+
+    def unobserve(self, handler: Callable[..., None], names: Any = ...) -> None: ...
+
 
 Source = Trace | Inspector
 
@@ -138,9 +155,10 @@ def entropy(source: Source, *, rows: Literal["all", "answer"] = "answer") -> fig
             name="entropy:head",
         )  # fmt: skip
 
-        def show_head(head: int) -> None:
-            chosen.data = {"x": layers, "y": per_head[:, head]} if head >= 0 else {"x": np.array([]), "y": np.array([])}
-            chosen_line.visible = head >= 0
+        def show_head(head: selection.HeadChoice) -> None:
+            one = head != selection.MEAN
+            chosen.data = {"x": layers, "y": per_head[:, head]} if one else {"x": np.array([]), "y": np.array([])}
+            chosen_line.visible = one
 
         _link(inspector, plot, layer_axes=[plot], updates={"head": show_head})
     return plot
@@ -151,15 +169,17 @@ def lens_ranks(source: Source, *, lens: LogitLens | None = None) -> figure:
     on a log scale. Depth ℓ is the residual stream after decoder layer ℓ (``emb`` = the embeddings); the last depth
     is the model's own output. Linked, the pinned token's line is emphasised.
 
-    ``lens`` reuses a :func:`mmviz.methods.logit_lens` result; otherwise it is computed once per trace (the trace's
-    hidden states are used when captured) and its map is added to ``trace.maps["logit_lens"]`` if missing, so the
-    widget's method switcher does not run it again.
+    ``lens`` reuses a :func:`mmviz.methods.logit_lens` result; otherwise the lens is computed once per trace (the
+    trace's hidden states are used when captured) with ``trace.compute("logit_lens")``, so the widget's method
+    switcher does not run it again.
 
     Example:
         >>> show(lens_ranks(trace))                                    # doctest: +SKIP
     """
     trace, inspector = _resolve(source)
-    lens = _logit_lens(trace) if lens is None else lens
+    if lens is None:
+        trace.compute("logit_lens")  # the map the widget's method switcher would compute, from the same lens
+        lens = logit_lens(trace)
     depths = np.arange(lens.answer_ranks.shape[0]) - 1
     ranks = lens.answer_ranks.astype(float) + 1.0  # (depths, A), 1 = top
     deepest = float(ranks.max())
@@ -208,28 +228,28 @@ def lens_ranks(source: Source, *, lens: LogitLens | None = None) -> figure:
     return plot
 
 
-def projection(source: Source, layer: int | None = None, *, result: Projection | None = None) -> LayoutDOM:
+def projection(source: Source, depth: int | None = None, *, result: Projection | None = None) -> LayoutDOM:
     """Image patches and text tokens in ONE PCA frame fitted on all layers, and the modality gap per layer.
 
-    Left: every position's hidden state after decoder ``layer`` (−1 = the embeddings), coloured by modality (image
-    patch, prompt text, answer text); the axes are fixed across layers, so points can be compared between layers.
-    Right: the cosine distance between the mean image and the mean text state at every depth.
+    Left: every position's hidden state at ``depth`` (0 = the embeddings, d = after decoder layer d − 1; default:
+    the last, or the inspector's layer), coloured by modality (image patch, prompt text, answer text); the axes are
+    fixed across depths, so points can be compared between layers. Right: the cosine distance between the mean
+    image and the mean text state at every depth.
 
-    Linked, the scatter follows the inspector's layer (``layer`` only sets the first one shown), a click on the gap
+    Linked, the scatter follows the inspector's layer (``depth`` only sets the first one shown), a click on the gap
     plot selects a layer, a click on a text point pins that token, and the pinned token's path through all layers is
     drawn. ``result`` reuses a :func:`mmviz.methods.projection` result; otherwise it is computed once per trace.
 
     Example:
-        >>> show(projection(trace, layer=2))                           # doctest: +SKIP
+        >>> show(projection(trace, depth=3))        # the state after decoder layer 2   # doctest: +SKIP
     """
     trace, inspector = _resolve(source)
-    result = trace.computed("projection", lambda: compute_projection(trace)) if result is None else result
+    result = compute_projection(trace) if result is None else result
     depths = result.coords.shape[0]
-    if layer is None:
-        layer = inspector.layer if inspector is not None else depths - 2
-    if not -1 <= layer < depths - 1:
-        raise ValueError(f"layer must be -1 (the embeddings) or a decoder layer in 0…{depths - 2}, got {layer}")
-    scatter, points, dots = _projection_scatter(trace, result, layer)
+    if depth is None:
+        depth = _depth_of(inspector.layer, depths) if inspector is not None else depths - 1
+    depth = selection.depth(depth, depths)
+    scatter, points, dots = _projection_scatter(trace, result, depth)
     gap = _layer_figure(
         "Modality gap per layer",
         y_axis_label="1 − cos(mean image, mean text)",
@@ -243,12 +263,17 @@ def projection(source: Source, layer: int | None = None, *, result: Projection |
     gap.add_tools(HoverTool(renderers=[gap_line], tooltips=[("layer", "@x"), ("gap", "@y{0.000}")], mode="vline"))
     layout = row(scatter, gap)
     if inspector is not None:
-        _link_projection(inspector, layout, scatter, points, dots, gap, result, layer)
+        _link_projection(inspector, layout, scatter, points, dots, gap, result, depth)
     return layout
 
 
-def _projection_scatter(trace: Trace, result: Projection, layer: int) -> tuple[figure, ColumnDataSource, list[Any]]:
-    """The scatter of every position at ``layer``, one renderer per modality over one shared source."""
+def _depth_of(layer: selection.LayerChoice, depths: int) -> int:
+    """The residual-stream depth an inspector layer shows: after that layer; the last for the mean over layers."""
+    return depths - 1 if layer == selection.MEAN else int(layer) + 1
+
+
+def _projection_scatter(trace: Trace, result: Projection, depth: int) -> tuple[figure, ColumnDataSource, list[Any]]:
+    """The scatter of every position at ``depth``, one renderer per modality over one shared source."""
     groups = np.where(
         result.is_image, "image", np.where(np.arange(len(trace.tokens)) >= trace.answer_start, "answer", "prompt")
     )
@@ -256,7 +281,7 @@ def _projection_scatter(trace: Trace, result: Projection, layer: int) -> tuple[f
     low, high = every.min(axis=0), every.max(axis=0)
     margin = np.maximum((high - low) * 0.05, 1e-6)
     scatter = figure(
-        title=_projection_title(result, layer),
+        title=_projection_title(result, depth),
         width=460,
         height=400,
         x_range=Range1d(low[0] - margin[0], high[0] + margin[0]),  # one frame for all layers: fixed axes
@@ -268,8 +293,8 @@ def _projection_scatter(trace: Trace, result: Projection, layer: int) -> tuple[f
     scatter.toolbar.logo = None
     points = ColumnDataSource(
         {
-            "x": result.coords[layer + 1, :, 0].astype(float),
-            "y": result.coords[layer + 1, :, 1].astype(float),
+            "x": result.coords[depth, :, 0].astype(float),
+            "y": result.coords[depth, :, 1].astype(float),
             "position": np.arange(len(groups)),
             "token": list(trace.tokens),
             "cell": [f"{r}, {c}" if r >= 0 else "" for r, c in result.grid.tolist()],
@@ -309,7 +334,7 @@ def _link_projection(
     dots: list[Any],
     gap: figure,
     result: Projection,
-    layer: int,
+    depth: int,
 ) -> None:
     """The scatter follows the inspector's layer, draws the pinned token's path and pins a clicked text token."""
     depths = result.coords.shape[0]
@@ -321,18 +346,17 @@ def _link_projection(
         "x", "y", source=here, size=16, fill_alpha=0, line_color="#000000", line_width=2.5, name="path:current"
     )
     scatter.add_tools(HoverTool(renderers=[path_dots], tooltips=[("pinned token at layer", "@layer")]))
-    shown = {"layer": layer, "pinned": -1}
+    shown = {"depth": depth, "pinned": -1}
 
     def mark_pinned_here() -> None:
-        depth, pinned = shown["layer"] + 1, shown["pinned"]
-        at = result.coords[depth : depth + 1, pinned].astype(float) if pinned >= 0 else np.zeros((0, 2))
+        at_depth, pinned = shown["depth"], shown["pinned"]
+        at = result.coords[at_depth : at_depth + 1, pinned].astype(float) if pinned >= 0 else np.zeros((0, 2))
         here.data = {"x": at[:, 0], "y": at[:, 1]}
 
-    def show_layer(value: int) -> None:
-        shown["layer"] = value
-        depth = value + 1
-        points.data.update(x=result.coords[depth, :, 0].astype(float), y=result.coords[depth, :, 1].astype(float))
-        scatter.title.text = _projection_title(result, value)
+    def show_layer(value: selection.LayerChoice) -> None:
+        at_depth = shown["depth"] = _depth_of(value, depths)
+        points.data.update(x=result.coords[at_depth, :, 0].astype(float), y=result.coords[at_depth, :, 1].astype(float))
+        scatter.title.text = _projection_title(result, at_depth)
         mark_pinned_here()
 
     def show_pinned(value: int) -> None:
@@ -359,7 +383,7 @@ def faithfulness_curves(result: Evaluation) -> LayoutDOM:
     """Mean deletion (lower is better) and insertion (higher is better) curves of every evaluated method.
 
     Example:
-        >>> show(faithfulness_curves(mmviz.zoo.evaluate.evaluate(model, processor, scenes=20)))   # doctest: +SKIP
+        >>> show(faithfulness_curves(mmviz.evaluation.evaluate(model, processor, scenes=20)))   # doctest: +SKIP
     """
     panels = []
     for title, index in (("Deletion: top tokens blurred (lower is better)", 1), ("Insertion (higher is better)", 2)):
@@ -436,17 +460,19 @@ class _Link:
         self,
         inspector: Inspector,
         layer_axes: Sequence[figure],
-        updates: dict[str, Callable[[int], None]],
+        updates: dict[str, Callable[[Any], None]],
     ) -> None:
         self.inspector = inspector
         self.open = True
-        markers = [_layer_marker(plot, inspector.layer) for plot in layer_axes]
+        markers = [_layer_marker(plot) for plot in layer_axes]
 
-        def move_markers(layer: int) -> None:
-            for marker in markers:
-                marker.location = layer
+        def move_markers(layer: selection.LayerChoice) -> None:
+            for marker in markers:  # the mean over layers is no one layer: no marker
+                marker.visible = layer != selection.MEAN
+                marker.location = 0 if layer == selection.MEAN else int(layer)
 
-        self.updates: dict[str, list[Callable[[int], None]]] = {"layer": [move_markers]}
+        move_markers(inspector.layer)
+        self.updates: dict[str, list[Callable[[Any], None]]] = {"layer": [move_markers]}
         for name, update in updates.items():
             self.updates.setdefault(name, []).append(update)
         for plot in layer_axes:
@@ -460,9 +486,9 @@ class _Link:
             if name != "layer":
                 self.redraw(name, getattr(inspector, name))
 
-    def redraw(self, name: str, value: int) -> None:
+    def redraw(self, name: str, value: Any) -> None:
         for update in self.updates.get(name, []):
-            update(int(value))
+            update(value)
 
     def _on_tap(self, event: Tap) -> None:
         if not self.open or event.x is None:
@@ -481,7 +507,7 @@ def _link(
     plot: LayoutDOM,
     *,
     layer_axes: Sequence[figure],
-    updates: dict[str, Callable[[int], None]] | None = None,
+    updates: dict[str, Callable[[Any], None]] | None = None,
 ) -> None:
     link = _Link(inspector, layer_axes, updates or {})
     plot._mmviz_links = [*getattr(plot, "_mmviz_links", []), link]
@@ -504,9 +530,9 @@ def _unobserve(inspector: weakref.ref[Inspector], handler: Callable[..., None], 
         target.unobserve(handler, names=list(names))
 
 
-def _layer_marker(plot: figure, layer: int) -> Span:
+def _layer_marker(plot: figure) -> Span:
     marker = Span(
-        location=layer, dimension="height", line_color="#333333", line_dash="dashed", line_width=2, name=LAYER_MARKER
+        location=0, dimension="height", line_color="#333333", line_dash="dashed", line_width=2, name=LAYER_MARKER
     )
     plot.add_layout(marker)
     return marker
@@ -560,10 +586,10 @@ def _digest(code: str) -> str:
 
 
 def _resolve(source: Any) -> tuple[Trace, Inspector | None]:
-    if isinstance(source, Inspector):
-        return source.trace, source
     if isinstance(source, Trace):
         return source, None
+    if isinstance(getattr(source, "trace", None), Trace) and callable(getattr(source, "observe", None)):
+        return source.trace, source
     raise TypeError(
         f"mmviz.plots takes an mmviz.Trace (from mmviz.trace(...)) or an mmviz.Inspector (from mmviz.inspect(...)), "
         f"not {type(source).__name__}"
@@ -572,12 +598,6 @@ def _resolve(source: Any) -> tuple[Trace, Inspector | None]:
 
 def _image_share(trace: Trace, rows: Literal["all", "answer"]) -> ImageShare:
     return trace.computed(f"image_share:{rows}", lambda: compute_image_share(trace, rows=rows))
-
-
-def _logit_lens(trace: Trace) -> LogitLens:
-    lens = trace.computed("logit_lens", lambda: logit_lens(trace))
-    trace.maps.setdefault("logit_lens", lens.map)
-    return lens
 
 
 def _layer_figure(
@@ -600,7 +620,7 @@ def _layer_figure(
     return plot
 
 
-def _projection_title(result: Projection, layer: int) -> str:
-    where = "embeddings" if layer < 0 else f"after layer {layer}"
+def _projection_title(result: Projection, depth: int) -> str:
+    where = "embeddings" if depth == 0 else f"after layer {depth - 1}"
     explained = "" if np.isnan(result.explained) else f", {result.explained:.0%} of variance"
     return f"Aligned {result.method.upper()} of hidden states: {where}{explained}"

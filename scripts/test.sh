@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --browser
 source .venv/bin/activate
 
-echo "== lint"
+echo "== lint and the architecture contract"
 ruff check mmviz tests benchmarks examples scripts
+lint-imports --no-cache
 echo "== JS: type check and unit tests"
 npm --prefix js run typecheck --silent
 npm --prefix js test --silent

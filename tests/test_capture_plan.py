@@ -44,7 +44,7 @@ def test_layers_head_mean_and_queries_select_what_is_kept(llava_small, photo):
     model, processor = llava_small
     full = mmviz.trace(model, processor, photo, "What?", answer="A cat.")
     last = len(full.tokens) - 1
-    plan = CapturePlan(layers=[-1, 0], head_mean=True, queries=[5, last - 1, last])
+    plan = CapturePlan(layers=[2, 0], head_mean=True, queries=[5, last - 1, last])
     small = mmviz.trace(model, processor, photo, "What?", answer="A cat.", capture=plan)
     assert small.layers.tolist() == [0, 2] and small.attention_rows.shape[:3] == (2, 1, 3)
     rows = [full.row_of(p) for p in (last - 1, last)]

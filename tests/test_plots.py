@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ from bokeh.plotting import figure
 
 import mmviz
 from mmviz import plots
+from mmviz.errors import InputError
 from mmviz.methods import image_share, logit_lens, projection
 
 PLOTS = {
@@ -116,9 +118,10 @@ def test_lens_ranks_are_the_logit_lens_ranks_with_rank_one_on_top(small_trace):
 
 
 def test_lens_ranks_uses_a_given_result_and_computes_at_most_once_per_trace(small_trace, monkeypatch):
+    lens_module = importlib.import_module("mmviz.methods.logit_lens")  # the package exports the function by that name
     calls = []
-    real = plots.logit_lens
-    monkeypatch.setattr(plots, "logit_lens", lambda trace: calls.append(trace) or real(trace))
+    real = lens_module._decode
+    monkeypatch.setattr(lens_module, "_decode", lambda trace, k: calls.append(trace) or real(trace, k))
     fresh = dataclasses.replace(small_trace, maps={})
     first, second = plots.lens_ranks(fresh), plots.lens_ranks(mmviz.Inspector(fresh))
     assert len(calls) == 1
@@ -128,7 +131,7 @@ def test_lens_ranks_uses_a_given_result_and_computes_at_most_once_per_trace(smal
         renderer(first, f"rank:{position}").data_source.data["y"],
         renderer(second, f"rank:{position}").data_source.data["y"],
     )
-    lens = real(small_trace)
+    lens = logit_lens(small_trace)
     shifted = dataclasses.replace(lens, answer_ranks=lens.answer_ranks + 7)
     given = plots.lens_ranks(fresh, lens=shifted)
     assert len(calls) == 1
@@ -137,11 +140,11 @@ def test_lens_ranks_uses_a_given_result_and_computes_at_most_once_per_trace(smal
     )
 
 
-@pytest.mark.parametrize("layer", [None, 0, -1])
-def test_projection_scatters_one_layer_of_the_aligned_frame_and_the_gap_of_all(small_trace, layer):
+@pytest.mark.parametrize("depth", [None, 1, 0])
+def test_projection_scatters_one_layer_of_the_aligned_frame_and_the_gap_of_all(small_trace, depth):
     expected = projection(small_trace)
-    plot = plots.projection(small_trace, layer=layer)
-    depth = (small_trace.num_layers - 1 if layer is None else layer) + 1
+    plot = plots.projection(small_trace, depth=depth)
+    depth = small_trace.num_layers if depth is None else depth
     for group in ("image", "prompt", "answer"):
         dots = renderer(plot, f"points:{group}")
         shown = np.asarray(dots.view.filter.indices)
@@ -164,14 +167,15 @@ def test_projection_scatters_one_layer_of_the_aligned_frame_and_the_gap_of_all(s
     assert where in scatter.title.text
 
 
-def test_projection_rejects_a_layer_it_does_not_have(small_trace):
-    with pytest.raises(ValueError, match="layer must be -1"):
-        plots.projection(small_trace, layer=small_trace.num_layers)
+@pytest.mark.parametrize("beyond", [-1, "last", 1])
+def test_projection_rejects_a_depth_it_does_not_have(small_trace, beyond):
+    depth = small_trace.num_layers + beyond if beyond == 1 else beyond  # depths are 0 … num_layers
+    with pytest.raises(InputError, match=rf"depth .*0…{small_trace.num_layers}"):
+        plots.projection(small_trace, depth=depth)
 
 
 def test_faithfulness_curves_draw_each_methods_mean_curves():
-    from mmviz.methods.faithfulness import Curves
-    from mmviz.zoo.evaluate import Evaluation, MethodScore
+    from mmviz.evaluation import Curves, Evaluation, MethodScore
 
     fractions = np.linspace(0, 1, 5)
     rng = np.random.default_rng(0)
@@ -245,7 +249,7 @@ def test_the_selected_head_is_drawn_in_the_entropy_plot(inspector):
     chosen = renderer(plot, "entropy:head")
     assert chosen.visible, "the head selected before the plot was made is drawn"
     np.testing.assert_allclose(chosen.data_source.data["y"], per_head[:, 1], rtol=1e-6)
-    inspector.head = -1
+    inspector.head = "mean"
     assert not chosen.visible
     inspector.head = 2
     assert chosen.visible

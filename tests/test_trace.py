@@ -10,6 +10,7 @@ import torch
 
 import mmviz
 from mmviz.adapters.layout import KINDS
+from mmviz.errors import InputError
 
 
 def full_logits(model, processor, trace):
@@ -60,7 +61,7 @@ def test_attention_selections(small_trace):
     n_layers, n_heads, n_rows, n_columns = everything.shape
     assert (n_layers, n_heads, n_columns) == (3, 4, 16)
     assert n_rows == len(small_trace.query_positions) == len(small_trace.layout.text_positions)
-    np.testing.assert_array_equal(small_trace.attention(layer=-1), everything[-1])
+    np.testing.assert_array_equal(small_trace.attention(layer=small_trace.num_layers - 1), everything[-1])
     np.testing.assert_allclose(small_trace.attention(head="mean"), everything.mean(axis=1))
     np.testing.assert_array_equal(small_trace.attention(layer=1, head=2), everything[1, 2])
     np.testing.assert_allclose(small_trace.attention(layer=0, head="mean"), everything[0].mean(axis=0))
@@ -68,8 +69,10 @@ def test_attention_selections(small_trace):
     assert small_trace.row_of(last) == n_rows - 1
     with pytest.raises(ValueError, match="no attention row"):
         small_trace.row_of(int(small_trace.image_positions[0]))
-    with pytest.raises(IndexError, match="layer 3"):
-        small_trace.attention(layer=3)
+    for outside in (3, -1, -4):  # no counting from the end, no wrapping
+        with pytest.raises(InputError, match=rf"layer {outside} is out of range: choose a decoder layer in 0…2"):
+            small_trace.attention(layer=outside)
+    np.testing.assert_allclose(small_trace.attention(layer="mean"), everything.mean(axis=0), rtol=1e-6)
     with pytest.raises(ValueError, match="'max'"):
         small_trace.attention(head="max")
 

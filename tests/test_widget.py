@@ -55,7 +55,7 @@ def test_the_shipped_maps_decode_to_the_traces_attention(inspector):
     assert _close(wire.decode(inspector.attention_mean), trace.attention(head="mean"))
     for layer in range(trace.num_layers):
         assert _close(wire.decode(inspector.extra("heads", layer)), trace.attention(layer=layer))
-    assert _close(wire.decode(inspector.extra("heads", -1)), trace.attention().mean(axis=0))
+    assert _close(wire.decode(inspector.extra("heads", "mean")), trace.attention().mean(axis=0))
     share = mmviz.methods.image_share(trace)
     stats = wire.decode(inspector.head_stats)
     assert _close(stats[0], share.row_share) and _close(stats[1], share.row_entropy)
@@ -116,24 +116,25 @@ def test_the_layout_payload_matches_the_trace(inspector, small_trace):
     (geometry,) = layout["images"]
     assert (geometry["width"], geometry["height"]) == (160, 90)
     assert geometry["covered"] == pytest.approx([21 * 160 / 99, 0.0, 77 * 160 / 99, 90.0])
-    assert inspector.layer == small_trace.num_layers - 1 and inspector.head == -1 and inspector.pinned == -1
+    assert inspector.layer == small_trace.num_layers - 1 and inspector.head == "mean" and inspector.pinned == -1
 
 
 def test_browser_updates_are_validated(inspector, caplog):
     inspector.set_state({"layer": 0, "head": 2, "pinned": 5})
     assert (inspector.layer, inspector.head, inspector.pinned) == (0, 2, 5)
-    inspector.set_state({"layer": -1})  # the mean over layers
-    assert inspector.layer == -1
+    inspector.set_state({"layer": "mean"})  # the mean over layers
+    assert inspector.layer == "mean"
     echoed = []
     inspector.send_state = lambda names=None: echoed.append(names)
-    bad_updates = ({"layer": 99}, {"head": -2}, {"pinned": 10_000}, {"layer": "2"}, {"head": 1.5})
+    bad_updates = ({"layer": 99}, {"head": -2}, {"pinned": 10_000}, {"layer": "2"}, {"head": 1.5}, {"layer": -1})
+    bad_updates += ({"head": -1}, {"layer": True}, {"pinned": -2})  # no counting from the end, no wrapping
     bad_updates += ({"layer": 1, "head": 9},)  # one bad key: the good one is not applied either
     for bad in bad_updates:
         with caplog.at_level(logging.ERROR, logger="mmviz"):
             inspector.set_state(bad)  # logged, never raised into the comm
-        assert (inspector.layer, inspector.head, inspector.pinned) == (-1, 2, 5), "nothing half-applied"
+        assert (inspector.layer, inspector.head, inspector.pinned) == ("mean", 2, 5), "nothing half-applied"
         assert echoed[-1] == list(bad), "the browser is sent the current values back"
-    assert caplog.text.count("rejected a widget update") == 6
+    assert caplog.text.count("rejected a widget update") == len(bad_updates)
     with pytest.raises(traitlets.TraitError):  # from Python, a bad value still raises
         inspector.layer = 99
 

@@ -205,12 +205,13 @@ def test_the_recipe_retrains_the_shipped_run(name):
 
 @pytest.mark.slow
 def test_the_faithfulness_command_prints_every_method_and_writes_the_curves(tmp_path, capsys):
+    from mmviz.__main__ import main
+    from mmviz.evaluation.shapes import VARIANTS
     from mmviz.methods import CATALOGUE
-    from mmviz.zoo import evaluate
 
     curves = tmp_path / "curves.html"
-    evaluate.main(["--scenes", "3", "--sanity-scenes", "1", "--plot", str(curves)])
+    main(["faithfulness", "--scenes", "3", "--sanity-scenes", "1", "--plot", str(curves)])
     printed = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in printed.splitlines() if line.startswith("| ") and "%" in line]
-    assert sorted(rows) == sorted([*CATALOGUE, *evaluate.VARIANTS, "random map (chance)"])
+    assert sorted(rows) == sorted([*CATALOGUE, *VARIANTS, "random map (chance)"])
     assert curves.stat().st_size > 10_000 and "Deletion" in curves.read_text()

@@ -8,8 +8,10 @@ import torch
 
 from mmviz.adapters.base import Adapter, ModelShape
 from mmviz.adapters.blip2 import Blip2Adapter
-from mmviz.adapters.clip import CLIPAdapter, DualEncoderAdapter, SiglipAdapter
+from mmviz.adapters.clip import CLIPAdapter, SiglipAdapter
+from mmviz.adapters.dual_encoder import DualEncoderAdapter
 from mmviz.adapters.gemma3 import Gemma3Adapter
+from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, SoftCells, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
@@ -26,11 +28,14 @@ def register_adapter(adapter: type[Adapter], *, replace: bool = False) -> type[A
 
     Example:
         >>> @mmviz.register_adapter                        # doctest: +SKIP
-        ... class MyAdapter(mmviz.adapters.Adapter):
+        ... class MyAdapter(mmviz.adapters.GenerativeAdapter):
         ...     family, model_types = "My-VLM", ("my_vlm",)
     """
-    if not (isinstance(adapter, type) and issubclass(adapter, Adapter)):
-        raise TypeError(f"register_adapter takes an Adapter subclass, not {adapter!r}")
+    if not (isinstance(adapter, type) and issubclass(adapter, (GenerativeAdapter, DualEncoderAdapter))):
+        raise TypeError(
+            f"register_adapter takes a GenerativeAdapter or DualEncoderAdapter subclass (mmviz.adapters), not "
+            f"{adapter!r}"
+        )
     if not adapter.model_types or not adapter.family:
         raise ValueError(f"{adapter.__name__} must set `family` and a non-empty `model_types`")
     for model_type in adapter.model_types:
@@ -84,6 +89,7 @@ __all__ = [
     "CLIPAdapter",
     "DualEncoderAdapter",
     "Gemma3Adapter",
+    "GenerativeAdapter",
     "Idefics3Adapter",
     "ImageGeometry",
     "LlavaAdapter",

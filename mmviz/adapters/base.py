@@ -1,4 +1,9 @@
-"""The adapter contract: the only place that knows how a model family lays out its tokens and modules."""
+"""The adapter contract: the only place that knows how a model family lays out its tokens and modules.
+
+:class:`Adapter` is what every family shares (the processor, the token layout, the checks);
+:class:`~mmviz.adapters.generative.GenerativeAdapter` adds the language model that generates and that the methods
+run, :class:`~mmviz.adapters.dual_encoder.DualEncoderAdapter` the two towers of CLIP-like models.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmviz.adapters.layout import LayoutBuilder, TokenLayout
+from mmviz.adapters import geometry
+from mmviz.adapters.layout import ImageGeometry, LayoutBuilder, TokenLayout
 from mmviz.adapters.tokens import display_strings
 from mmviz.errors import ProcessorMismatchError
 
@@ -29,23 +35,16 @@ class ModelShape:
 
 
 class Adapter:
-    """Family knowledge for one kind of vision-language model; subclass it and call ``register_adapter``.
+    """Family knowledge shared by every kind of model: the processor, the token layout and the checks.
 
-    A subclass sets :attr:`family` and :attr:`model_types` and implements :meth:`layout`; everything else has a
-    default that fits models built as ``model.model.language_model`` + ``lm_head`` with a ``ProcessorMixin``.
-
-    Example:
-        >>> class MyAdapter(Adapter):                         # doctest: +SKIP
-        ...     family = "My-VLM"
-        ...     model_types = ("my_vlm",)
-        ...     def layout(self, input_ids, images, inputs): ...
-        >>> mmviz.register_adapter(MyAdapter)                 # doctest: +SKIP
+    Subclass :class:`~mmviz.adapters.GenerativeAdapter` (models that generate) or
+    :class:`~mmviz.adapters.DualEncoderAdapter` (CLIP-like) rather than this class.
     """
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     text_config_key: ClassVar[str] = "text_config"
-    """Sub-config of the language model: the one whose attention implementation mmviz switches."""
+    """Sub-config of the text model: the one whose attention implementation mmviz switches."""
     vision_config_key: ClassVar[str] = "vision_config"
     """Sub-config of the vision tower (for its own attention maps)."""
     fallback_template: ClassVar[str] = "{image}\n{prompt}"
@@ -69,111 +68,29 @@ class Adapter:
 
     @property
     def num_layers(self) -> int:
-        return int(self.text_config.num_hidden_layers)
+        """Layers whose attention a trace records (the language model's; a dual encoder's vision tower's)."""
+        raise NotImplementedError
 
     @property
     def num_heads(self) -> int:
-        return int(self.text_config.num_attention_heads)
-
-    def language_model(self) -> torch.nn.Module:
-        """The bare decoder (no head) that reads the merged text + image embeddings as ``inputs_embeds``."""
-        return self.model.model.language_model
-
-    def decoder_layers(self) -> Sequence[torch.nn.Module]:
-        """The language model's decoder layers, in order (for residual-stream capture)."""
-        return self.language_model().layers
-
-    def final_norm(self) -> torch.nn.Module:
-        """The norm applied once after the last decoder layer (the logit lens applies it exactly once)."""
-        return self.language_model().norm
-
-    def unembedding(self) -> torch.nn.Module:
-        """The head mapping final-normed states to vocabulary logits."""
-        return self.model.get_output_embeddings()
-
-    def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits the model would give if ``hidden`` (residual stream, before the final norm) were its last state:
-        the final norm applied exactly once, the unembedding, and the final soft cap where the model has one."""
-        logits = self.unembedding()(self.final_norm()(hidden))
-        cap = getattr(self.text_config, "final_logit_softcapping", None)
-        return cap * torch.tanh(logits / cap) if cap else logits
+        raise NotImplementedError
 
     def vision_tokens_per_image(self) -> int:
         """Sequence length inside the vision tower for one image (for capture estimates)."""
         return 0
 
     def model_shape(self, num_images: int) -> ModelShape:
-        vision = getattr(self.model.config, self.vision_config_key, None)
-        return ModelShape(
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            hidden_size=int(self.text_config.hidden_size),
-            vision_layers=int(getattr(vision, "num_hidden_layers", 0)),
-            vision_heads=int(getattr(vision, "num_attention_heads", 0)),
-            vision_tokens=self.vision_tokens_per_image(),
-            num_images=num_images,
-        )
+        """The sizes a capture estimate needs."""
+        raise NotImplementedError
 
-    # -- prompt and inputs -----------------------------------------------------------------------------------
-    @property
-    def image_token(self) -> str:
-        return str(self.processor.image_token)
-
-    @property
-    def image_token_id(self) -> int:
-        """Id of the image positions the model fills with image features (``config.image_token_id``; the
-        tokenizer's id of the processor's placeholder for models whose config does not say)."""
-        configured = getattr(self.model.config, "image_token_id", None)
-        if configured is not None:
-            return int(configured)
-        return int(self.tokenizer.convert_tokens_to_ids(self.image_token))
-
+    # -- inputs and layout -----------------------------------------------------------------------------------
     def format_prompt(self, prompt: str, n_images: int) -> str:
-        """Use ``prompt`` as is when it already holds image placeholders, else wrap it in the chat template."""
-        if self.image_token in prompt:
-            return prompt
-        if getattr(self.processor, "chat_template", None):
-            content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
-            return self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-            )
-        return self.fallback_template.format(image=self.image_token * n_images, prompt=prompt)
+        """The text the processor gets for ``prompt`` and ``n_images`` images."""
+        raise NotImplementedError
 
     def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         """Run the processor; returns tensors for one sequence."""
-        n_placeholders = text.count(self.image_token)
-        if n_placeholders != len(images):
-            raise ProcessorMismatchError(
-                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {len(images)} "
-                f"image(s); use one placeholder per image or none (mmviz then adds them)"
-            )
-        return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
-
-    def vision_attention(self, calls: dict[int, list[torch.Tensor]], inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        """The vision tower's recorded attention as float32 ``(L_v, images, H_v, N_v, N_v)``, in the tower's token
-        order per image (CLIP: ``[CLS]`` + patches in raster order).
-
-        ``calls`` holds, per vision layer, every call of its attention function in order (each ``(B, H, n, n)``).
-        The default expects one call per layer over a batch of images; towers that attend in chunks override it.
-        """
-        layers = sorted(calls)
-        if any(len(calls[layer]) != 1 for layer in layers):
-            raise NotImplementedError(f"{type(self).__name__} does not know how to join a vision layer's chunks")
-        return torch.stack([calls[layer][0] for layer in layers]).numpy()
-
-    def vision_token_index(self, layout: TokenLayout) -> np.ndarray | None:
-        """For each image column of ``layout``: ``(image, token index in the vision tower's sequence)``, when every
-        language-model image token is exactly one vision-tower token (LLaVA-1.5); None otherwise. Relevancy uses it
-        to continue through the vision tower."""
-        return None
-
-    def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
-        """Processor outputs (without ``input_ids`` / ``attention_mask``) for the prompt + ``n_answer`` answer tokens.
-
-        The default passes them through; families whose processor returns per-token inputs (PaliGemma's
-        ``token_type_ids``) extend those over the answer.
-        """
-        return inputs
+        raise NotImplementedError
 
     def layout_builder(self, input_ids: np.ndarray, placeholder: str = "<image>") -> LayoutBuilder:
         """A :class:`LayoutBuilder` over ``input_ids`` whose image-token positions read ``placeholder`` (the piece
@@ -189,30 +106,22 @@ class Adapter:
     def special_mask(self, ids: np.ndarray) -> np.ndarray:
         return np.isin(ids, list(getattr(self.tokenizer, "all_special_ids", [])))
 
-    @staticmethod
-    def extend_token_type_ids(inputs: dict[str, torch.Tensor], n_answer: int, fill: int) -> dict[str, torch.Tensor]:
-        """``inputs`` with ``token_type_ids`` (when present) extended by ``n_answer`` entries of ``fill``."""
-        token_type_ids = inputs.get("token_type_ids")
-        if token_type_ids is None or n_answer == 0:
-            return inputs
-        answer = token_type_ids.new_full((token_type_ids.shape[0], n_answer), fill)
-        return {**inputs, "token_type_ids": torch.cat([token_type_ids, answer], dim=1)}
+    def square_grid(self, image: Image.Image, side: int, cell: float) -> tuple[np.ndarray, ImageGeometry]:
+        """Boxes in ORIGINAL pixels of a ``side × side`` grid of ``cell``-pixel cells on the processor's canvas
+        (raster order), and the image's covered region, through the family's ``canvas_map(width, height)``."""
+        to_canvas = self.canvas_map(image.width, image.height)  # type: ignore[attr-defined]
+        boxes = geometry.clip_boxes(
+            to_canvas.to_original(geometry.grid_boxes(side, side, cell, cell)), image.width, image.height
+        )
+        covered = to_canvas.to_original(np.array([[0, 0, side * cell, side * cell]], dtype=np.float64))[0]
+        covered = np.clip(covered, 0, [image.width, image.height, image.width, image.height])
+        return boxes, ImageGeometry(image.width, image.height, tuple(float(v) for v in covered))
 
     # -- family knowledge --------------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise :class:`ProcessorMismatchError` when the processor cannot belong to the model (by default: its
-        image token and its vocabulary; families add their own checks)."""
-        self.check_image_token()
+        vocabulary; families add their own checks)."""
         self.check_vocabulary()
-
-    def check_image_token(self) -> None:
-        """The processor's image placeholder must be the token the model replaces with image features."""
-        processor_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        if processor_id != self.image_token_id:
-            raise ProcessorMismatchError(
-                f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
-                f"{self.image_token_id}; load the processor from the same checkpoint as the model"
-            )
 
     def check_vocabulary(self) -> None:
         """The tokenizer must not make ids the language model has no embedding for."""

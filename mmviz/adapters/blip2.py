@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from mmviz.adapters import geometry
-from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import QUERY, VIEWS, ImageGeometry, SoftCells, TokenLayout
-from mmviz.capture.model_state import preserved
+from mmviz.adapters.generative import GenerativeAdapter
+from mmviz.adapters.layout import QUERY, VIEWS, SoftCells, TokenLayout
 from mmviz.errors import InputError, ProcessorMismatchError, UnsupportedModelError
+from mmviz.model_state import preserved
 
 
-class Blip2Adapter(Adapter):
+class Blip2Adapter(GenerativeAdapter):
     """BLIP-2: ``num_query_tokens`` query positions (kind ``query``, no box) in front of ``<bos>`` + the prompt.
 
     The query positions form the view ``"query"``, a ``1 × Qn`` strip in query order (their grid cell says which
@@ -144,14 +144,8 @@ class Blip2Adapter(Adapter):
         builder.grid[positions] = np.stack([np.zeros(len(positions)), np.arange(len(positions))], axis=1)
         builder.grid_shape[positions] = (1, len(positions))
         g = self.grid_size
-        patch = int(self.model.config.vision_config.patch_size)
-        to_canvas = self.canvas_map(image.width, image.height)
-        boxes = geometry.clip_boxes(
-            to_canvas.to_original(geometry.grid_boxes(g, g, patch, patch)), image.width, image.height
-        )
-        covered = to_canvas.to_original(np.array([[0, 0, g * patch, g * patch]], dtype=np.float64))[0]
-        covered = np.clip(covered, 0, [image.width, image.height, image.width, image.height])
-        builder.images.append(ImageGeometry(image.width, image.height, tuple(float(v) for v in covered)))
+        boxes, covered = self.square_grid(image, g, int(self.model.config.vision_config.patch_size))
+        builder.images.append(covered)
         cells = np.arange(g * g)
         builder.soft = SoftCells(
             positions=positions,

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from mmviz.adapters import geometry
-from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import IMAGE_SEP, ImageGeometry, TokenLayout
+from mmviz.adapters.generative import GenerativeAdapter
+from mmviz.adapters.layout import IMAGE_SEP, TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
 
-class Gemma3Adapter(Adapter):
+class Gemma3Adapter(GenerativeAdapter):
     """Gemma 3: each image is ``<start_of_image>`` + ``mm_tokens_per_image`` soft tokens + ``<end_of_image>``.
 
     The image processor stretches the image to ``S × S`` (the vision ``image_size``); SigLIP cuts it into
@@ -138,8 +138,6 @@ class Gemma3Adapter(Adapter):
                 f"found {len(starts)} <start_of_image> and {len(ends)} <end_of_image> markers for {len(images)} "
                 f"image(s); encode the prompt with this model's processor"
             )
-        cell = k * patch
-        cells = geometry.grid_boxes(g, g, cell, cell)
         for index, (start, end, image) in enumerate(zip(starts, ends, images, strict=True)):
             span = np.arange(start + 1, end)
             if len(span) != g * g or not is_image[span].all():
@@ -147,15 +145,12 @@ class Gemma3Adapter(Adapter):
                     f"image {index}'s block holds {len(span)} tokens between its markers, expected {g * g} image "
                     f"tokens (mm_tokens_per_image)"
                 )
-            to_canvas = self.canvas_map(image.width, image.height)
-            boxes = geometry.clip_boxes(to_canvas.to_original(cells), image.width, image.height)
+            boxes, covered = self.square_grid(image, g, k * patch)
             builder.mark_grid(span, image_index=index, view="base", grid_shape=(g, g), boxes=boxes)
             for marker in (start, end):
                 builder.kinds[marker] = IMAGE_SEP
                 builder.image_index[marker] = index
-            covered = to_canvas.to_original(np.array([[0, 0, g * cell, g * cell]], dtype=np.float64))[0]
-            covered = np.clip(covered, 0, [image.width, image.height, image.width, image.height])
-            builder.images.append(ImageGeometry(image.width, image.height, tuple(float(v) for v in covered)))
+            builder.images.append(covered)
         if int(is_image.sum()) != g * g * len(images):
             raise ProcessorMismatchError("image tokens were found outside the <start_of_image> … <end_of_image> blocks")
         return builder.build()

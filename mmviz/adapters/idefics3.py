@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from mmviz.adapters import geometry
-from mmviz.adapters.base import Adapter, ModelShape
+from mmviz.adapters.base import ModelShape
+from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.layout import IMAGE, IMAGE_NEWLINE, IMAGE_SEP, ImageGeometry, LayoutBuilder, TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
@@ -35,7 +36,7 @@ class _ImageBlock:
         return int(self.global_view[-1])
 
 
-class Idefics3Adapter(Adapter):
+class Idefics3Adapter(GenerativeAdapter):
     """Idefics3: every image becomes ``n_h × n_w`` tiles of ``T × T`` px plus one global ``T × T`` image.
 
     The image processor resizes the longest edge to ``size["longest_edge"]``, then rounds BOTH sides up to multiples

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from mmviz.adapters import geometry
-from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import ImageGeometry, TokenLayout
+from mmviz.adapters.generative import GenerativeAdapter
+from mmviz.adapters.layout import TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
 
-class LlavaAdapter(Adapter):
+class LlavaAdapter(GenerativeAdapter):
     """LLaVA-1.5: ``<image>`` expands to ``G²`` tokens (``G = image_size / patch_size``) in raster order.
 
     The processor pads to a square (``do_pad``), resizes (shortest edge or fixed size) and centre-crops; each
@@ -67,18 +67,13 @@ class LlavaAdapter(Adapter):
         g = self.grid_size
         patch = int(self.model.config.vision_config.patch_size)
         for index, (span, image) in enumerate(zip(spans, images, strict=True)):
-            to_canvas = self.canvas_map(image.width, image.height)
-            boxes = geometry.clip_boxes(
-                to_canvas.to_original(geometry.grid_boxes(g, g, patch, patch)), image.width, image.height
-            )
+            boxes, covered = self.square_grid(image, g, patch)
             if len(span) == g * g + 1:  # "full" strategy keeps CLS first: it has no box
                 builder.kinds[span[0]] = 2
                 builder.image_index[span[0]] = index
                 span = span[1:]
             builder.mark_grid(span, image_index=index, view="base", grid_shape=(g, g), boxes=boxes)
-            covered = to_canvas.to_original(np.array([[0, 0, g * patch, g * patch]], dtype=np.float64))
-            covered = np.clip(covered[0], 0, [image.width, image.height, image.width, image.height])
-            builder.images.append(ImageGeometry(image.width, image.height, tuple(float(v) for v in covered)))
+            builder.images.append(covered)
         return builder.build()
 
     def canvas_map(self, width: int, height: int) -> geometry.Affine:

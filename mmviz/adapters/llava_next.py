@@ -28,7 +28,7 @@ from PIL import Image
 from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
 
 from mmviz.adapters import geometry
-from mmviz.adapters.base import Adapter
+from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.layout import IMAGE_NEWLINE, VIEWS, ImageGeometry, LayoutBuilder, TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
@@ -52,7 +52,7 @@ class ImagePlan:
         return len(self.base_boxes) + rows * (cols + int(self.row_newlines)) + self.tail_newlines
 
 
-class LlavaNextAdapter(Adapter):
+class LlavaNextAdapter(GenerativeAdapter):
     """LLaVA-NeXT (LLaVA-1.6): ``<image>`` expands to a base view plus an un-padded anyres high-res grid.
 
     Every size (pinpoints, tile and patch size, feature-select strategy, whether the model has an

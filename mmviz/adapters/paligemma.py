@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from mmviz.adapters import geometry
-from mmviz.adapters.base import Adapter
-from mmviz.adapters.layout import ImageGeometry, TokenLayout
+from mmviz.adapters.generative import GenerativeAdapter
+from mmviz.adapters.layout import TokenLayout
 from mmviz.errors import ProcessorMismatchError
 
 
-class PaliGemmaAdapter(Adapter):
+class PaliGemmaAdapter(GenerativeAdapter):
     """PaliGemma: ``<image>``×G² per image, then ``<bos>`` + prompt + ``\\n`` (the processor adds both itself).
 
     ``SiglipImageProcessor`` stretches every image to ``S × S`` (no aspect kept, no crop); the SigLIP tower has no
@@ -82,16 +82,11 @@ class PaliGemmaAdapter(Adapter):
                 f"found {len(positions)} image tokens for {len(images)} image(s) of {g}×{g} tokens each; "
                 f"encode the prompt with this model's processor"
             )
-        patch = self.patch_size
-        cells = geometry.grid_boxes(g, g, patch, patch)
         for index, image in enumerate(images):
-            to_canvas = self.canvas_map(image.width, image.height)
-            boxes = geometry.clip_boxes(to_canvas.to_original(cells), image.width, image.height)
+            boxes, covered = self.square_grid(image, g, self.patch_size)
             span = positions[index * g * g : (index + 1) * g * g]
             builder.mark_grid(span, image_index=index, view="base", grid_shape=(g, g), boxes=boxes)
-            covered = to_canvas.to_original(np.array([[0, 0, g * patch, g * patch]], dtype=np.float64))[0]
-            covered = np.clip(covered, 0, [image.width, image.height, image.width, image.height])
-            builder.images.append(ImageGeometry(image.width, image.height, tuple(float(v) for v in covered)))
+            builder.images.append(covered)
         return builder.build()
 
     def canvas_map(self, width: int, height: int) -> geometry.Affine:

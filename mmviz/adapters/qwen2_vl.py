@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mmviz.adapters import geometry
-from mmviz.adapters.base import Adapter
+from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.layout import IMAGE_SEP, ImageGeometry, LayoutBuilder, TokenLayout
 from mmviz.errors import InputError, ProcessorMismatchError
 
@@ -18,7 +18,7 @@ MAX_ASPECT_RATIO = 200
 """``smart_resize`` refuses images whose long side is more than this many times the short side."""
 
 
-class Qwen2VLAdapter(Adapter):
+class Qwen2VLAdapter(GenerativeAdapter):
     """Qwen2-VL: ``<|vision_start|>`` + ``<|image_pad|>``×n + ``<|vision_end|>`` per image, n = h·w / m².
 
     The processor ``smart_resize``-s every image (each axis on its own, no crop, no pad) to ``W′ × H′``, multiples of

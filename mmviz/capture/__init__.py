@@ -10,8 +10,8 @@ from mmviz.capture.attention import (
     row_probabilities,
 )
 from mmviz.capture.hidden import recording_hidden_states
-from mmviz.capture.model_state import ModelState, preserved, restore, snapshot
 from mmviz.capture.plan import CaptureBudgetError, CapturePlan, default_budget
+from mmviz.model_state import ModelState, preserved, restore, snapshot
 
 __all__ = [
     "ATTENTION_NAME",

@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from mmviz.capture.model_state import preserved
+from mmviz.model_state import preserved
 
 ATTENTION_NAME = "mmviz"
 EAGER_ATTENTION_NAME = "mmviz_eager"  # for sub-models whose own implementation is eager (Gemma 2)

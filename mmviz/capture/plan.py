@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mmviz import selection
 from mmviz.adapters.base import ModelShape
 from mmviz.errors import MmvizError
 
@@ -31,7 +32,7 @@ class CapturePlan:
     Args:
         queries: positions whose attention rows are recorded: ``"text"`` (every text and answer token, the
             default), ``"all"``, or explicit positions.
-        layers: decoder layers whose attention rows are recorded (None: all).
+        layers: decoder layers ``0 … L−1`` whose attention rows are recorded (None: all).
         head_mean: store only the mean over heads (H× less memory; per-head views become unavailable).
         hidden_states: also record the residual stream entering the first layer and leaving every layer.
         vision_attention: also record the vision tower's own attention (every row of every layer).
@@ -53,9 +54,13 @@ class CapturePlan:
         if isinstance(self.queries, str) and self.queries not in ("text", "all"):
             raise ValueError(f"queries must be 'text', 'all' or a list of positions, not {self.queries!r}")
 
+    def layer_indices(self, num_layers: int) -> tuple[int, ...]:
+        """The recorded decoder layers, checked against the model's ``num_layers`` (``InputError`` if out of range)."""
+        return tuple(range(num_layers)) if self.layers is None else selection.layers(self.layers, num_layers)
+
     def estimate(self, shape: ModelShape, n_positions: int, n_queries: int) -> dict[str, int]:
         """Bytes each part of the capture keeps (and the largest transient per layer), before running."""
-        n_layers = len(self.layers) if self.layers is not None else shape.num_layers
+        n_layers = len(self.layer_indices(shape.num_layers))
         heads = 1 if self.head_mean else shape.num_heads
         parts = {
             "attention rows": FLOAT_BYTES * n_layers * heads * n_queries * n_positions,

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageFilter
 
-from mmviz.adapters import Adapter
-from mmviz.capture.model_state import preserved
+from mmviz.adapters import GenerativeAdapter
+from mmviz.model_state import preserved
 
 EmbeddingEdit = Callable[[torch.Tensor], torch.Tensor]
 """``edit(inputs_embeds (1, N, d)) -> (B, N, d)``: the language model's input for a batch of B variants."""
@@ -36,7 +36,7 @@ class ModelRun:
     """
 
     model: torch.nn.Module
-    adapter: Adapter
+    adapter: GenerativeAdapter
     input_ids: torch.Tensor
     inputs: dict[str, torch.Tensor]
     images: tuple[Image.Image, ...]
@@ -109,14 +109,22 @@ class ModelRun:
         blurred = [image.filter(ImageFilter.GaussianBlur(radius or max(image.size) / 8)) for image in self.images]
         # Same sizes → same token grids, so only the pixel inputs change.
         encoded = self.adapter.processor.image_processor(blurred, return_tensors="pt")
-        pixels = {
-            key: value.to(device=self.model.device, dtype=self.model.dtype)
-            if value.is_floating_point()
-            else value.to(self.model.device)
-            for key, value in dict(encoded).items()
-            if key in self.inputs
-        }
+        pixels = to_device({key: value for key, value in dict(encoded).items() if key in self.inputs}, self.model)
         return {**self.inputs, **pixels}
+
+
+def to_device(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Processor outputs on the model's device; floating-point ones (pixels) in the model's dtype.
+
+    Example:
+        >>> to_device({"pixel_values": torch.zeros(1, 3, 4, 4)}, model)["pixel_values"].dtype   # doctest: +SKIP
+        torch.bfloat16
+    """
+    device, dtype = model.device, model.dtype
+    return {
+        key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        for key, value in inputs.items()
+    }
 
 
 def replacing_columns(columns: torch.Tensor, values: torch.Tensor) -> EmbeddingEdit:

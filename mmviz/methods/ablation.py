@@ -8,24 +8,21 @@ content elsewhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mmviz.capture.run import replacing_columns
 from mmviz.errors import InputError
-from mmviz.methods._backprop import model_run
-from mmviz.methods.knockout import Effect, scores
-from mmviz.methods.occlusion import Fill, fill_values
+from mmviz.methods.common import Baseline, Effect, baseline_embeddings, effect, model_run, scores
 from mmviz.methods.target import TargetLike, resolve_targets
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Trace
 
 
-def ablate(trace: Trace, positions: Sequence[int], targets: TargetLike = None, *, fill: Fill = "mean") -> Effect:
-    """Replace the image tokens at sequence ``positions`` and report each target's score change.
+def ablate(
+    trace: Trace, positions: Sequence[int], targets: TargetLike = None, *, baseline: Baseline = "mean"
+) -> Effect:
+    """Replace the image tokens at sequence ``positions`` by the ``baseline`` and report each target's score change.
 
     Example:
         >>> ablate(trace, trace.image_positions[:10]).delta            # doctest: +SKIP
@@ -37,18 +34,13 @@ def ablate(trace: Trace, positions: Sequence[int], targets: TargetLike = None, *
     wanted = np.asarray(positions, dtype=np.int64).reshape(-1)
     unknown = sorted(set(wanted.tolist()) - set(columns.tolist()))
     if unknown:
-        raise InputError(f"positions {unknown[:5]} are not image positions with a box; use trace.image_positions")
+        raise InputError(
+            f"positions {unknown[:5]} are not image positions with a box; choose from trace.image_positions"
+        )
     index = torch.as_tensor(columns, dtype=torch.long)
     clean_embeddings = run.embeddings()[:, index]
-    replacement = fill_values(run, index, fill)
+    replacement = baseline_embeddings(run, index, baseline)
     chosen = torch.as_tensor(np.isin(columns, wanted))
     edited = torch.where(chosen[None, :, None], replacement, clean_embeddings)
-    clean = scores(run, resolved)
     changed = scores(run, resolved, edit=replacing_columns(index, edited))
-    return Effect(
-        positions=np.array([t.position for t in resolved]),
-        clean=clean,
-        changed=changed,
-        delta=changed - clean,
-        description=f"{len(wanted)} image tokens replaced by the {fill} fill",
-    )
+    return effect(run, resolved, changed, f"{len(wanted)} image tokens replaced by the {baseline} baseline")

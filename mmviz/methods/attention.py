@@ -7,18 +7,25 @@ outlying residual norms) soak up attention regardless of content; ``mask_sinks``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
+from mmviz import selection
 from mmviz.errors import InputError
-from mmviz.methods.map import Map
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method, variant
 
 MEANING = (
     "Softmax attention from the token's query to each image token: where the head reads, not what caused the answer."
+)
+MAX_MEANING = (
+    "The largest attention any head of the layer pays from the token to each image token: a patch that one head "
+    "reads strongly stands out even when the mean over heads hides it."
+)
+SINKS_MEANING = (
+    "Attention (mean of heads) with the attention-sink tokens removed (the first token, and tokens whose residual "
+    "norm is an outlier when hidden states were captured) and each row renormalised over what is left: sinks soak "
+    "up attention regardless of content, so the rest shows more clearly."
 )
 
 
@@ -41,6 +48,9 @@ def sink_positions(trace: Trace, ratio: float = 8.0) -> np.ndarray:
     return np.array(sorted(sinks), dtype=np.int64)
 
 
+@method(
+    "attention", label="Attention", meaning=MEANING, per_layer=True, targeted=False, cost="instant", rows="queries"
+)
 def attention(
     trace: Trace,
     *,
@@ -52,8 +62,8 @@ def attention(
     """Attention rows of every recorded text token over the image tokens, one slice per layer.
 
     Args:
-        heads: ``"mean"`` or ``"max"`` over heads, one head index, or a list of heads to average.
-        layers: restrict to these captured layers (default: all captured).
+        heads: ``"mean"`` or ``"max"`` over heads, one head ``0 … H−1``, or a list of heads to average.
+        layers: restrict to these captured decoder layers (default: all captured).
         normalise: ``"raw"`` probabilities, or ``"image"``: renormalised over the image tokens (shares of the
             attention that reaches the image).
         mask_sinks: True removes :func:`sink_positions` (or the given positions) from every row and renormalises.
@@ -66,10 +76,8 @@ def attention(
     rows = trace.attention_rows  # (L, H, Q, N)
     layer_index = np.arange(len(trace.layers))
     if layers is not None:
-        wanted = [int(layer) % trace.num_layers for layer in layers]
-        missing = sorted(set(wanted) - set(trace.layers.tolist()))
-        if missing:
-            raise InputError(f"layers {missing} were not captured (captured: {trace.layers.tolist()})")
+        wanted = selection.layers(layers, trace.num_layers)
+        selection.captured(wanted, trace.layers.tolist())
         layer_index = np.array([int(np.flatnonzero(trace.layers == layer)[0]) for layer in wanted])
     rows = rows[layer_index]
     if mask_sinks is not False:
@@ -84,28 +92,27 @@ def attention(
     elif normalise != "raw":
         raise InputError(f"normalise must be 'raw' or 'image', not {normalise!r}")
     values = _aggregate_heads(values, heads, trace)
-    label = f"Attention ({heads if isinstance(heads, str) else 'heads ' + str(heads)})"
-    return Map(
-        method="attention",
-        label=label,
-        meaning=MEANING,
-        values=values.astype(np.float32),
-        positions=np.asarray(trace.query_positions),
-        rows="queries",
+    return attention.spec.map(  # type: ignore[attr-defined]
+        values=values,
+        positions=trace.query_positions,
         columns=columns,
         layers=trace.layers[layer_index],
         info={"heads": heads, "normalise": normalise, "sinks_masked": mask_sinks is not False},
     )
 
 
+variant(attention, "attention_max", label="Attention (max over heads)", meaning=MAX_MEANING, heads="max")
+variant(attention, "attention_sinks_masked", label="Attention, sinks masked", meaning=SINKS_MEANING, mask_sinks=True)
+
+
 def _aggregate_heads(values: np.ndarray, heads: object, trace: Trace) -> np.ndarray:
-    if trace.head_mean and heads not in ("mean", 0):
+    if trace.head_mean and heads != "mean":
         raise InputError("only the head mean was captured (CapturePlan(head_mean=True)); use heads='mean'")
-    if heads == "mean":
-        return values.mean(axis=1)
-    if heads == "max":
-        return values.max(axis=1)
-    picked = [heads] if isinstance(heads, (int, np.integer)) else list(heads)  # type: ignore[call-overload]
-    if not picked or min(picked) < -trace.num_heads or max(picked) >= trace.num_heads:
-        raise InputError(f"heads must be 'mean', 'max' or indices in 0…{trace.num_heads - 1}, not {heads!r}")
+    if heads in ("mean", "max"):
+        return values.mean(axis=1) if heads == "mean" else values.max(axis=1)
+    picked = (
+        [selection.head(heads, trace.num_heads, named=())]
+        if isinstance(heads, (int, np.integer))
+        else list(selection.heads(heads, trace.num_heads))
+    )
     return values[:, picked].mean(axis=1)

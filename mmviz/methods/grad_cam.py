@@ -6,17 +6,14 @@ one backward per target give every layer's map (the per-layer "information flow"
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from mmviz.methods._backprop import EmbeddingLeaf, backward_per_target, first_logit_of, frozen_with_grad, model_run
-from mmviz.methods.map import Map
+from mmviz.methods.common import EmbeddingLeaf, backward_per_target, first_logit_of, gradient_context, model_run
 from mmviz.methods.target import TargetLike, resolve_targets
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method
 
 LABEL = "Grad-CAM (per layer)"
 MEANING = (
@@ -25,6 +22,7 @@ MEANING = (
 )
 
 
+@method("grad_cam", label=LABEL, meaning=MEANING, per_layer=True)
 def grad_cam(trace: Trace, targets: TargetLike = None) -> Map:
     """Grad-CAM maps at every decoder layer's output, per target (default: each answer token).
 
@@ -62,16 +60,13 @@ def grad_cam(trace: Trace, targets: TargetLike = None) -> Map:
     handles = [layer.register_forward_hook(keep(index)) for index, layer in enumerate(layers)]
     first = first_logit_of(resolved)
     try:
-        with frozen_with_grad(run):
+        with gradient_context(run):
             logits = run.forward(edit=leaf, first_logit=first)
             backward_per_target(resolved, logits, run.input_ids, first, [leaf.tensor], collect, desc="mmviz: grad-cam")
     finally:
         for handle in handles:
             handle.remove()
-    return Map(
-        method="grad_cam",
-        label=LABEL,
-        meaning=MEANING,
+    return grad_cam.spec.map(  # type: ignore[attr-defined]
         values=maps,
         positions=np.array([t.position for t in resolved]),
         columns=trace.image_positions,

@@ -6,17 +6,22 @@ such as the embeddings of the blurred image. Signed: positive tokens raise the s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from mmviz.methods._backprop import EmbeddingLeaf, backward_per_target, first_logit_of, frozen_with_grad, model_run
-from mmviz.methods.map import Map
+from mmviz.methods.common import (
+    Baseline,
+    EmbeddingLeaf,
+    backward_per_target,
+    baseline_embeddings,
+    first_logit_of,
+    gradient_context,
+    model_run,
+)
 from mmviz.methods.target import TargetLike, resolve_targets
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method
 
 LABEL = "Gradient × input"
 MEANING = (
@@ -25,8 +30,11 @@ MEANING = (
 )
 
 
-def gradient_x_input(trace: Trace, targets: TargetLike = None, *, baseline: Literal["zero", "blur"] = "zero") -> Map:
+@method("gradient_x_input", label=LABEL, meaning=MEANING, signed=True)
+def gradient_x_input(trace: Trace, targets: TargetLike = None, *, baseline: Baseline = "zero") -> Map:
     """Signed gradient × (input − baseline) per image token, per target (default: each answer token).
+
+    ``baseline``: ``"zero"`` (plain gradient × input), ``"blur"`` (the blurred image's embeddings) or ``"mean"``.
 
     Example:
         >>> m = gradient_x_input(trace)                                # doctest: +SKIP
@@ -36,7 +44,7 @@ def gradient_x_input(trace: Trace, targets: TargetLike = None, *, baseline: Lite
     run = model_run(trace)
     resolved = resolve_targets(trace, targets)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
-    reference = run.embeddings(run.blurred_inputs())[0, columns] if baseline == "blur" else 0.0
+    reference = baseline_embeddings(run, columns, baseline)[0]
     leaf = EmbeddingLeaf()
     rows = np.zeros((len(resolved), len(columns)), np.float32)
 
@@ -46,17 +54,13 @@ def gradient_x_input(trace: Trace, targets: TargetLike = None, *, baseline: Lite
         rows[row] = ((x - reference) * leaf.tensor.grad[0, columns]).sum(dim=-1).numpy()
 
     first = first_logit_of(resolved)
-    with frozen_with_grad(run):
+    with gradient_context(run):
         logits = run.forward(edit=leaf, first_logit=first)
         assert leaf.tensor is not None
         backward_per_target(resolved, logits, run.input_ids, first, [leaf.tensor], collect, desc="mmviz: grad×input")
-    return Map(
-        method="gradient_x_input",
-        label=LABEL,
-        meaning=MEANING,
+    return gradient_x_input.spec.map(  # type: ignore[attr-defined]
         values=rows,
         positions=np.array([t.position for t in resolved]),
         columns=trace.image_positions,
-        signed=True,
         info={"target": resolved[0].score, "baseline": baseline},
     )

@@ -7,14 +7,12 @@ layer 2" plots.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from mmviz.adapters.layout import IMAGE, IMAGE_NEWLINE, IMAGE_SEP
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Trace
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,14 @@ and layer gives a map (image tokens that already "read as" the answer word, arXi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from mmviz.capture.hidden import recording_hidden_states
-from mmviz.capture.model_state import preserved
-from mmviz.methods._backprop import model_run
-from mmviz.methods.map import Map
+from mmviz.methods.common import inference_context, model_run
 from mmviz.progress import progress
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method
 
 LABEL = "Logit lens (answer word at image tokens)"
 MEANING = (
@@ -44,7 +39,8 @@ class LogitLens:
             sequence at text positions (at position t − 1: answer token t), the first answer token at image
             positions (does this patch already "read as" the answer?), the final top-1 at the last position.
         target_ranks: int ``(L + 1, N)`` rank (0 = top) of ``target_ids`` under the lens at every depth.
-        map: :class:`Map` of each answer token's probability at the image positions, per depth.
+        map: :class:`Map` of each answer token's probability at the image positions after every decoder layer
+            (``layers`` 0 … L−1; the embeddings' depth 0 is in the arrays above, not in the map).
     """
 
     top_ids: np.ndarray
@@ -63,22 +59,27 @@ class LogitLens:
 
 
 def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
-    """Decode the residual stream of every position at every depth.
+    """Decode the residual stream of every position at every depth (0 = the embeddings, d = after decoder layer
+    d − 1).
 
-    Uses the trace's hidden states when captured (``CapturePlan(hidden_states=True)``), else runs one forward.
+    Uses the trace's hidden states when captured (``CapturePlan(hidden_states=True)``), else runs one forward; the
+    result is kept on the trace (the widget's lens panel, the plots and the ``"logit_lens"`` map share it).
 
     Example:
         >>> lens = logit_lens(trace, k=5)                              # doctest: +SKIP
         >>> lens.top_tokens[-1][trace.answer_start - 1][0]     # the next-token guess   # doctest: +SKIP
         ' red'
     """
+    return trace.computed(f"logit_lens:k={k}", lambda: _decode(trace, k))
+
+
+def _decode(trace: Trace, k: int) -> LogitLens:
     run = model_run(trace)
     adapter = run.adapter
     if trace.hidden_states is not None:
         states = torch.from_numpy(trace.hidden_states)
     else:
-        with torch.no_grad(), preserved(run.model), recording_hidden_states(adapter.decoder_layers()) as hidden:
-            run.model.eval()
+        with inference_context(run), recording_hidden_states(adapter.decoder_layers()) as hidden:
             run.forward(first_logit=run.length - 1)
         states = torch.stack([hidden[i][0] for i in sorted(hidden)])
     ids = run.input_ids[0]
@@ -121,17 +122,20 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
         entropy=entropy,
         target_ids=targets.numpy(),
         target_ranks=target_ranks,
-        map=Map(
-            method="logit_lens",
-            label=LABEL,
-            meaning=MEANING,
-            values=image_probs,
+        map=logit_lens_map.spec.map(  # type: ignore[attr-defined]
+            values=image_probs[1:],  # like Grad-CAM: slice ℓ = after decoder layer ℓ
             positions=answer.numpy(),
             columns=trace.image_positions,
-            layers=np.arange(depths) - 1,  # like Grad-CAM: slice ℓ = after decoder layer ℓ; −1 = the embeddings
-            info={"layer -1": "embeddings", "final_norm": "applied once"},
+            layers=np.arange(depths - 1),
+            info={"k": k, "final_norm": "applied once"},
         ),
     )
+
+
+@method("logit_lens", label=LABEL, meaning=MEANING, per_layer=True, targeted=False)
+def logit_lens_map(trace: Trace, *, k: int = 5) -> Map:
+    """The logit lens's :class:`Map`: each answer token's probability at every image token after every layer."""
+    return logit_lens(trace, k=k).map
 
 
 def _lens_targets(ids: torch.Tensor, trace: Trace, final_guess: int) -> torch.Tensor:

@@ -8,23 +8,15 @@ tokens is not removed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
 import numpy as np
 import torch
 from captum.attr import FeatureAblation
 
-from mmviz.capture.model_state import preserved
-from mmviz.capture.run import ModelRun, replacing_columns
-from mmviz.errors import InputError
-from mmviz.methods._backprop import model_run
-from mmviz.methods._windows import window_ids
-from mmviz.methods.map import Map
+from mmviz.capture.run import replacing_columns
+from mmviz.methods.common import Baseline, baseline_embeddings, check_window, inference_context, model_run, window_ids
 from mmviz.methods.target import TargetLike, resolve_targets
 from mmviz.progress import is_quiet, progress
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method
 
 LABEL = "Occlusion"
 MEANING = (
@@ -32,42 +24,27 @@ MEANING = (
     "tokens (positive = the model relies on these positions)."
 )
 
-Fill = Literal["blur", "mean", "zero"]
 
-
-def fill_values(run: ModelRun, columns: torch.Tensor, fill: Fill) -> torch.Tensor:
-    """Replacement embeddings ``(1, P, d)`` for the image columns: blurred image, mean image token or zeros."""
-    clean = run.embeddings()[:, columns]
-    if fill == "blur":
-        return run.embeddings(run.blurred_inputs())[:, columns]
-    if fill == "mean":
-        return clean.mean(dim=1, keepdim=True).expand_as(clean).clone()
-    if fill == "zero":
-        return torch.zeros_like(clean)
-    raise InputError(f"fill must be 'blur', 'mean' or 'zero', not {fill!r}")
-
-
+@method("occlusion", label=LABEL, meaning=MEANING, signed=True, cost="slow")
 def occlusion(
-    trace: Trace, targets: TargetLike = None, *, window: int = 2, fill: Fill = "blur", batch_size: int = 16
+    trace: Trace, targets: TargetLike = None, *, window: int = 2, baseline: Baseline = "blur", batch_size: int = 16
 ) -> Map:
-    """Score drop per image token when its ``window × window`` block is occluded, per target.
+    """Score drop per image token when its ``window × window`` block is replaced by the ``baseline``, per target.
 
     Cost: one forward per block (batched ``batch_size`` at a time) per target.
 
     Example:
         >>> m = occlusion(trace, window=2)                              # doctest: +SKIP
     """
-    if window < 1:
-        raise InputError("window must be at least 1 grid cell")
+    window = check_window(window)
     run = model_run(trace)
     resolved = resolve_targets(trace, targets)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
-    replacement = fill_values(run, columns, fill)
+    replacement = baseline_embeddings(run, columns, baseline)
     mask = torch.as_tensor(window_ids(trace.layout, trace.image_positions, window))[None, :, None].expand_as(clean)
     rows = np.zeros((len(resolved), len(columns)), np.float32)
-    with torch.no_grad(), preserved(run.model):
-        run.model.eval()
+    with inference_context(run):
         for row, target in enumerate(progress(resolved, desc="mmviz: occlusion", disable=len(resolved) < 2)):
             first = target.first_logit
 
@@ -83,13 +60,9 @@ def occlusion(
                 show_progress=not is_quiet(),
             )
             rows[row] = attribution[0, :, 0].numpy()
-    return Map(
-        method="occlusion",
-        label=LABEL,
-        meaning=MEANING,
+    return occlusion.spec.map(  # type: ignore[attr-defined]
         values=rows,
         positions=np.array([t.position for t in resolved]),
         columns=trace.image_positions,
-        signed=True,
-        info={"window": window, "fill": fill, "space": "token", "target": resolved[0].score},
+        info={"window": window, "baseline": baseline, "space": "token", "target": resolved[0].score},
     )

@@ -8,19 +8,16 @@ unaligned). PCA by default; UMAP (``umap-learn``) as an option, fitted once on a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from mmviz.adapters.layout import IMAGE, QUERY
 from mmviz.capture.hidden import recording_hidden_states
-from mmviz.capture.model_state import preserved
 from mmviz.errors import InputError
-from mmviz.methods._backprop import model_run
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.methods.common import inference_context, model_run
+from mmviz.records import Trace
 
 
 @dataclass(frozen=True)
@@ -45,13 +42,18 @@ class Projection:
 
 
 def projection(trace: Trace, *, method: Literal["pca", "umap"] = "pca", seed: int = 0) -> Projection:
-    """Project every position's hidden state at every depth into one aligned 2-D frame.
+    """Project every position's hidden state at every depth into one aligned 2-D frame (kept on the trace, which
+    the widget's projection panel and the plots share).
 
     Example:
         >>> p = projection(trace)                                        # doctest: +SKIP
         >>> p.coords.shape                                               # (depths, positions, 2)   # doctest: +SKIP
         (33, 620, 2)
     """
+    return trace.computed(f"projection:{method}:{seed}", lambda: _project(trace, method, seed))
+
+
+def _project(trace: Trace, method: str, seed: int) -> Projection:
     states = _hidden_states(trace)  # (D, N, d)
     is_image = np.isin(trace.layout.kinds, [IMAGE, QUERY])
     if not is_image.any() or is_image.all():
@@ -92,7 +94,6 @@ def _hidden_states(trace: Trace) -> np.ndarray:
     if trace.hidden_states is not None:
         return trace.hidden_states.astype(np.float32)
     run = model_run(trace)
-    with torch.no_grad(), preserved(run.model), recording_hidden_states(run.adapter.decoder_layers()) as hidden:
-        run.model.eval()
+    with inference_context(run), recording_hidden_states(run.adapter.decoder_layers()) as hidden:
         run.forward(first_logit=run.length - 1)
     return torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy()

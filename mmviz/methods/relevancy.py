@@ -9,19 +9,16 @@ layer's H×N×N at a time. One forward is shared by all targets; each target get
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmviz.capture.attention import AttentionRecorder, recording, row_scores
 from mmviz.errors import InputError
-from mmviz.methods._backprop import EmbeddingLeaf, backward_per_target, first_logit_of, frozen_with_grad, model_run
-from mmviz.methods.map import Map
+from mmviz.methods.common import EmbeddingLeaf, backward_per_target, first_logit_of, gradient_context, model_run
 from mmviz.methods.target import TargetLike, resolve_targets
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method
 
 LABEL = "Relevancy (Chefer)"
 MEANING = (
@@ -62,6 +59,7 @@ class AttentionStash(AttentionRecorder):
         return (attention_grad * probabilities).clamp(min=0).nan_to_num().mean(dim=0)
 
 
+@method("relevancy", label=LABEL, meaning=MEANING)
 def relevancy(trace: Trace, targets: TargetLike = None, *, vision: bool = False) -> Map:
     """Chefer relevancy of every image token for each target (default: each answer token's log-probability).
 
@@ -109,16 +107,13 @@ def relevancy(trace: Trace, targets: TargetLike = None, *, vision: bool = False)
         vision_stash.grads.clear()
 
     first = first_logit_of(resolved)
-    with frozen_with_grad(run), recording(run.model, recorders):
+    with gradient_context(run), recording(run.model, recorders):
         logits = run.forward(edit=edit, first_logit=first, inputs=inputs)
         leaves = [inputs["pixel_values"]] if edit is None else [edit.tensor]
         backward_per_target(resolved, logits, run.input_ids, first, leaves, propagate, desc="mmviz: relevancy")
     text_values = np.stack(rows).astype(np.float32)
     values = np.stack(composed).astype(np.float32) if vision else text_values[:, columns]
-    return Map(
-        method="relevancy",
-        label=LABEL,
-        meaning=MEANING,
+    return relevancy.spec.map(  # type: ignore[attr-defined]
         values=values,
         positions=np.array([t.position for t in resolved]),
         columns=columns,

@@ -7,25 +7,17 @@ mean-centred estimator has the ranking of the original in expectation and less v
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn.functional as functional
 
-from mmviz.capture.model_state import preserved
+from mmviz.adapters.layout import TokenLayout
 from mmviz.capture.run import replacing_columns
 from mmviz.errors import InputError
-from mmviz.methods._backprop import model_run
-from mmviz.methods._windows import grid_groups
-from mmviz.methods.map import Map
-from mmviz.methods.occlusion import Fill, fill_values
+from mmviz.methods.common import Baseline, baseline_embeddings, check_window, grid_groups, inference_context, model_run
 from mmviz.methods.target import TargetLike, resolve_targets
 from mmviz.progress import progress
-
-if TYPE_CHECKING:
-    from mmviz.adapters.layout import TokenLayout
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method
 
 LABEL = "RISE"
 MEANING = (
@@ -34,8 +26,12 @@ MEANING = (
 )
 
 
-def random_masks(layout: TokenLayout, columns: np.ndarray, n: int, cell: int, keep: float, seed: int) -> torch.Tensor:
-    """``(n, P)`` soft masks in [0, 1]: per token grid, a coarse Bernoulli grid upsampled with a random shift."""
+def random_masks(
+    layout: TokenLayout, columns: np.ndarray, n: int, window: int, keep: float, seed: int
+) -> torch.Tensor:
+    """``(n, P)`` soft masks in [0, 1]: per token grid, a Bernoulli grid of ``window × window`` cells upsampled
+    with a random shift."""
+    cell = window
     generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(n, len(columns))
     for group in grid_groups(layout, columns):
@@ -47,40 +43,44 @@ def random_masks(layout: TokenLayout, columns: np.ndarray, n: int, cell: int, ke
         )
         for index in range(n):
             dy, dx = (int(v) for v in torch.randint(0, cell, (2,), generator=generator))
-            window = up[index, 0, dy : dy + rows, dx : dx + cols]
+            shifted = up[index, 0, dy : dy + rows, dx : dx + cols]
             cells = layout.grid[columns[group]]
-            masks[index, group] = window[cells[:, 0], cells[:, 1]]
+            masks[index, group] = shifted[cells[:, 0], cells[:, 1]]
     return masks
 
 
+@method("rise", label=LABEL, meaning=MEANING, signed=True, cost="slow")
 def rise(
     trace: Trace,
     targets: TargetLike = None,
     *,
     n_masks: int = 256,
-    cell: int = 2,
+    window: int = 2,
     keep: float = 0.5,
-    fill: Fill = "blur",
+    baseline: Baseline = "blur",
     batch_size: int = 16,
     seed: int = 0,
 ) -> Map:
     """RISE saliency per image token, per target (default: each answer token). Cost: ``n_masks`` forwards.
 
+    Each mask keeps every ``window × window`` cell with probability ``keep`` (blended smoothly between cells) and
+    replaces the rest by the ``baseline``.
+
     Example:
         >>> m = rise(trace, n_masks=512)                                # doctest: +SKIP
     """
-    if n_masks < 2 or not 0.0 < keep < 1.0 or cell < 1:
-        raise InputError("RISE needs n_masks ≥ 2, 0 < keep < 1 and cell ≥ 1")
+    window = check_window(window)
+    if n_masks < 2 or not 0.0 < keep < 1.0:
+        raise InputError(f"RISE needs n_masks ≥ 2 and 0 < keep < 1, not n_masks={n_masks!r}, keep={keep!r}")
     run = model_run(trace)
     resolved = resolve_targets(trace, targets)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
-    replacement = fill_values(run, columns, fill)
-    masks = random_masks(trace.layout, trace.image_positions, n_masks, cell, keep, seed)
+    replacement = baseline_embeddings(run, columns, baseline)
+    masks = random_masks(trace.layout, trace.image_positions, n_masks, window, keep, seed)
     first = min(t.first_logit for t in resolved)
     scores = torch.zeros(n_masks, len(resolved))
-    with torch.no_grad(), preserved(run.model):
-        run.model.eval()
+    with inference_context(run):
         for start in progress(range(0, n_masks, batch_size), desc="mmviz: RISE", unit="batch"):
             m = masks[start : start + batch_size, :, None]
             blended = m * clean + (1 - m) * replacement
@@ -89,13 +89,9 @@ def rise(
                 scores[start : start + len(m), row] = target(logits, run.input_ids, first)
     centred = scores - scores.mean(dim=0, keepdim=True)
     saliency = (centred.T @ masks) / (n_masks * keep)
-    return Map(
-        method="rise",
-        label=LABEL,
-        meaning=MEANING,
-        values=saliency.numpy().astype(np.float32),
+    return rise.spec.map(  # type: ignore[attr-defined]
+        values=saliency.numpy(),
         positions=np.array([t.position for t in resolved]),
         columns=trace.image_positions,
-        signed=True,
-        info={"n_masks": n_masks, "cell": cell, "keep": keep, "fill": fill, "seed": seed},
+        info={"n_masks": n_masks, "window": window, "keep": keep, "baseline": baseline, "seed": seed},
     )

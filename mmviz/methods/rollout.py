@@ -8,20 +8,16 @@ answer token (target-agnostic) and collapses onto sink tokens in decoders: ``mas
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from mmviz import selection
 from mmviz.capture.attention import AttentionRecorder, recording
-from mmviz.capture.model_state import preserved
 from mmviz.errors import InputError
-from mmviz.methods._backprop import model_run
-from mmviz.methods.map import Map
+from mmviz.methods.common import inference_context, model_run
 from mmviz.progress import progress
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace, method
 
 LABEL = "Attention rollout"
 MEANING = (
@@ -30,6 +26,7 @@ MEANING = (
 )
 
 
+@method("rollout", label=LABEL, meaning=MEANING, targeted=False, rows="queries")
 def rollout(
     trace: Trace,
     *,
@@ -41,7 +38,7 @@ def rollout(
 
     Args:
         residual: weight of the identity (the residual stream) in each layer's matrix, in [0, 1).
-        start_layer: first layer of the product (later starts avoid early-layer mixing artefacts).
+        start_layer: first decoder layer of the product (later starts avoid early-layer mixing artefacts).
         mask_sinks: True drops the first position (or the given positions) from every layer and renormalises.
 
     Example:
@@ -53,15 +50,13 @@ def rollout(
         raise InputError(f"residual must lie in [0, 1), not {residual}")
     run = model_run(trace)
     n = run.length
-    if not 0 <= start_layer < trace.num_layers:
-        raise InputError(f"start_layer must lie in 0…{trace.num_layers - 1}")
+    start_layer = int(selection.layer(start_layer, trace.num_layers, mean=False, name="start_layer"))
     sinks = np.array([0]) if mask_sinks is True else np.asarray(mask_sinks or [], dtype=np.int64)
     queries = torch.as_tensor(trace.query_positions, dtype=torch.long)
     product = torch.zeros(len(queries), n, dtype=torch.float64)
     product[torch.arange(len(queries)), queries] = 1.0
     recorder = AttentionRecorder(None, head_mean=True)
-    with torch.no_grad(), preserved(run.model), recording(run.model, {run.adapter.text_config_key: recorder}):
-        run.model.eval()
+    with inference_context(run), recording(run.model, {run.adapter.text_config_key: recorder}):
         run.forward(first_logit=n - 1)
     for layer in progress(range(trace.num_layers - 1, start_layer - 1, -1), desc="mmviz: rollout"):
         mixed = recorder.rows[layer][0, 0].double()  # (N, N) head mean
@@ -72,13 +67,9 @@ def rollout(
         product = product @ (step / step.sum(dim=-1, keepdim=True))
     text_values = product.float().numpy()
     columns = trace.image_positions
-    return Map(
-        method="rollout",
-        label=LABEL,
-        meaning=MEANING,
+    return rollout.spec.map(  # type: ignore[attr-defined]
         values=text_values[:, columns],
-        positions=np.asarray(trace.query_positions),
-        rows="queries",
+        positions=trace.query_positions,
         columns=columns,
         text_values=text_values,
         info={"residual": residual, "start_layer": start_layer, "sinks": sinks.tolist()},

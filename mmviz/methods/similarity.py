@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmviz.adapters import adapter_for
-from mmviz.adapters.clip import DualEncoderAdapter
+from mmviz.adapters import DualEncoderAdapter, adapter_for
 from mmviz.adapters.layout import ImageGeometry, TokenLayout
-from mmviz.capture import preserved
+from mmviz.capture.run import to_device
 from mmviz.errors import InputError, UnsupportedModelError
 from mmviz.inputs import ImageLike, load_images
-from mmviz.methods.map import Map
+from mmviz.model_state import preserved
+from mmviz.records import Map, MethodSpec
 
 LABEL = "Patch–text similarity"
 MEANING = (
@@ -59,6 +59,14 @@ def patch_cosines(adapter: DualEncoderAdapter, source: torch.Tensor, text_embeds
         return (text @ patches.T).cpu()
 
 
+SIMILARITY = MethodSpec(
+    "similarity", function=lambda trace: trace.maps["similarity"], label=LABEL, meaning=MEANING, signed=True,
+    targeted=False, cost="instant",
+)
+"""The spec of a dual-encoder trace's own map. Not in the catalogue: it comes with the trace's one forward and is
+not computed afterwards."""
+
+
 def similarity_map(
     adapter: DualEncoderAdapter,
     layout: TokenLayout,
@@ -88,16 +96,7 @@ def similarity_map(
     }
     if adapter.match_probability == "sigmoid":  # a probability on its own; a softmax over one caption is always 1
         info["probability"] = float(torch.sigmoid(torch.tensor(logit)))
-    return Map(
-        method="similarity",
-        label=LABEL,
-        meaning=MEANING,
-        values=values,
-        positions=np.array([pooled]),
-        columns=layout.image_positions,
-        signed=True,
-        info=info,
-    )
+    return SIMILARITY.map(values=values, positions=np.array([pooled]), columns=layout.image_positions, info=info)
 
 
 _PATH = {
@@ -190,9 +189,7 @@ def similarity(model: torch.nn.Module, processor: Any, image: ImageLike, texts: 
     images = load_images(image)
     if len(images) != 1:
         raise InputError(f"similarity takes one image, got {len(images)}; call it once per image")
-    inputs = adapter.encode_captions(images[0], captions)
-    device, dtype = model.device, model.dtype
-    inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()}
+    inputs = to_device(adapter.encode_captions(images[0], captions), model)
     with preserved(model), torch.no_grad(), capturing_patch_source(adapter) as store:
         model.eval()
         output = model(**inputs)

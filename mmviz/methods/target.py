@@ -11,7 +11,7 @@ import torch
 from mmviz.errors import InputError
 
 if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+    from mmviz.records import Trace
 
 Score = Literal["logprob", "logit", "contrast"]
 

@@ -12,8 +12,11 @@ import torch
 import traitlets
 from ipywidgets.widgets.widget import _remove_buffers
 
+from mmviz import selection
+from mmviz.errors import InputError, MmvizError
 from mmviz.inputs import ImageLike
 from mmviz.methods import CATALOGUE, Map
+from mmviz.selection import HeadChoice, LayerChoice
 from mmviz.tracing import Trace, trace
 from mmviz.widget import bundle, export, payloads
 from mmviz.widget.payloads import MAP_DESCRIPTION, MAP_LABEL, indirect_note
@@ -34,7 +37,7 @@ class Inspector(anywidget.AnyWidget):
 
     Example:
         >>> inspector = mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
-        >>> inspector.layer = 3; inspector.head = -1      # select layer 3, mean over heads   # doctest: +SKIP
+        >>> inspector.layer = 3; inspector.head = "mean"  # select layer 3, mean over heads   # doctest: +SKIP
         >>> inspector.trace.answer                                                            # doctest: +SKIP
     """
 
@@ -48,8 +51,10 @@ class Inspector(anywidget.AnyWidget):
     attention_mean = traitlets.Dict().tag(sync=True)
     head_stats = traitlets.Dict().tag(sync=True)
     meta = traitlets.Dict().tag(sync=True)
-    layer = traitlets.Int(0).tag(sync=True)
-    head = traitlets.Int(-1).tag(sync=True)
+    layer = traitlets.Union([traitlets.Int(), traitlets.Unicode()], default_value=0).tag(sync=True)
+    """A decoder layer ``0 … L−1`` or ``"mean"`` (the mean over layers)."""
+    head = traitlets.Union([traitlets.Int(), traitlets.Unicode()], default_value="mean").tag(sync=True)
+    """A head ``0 … H−1`` or ``"mean"`` (the mean over heads)."""
     pinned = traitlets.Int(-1).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
     method = traitlets.Unicode("attention").tag(sync=True)
@@ -57,7 +62,7 @@ class Inspector(anywidget.AnyWidget):
     maps = traitlets.Dict().tag(sync=True)
     busy = traitlets.Unicode("").tag(sync=True)
 
-    def __init__(self, trace: Trace, *, layer: int | None = None, head: int = -1) -> None:
+    def __init__(self, trace: Trace, *, layer: LayerChoice | None = None, head: HeadChoice = "mean") -> None:
         if not isinstance(trace, Trace):
             raise TypeError(f"Inspector takes an mmviz.Trace (from mmviz.trace(...)), not {type(trace).__name__}")
         if trace.head_mean or len(trace.layers) != trace.num_layers:
@@ -67,12 +72,16 @@ class Inspector(anywidget.AnyWidget):
             )
         bundle.warn_if_missing()
         self._trace = trace
-        self._extras: dict[tuple[str, int], dict[str, Any]] = {}
+        self._extras: dict[tuple[str, LayerChoice], dict[str, Any]] = {}
         super().__init__()
         with self.hold_sync():
             self._send_trace(trace)
             self.layer = trace.num_layers - 1 if layer is None else layer
             self.head = head
+        self._commands: dict[str, Callable[[dict[str, Any]], tuple[dict[str, Any], list[Any]]]] = {
+            "compute": self._compute_command,
+            "fetch": self._fetch_command,
+        }
         self.on_msg(self._on_message)
 
     @property
@@ -91,12 +100,12 @@ class Inspector(anywidget.AnyWidget):
             <mmviz.Map relevancy: 3×576, non-negative>
         """
         if method not in CATALOGUE or method == "attention":
-            names = sorted(set(CATALOGUE) - {"attention"})
-            raise ValueError(f"unknown method {method!r}; choose from {names}")
+            names = [name for name in CATALOGUE if name != "attention"]
+            raise InputError(f"unknown method {method!r}; choose from {names}")
         if method not in self._trace.maps:
             self.busy = method
             try:
-                self._trace.maps[method] = CATALOGUE[method].compute(self._trace)
+                self._trace.compute(method)
             finally:
                 self.busy = ""
         with self.hold_sync():
@@ -104,55 +113,63 @@ class Inspector(anywidget.AnyWidget):
             self.methods = payloads.method_catalogue(self._trace)
         return self._trace.maps[method]
 
-    def extra(self, what: str, layer: int = 0) -> dict[str, Any]:
-        """A lazily fetched payload (cached): ``"heads"`` of ``layer`` (−1: the mean over layers), ``"lens"`` or
-        ``"projection"``; see ``docs/widget-protocol.md``.
+    def extra(self, what: str, layer: LayerChoice = 0) -> dict[str, Any]:
+        """A lazily fetched payload (cached): ``"heads"`` of ``layer`` (``"mean"``: the mean over layers),
+        ``"lens"`` or ``"projection"``; see ``docs/widget-protocol.md``.
 
         Example:
             >>> inspector.extra("heads", layer=3)["shape"]             # [H, Q, P]   # doctest: +SKIP
             [32, 64, 576]
         """
-        key = (what, layer if what == "heads" else 0)
+        chosen = selection.layer(layer, self._trace.num_layers) if what == "heads" else 0
+        key = (what, chosen)
         if key not in self._extras:
-            self._extras[key] = self._build_extra(what, layer)
+            self._extras[key] = self._build_extra(what, chosen)
         return self._extras[key]
 
-    def _build_extra(self, what: str, layer: int) -> dict[str, Any]:
+    def _build_extra(self, what: str, layer: LayerChoice) -> dict[str, Any]:
         if what == "heads":
-            if isinstance(layer, bool) or not isinstance(layer, int) or not -1 <= layer < self._trace.num_layers:
-                raise ValueError(f"layer must be -1 (mean over layers) or in 0…{self._trace.num_layers - 1}")
             return payloads.heads_payload(self._trace, layer)
         builders: dict[str, Callable[[Trace], dict[str, Any]]] = {
             "lens": payloads.lens_payload,
             "projection": payloads.projection_payload,
         }
         if what not in builders:
-            raise ValueError(f"unknown extra {what!r}; the browser can fetch 'heads', 'lens' or 'projection'")
+            raise InputError(f"unknown extra {what!r}; the browser can fetch 'heads', 'lens' or 'projection'")
         if not self.meta.get("extras", {}).get(what, False):
-            raise ValueError(f"{what} needs the model's language model, which this trace does not have")
+            raise InputError(f"{what} needs the model's language model, which this trace does not have")
         return builders[what](self._trace)
 
+    def _compute_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """``{"type": "compute", "method"}``: compute the map (it arrives through the ``maps`` trait)."""
+        name = content.get("method")
+        if not isinstance(name, str):
+            raise InputError("a compute request needs a method name (a string)")
+        self.compute(name)
+        return {}, []
+
+    def _fetch_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """``{"type": "fetch", "what", "layer"?}``: a lazily fetched payload, its bytes as binary buffers."""
+        stripped, paths, data = _remove_buffers(self.extra(content.get("what"), content.get("layer", 0)))
+        return {"payload": stripped, "buffer_paths": paths}, data
+
     def _on_message(self, widget: Any, content: Any, buffers: Any) -> None:
-        """Browser requests (``{"type": "compute" | "fetch", ..., "request": id}``). Anything malformed is logged
-        and answered with an error; the widget and the kernel keep working."""
+        """Browser requests ``{"type": <command>, ..., "request": id}``, dispatched by command name and answered
+        ``{"type": <command>ed, "request", "ok", ...}``. Anything malformed or failing is logged and answered with
+        an error; the widget and the kernel keep working."""
         kind = content.get("type") if isinstance(content, dict) else None
         request = content.get("request") if isinstance(content, dict) else None
-        reply = {"type": "computed" if kind == "compute" else "fetched", "request": request}
+        reply: dict[str, Any] = {"type": _REPLIES.get(kind, "error"), "request": request}
+        if kind == "compute":
+            reply["method"] = content.get("method")
+        elif kind == "fetch":
+            reply.update(what=content.get("what"), layer=content.get("layer", 0))
         try:
-            if kind == "compute":
-                name = content.get("method")
-                reply["method"] = name
-                if not isinstance(name, str):
-                    raise ValueError("a compute request needs a method name (a string)")
-                self.compute(name)
-                self.send({**reply, "ok": True})
-            elif kind == "fetch":
-                what, layer = content.get("what"), content.get("layer", 0)
-                reply.update(what=what, layer=layer)
-                stripped, paths, data = _remove_buffers(self.extra(what, layer))
-                self.send({**reply, "ok": True, "payload": stripped, "buffer_paths": paths}, buffers=data)
-            else:
-                raise ValueError(f"unknown message {str(content)[:200]!r}; expected a 'compute' or 'fetch' request")
+            if kind not in self._commands:
+                known = " or ".join(repr(name) for name in self._commands)
+                raise InputError(f"unknown message {str(content)[:200]!r}; expected a {known} request")
+            fields, data = self._commands[kind](content)
+            self.send({**reply, "ok": True, **fields}, buffers=data or None)
         except Exception as error:  # reported to the browser, never raised into the comm
             log.error("mmviz: %s", error)
             self.send({**reply, "ok": False, "error": str(error)})
@@ -169,20 +186,12 @@ class Inspector(anywidget.AnyWidget):
             self.send_state(names)
 
     @traitlets.validate("layer")
-    def _check_layer(self, proposal: dict[str, Any]) -> int:
-        value = _integer(proposal["value"], "layer")
-        if not -1 <= value < self._trace.num_layers:
-            raise traitlets.TraitError(
-                f"layer must be -1 (mean over layers) or in 0…{self._trace.num_layers - 1}, got {value}"
-            )
-        return value
+    def _check_layer(self, proposal: dict[str, Any]) -> LayerChoice:
+        return _selected(selection.layer, _integral(proposal["value"]), self._trace.num_layers)
 
     @traitlets.validate("head")
-    def _check_head(self, proposal: dict[str, Any]) -> int:
-        value = _integer(proposal["value"], "head")
-        if not -1 <= value < self._trace.num_heads:
-            raise traitlets.TraitError(f"head must be -1 (mean) or in 0…{self._trace.num_heads - 1}, got {value}")
-        return value
+    def _check_head(self, proposal: dict[str, Any]) -> int | str:
+        return _selected(selection.head, _integral(proposal["value"]), self._trace.num_heads)
 
     @traitlets.validate("method")
     def _check_method(self, proposal: dict[str, Any]) -> str:
@@ -194,13 +203,15 @@ class Inspector(anywidget.AnyWidget):
 
     @traitlets.validate("pinned")
     def _check_pinned(self, proposal: dict[str, Any]) -> int:
-        value = _integer(proposal["value"], "pinned")
-        if not -1 <= value < len(self._trace.tokens):
-            raise traitlets.TraitError(f"pinned must be -1 or a position in 0…{len(self._trace.tokens) - 1}")
-        return value
+        value = _integral(proposal["value"])
+        if value == -1 and not isinstance(value, bool):  # nothing pinned
+            return -1
+        return _selected(
+            lambda v, n: selection.index(v, n, "pinned", unit="position (or -1: none)"), value, len(self._trace.tokens)
+        )
 
     def _send_trace(self, trace: Trace) -> None:
-        language_model = trace.run is not None and not getattr(trace.run.adapter, "dual_encoder", False)
+        language_model = trace.run is not None  # a dual encoder's trace has no model run: no lens, no projection
         self.tokens = list(trace.tokens)
         self.token_layout = payloads.layout_payload(trace)
         self.images = [payloads.png_bytes(image) for image in trace.images]
@@ -235,7 +246,11 @@ class Inspector(anywidget.AnyWidget):
         """What a kernel would answer to the browser's fetch requests, keyed ``"heads:<layer>"``, ``"lens"``, …"""
         trace = self._trace
         per_layer = trace.num_heads * len(trace.query_positions) * len(trace.image_positions)
-        layers = range(-1, trace.num_layers) if per_layer * (trace.num_layers + 1) <= EXPORT_HEADS_LIMIT else []
+        layers: list[LayerChoice] = (
+            [selection.MEAN, *range(trace.num_layers)]
+            if per_layer * (trace.num_layers + 1) <= EXPORT_HEADS_LIMIT
+            else []
+        )
         out = {f"heads:{layer}": self.extra("heads", layer) for layer in layers}
         for what in ("lens", "projection"):
             if self.meta.get("extras", {}).get(what, False):
@@ -246,11 +261,23 @@ class Inspector(anywidget.AnyWidget):
         return f"<mmviz.Inspector of {self._trace!r}>"
 
 
-def _integer(value: Any, name: str) -> int:
-    """An int from the browser (JSON numbers may arrive as floats); bools and fractions are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise traitlets.TraitError(f"{name} must be an integer, got {value!r}")
-    return int(value)
+_REPLIES = {"compute": "computed", "fetch": "fetched"}
+"""The reply type of each browser command."""
+
+
+def _integral(value: Any) -> Any:
+    """A whole float from the browser (JSON numbers may arrive as floats) as an int; anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _selected(check: Callable[..., Any], value: Any, count: int) -> Any:
+    """``check(value, count)`` of :mod:`mmviz.selection`, its :class:`InputError` as a trait error."""
+    try:
+        return check(value, count)
+    except MmvizError as error:
+        raise traitlets.TraitError(str(error)) from None
 
 
 def inspect(

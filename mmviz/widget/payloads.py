@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmviz import selection
 from mmviz.adapters.layout import TEXT, VIEWS, TokenLayout
 from mmviz.adapters.tokens import word_starts
 from mmviz.methods import CATALOGUE, Map, image_share, logit_lens, projection
-from mmviz.tracing import Trace
+from mmviz.records import Trace
+from mmviz.selection import LayerChoice
 from mmviz.widget import wire
 
 MAX_DISPLAY_SIDE = 1024
@@ -28,7 +30,7 @@ MAP_DESCRIPTION = (
     "Softmax attention probability from the token's query row to each image token. It shows where a head "
     "reads, not what caused the answer."
 )
-LENS_TOP_K = 5  # the default of mmviz.methods.logit_lens, so the cached lens serves the plots too
+LENS_TOP_K = 5  # the default of mmviz.methods.logit_lens, so the lens kept on the trace serves the plots too
 
 
 def layout_payload(trace: Trace) -> dict[str, Any]:
@@ -112,10 +114,10 @@ def head_stats(trace: Trace) -> dict[str, Any]:
     return wire.encode(np.stack([share.row_share, share.row_entropy]), scale_dims=3)
 
 
-def heads_payload(trace: Trace, layer: int) -> dict[str, Any]:
-    """Per-head attention of one layer, uint8 ``[H, Q, P]`` (one range per head and row); ``layer = -1``: the mean
-    over layers of every head."""
-    values = trace.attention().mean(axis=0) if layer == -1 else trace.attention(layer=layer)
+def heads_payload(trace: Trace, layer: LayerChoice) -> dict[str, Any]:
+    """Per-head attention of one layer, uint8 ``[H, Q, P]`` (one range per head and row); ``layer = "mean"``: the
+    mean over layers of every head."""
+    values = trace.attention(layer=selection.layer(layer, trace.num_layers))
     return wire.encode(display_cells(values, trace.layout), scale_dims=2)
 
 
@@ -127,7 +129,7 @@ def lens_payload(trace: Trace) -> dict[str, Any]:
     rank (0 = top) of the token each position is read against at every depth; ``entropy`` float16 ``[D, N]``.
     Depth 0 is the embeddings, depth d the state after decoder layer d − 1.
     """
-    lens = trace.computed("logit_lens", lambda: logit_lens(trace, k=LENS_TOP_K))
+    lens = logit_lens(trace, k=LENS_TOP_K)
     used, inverse = np.unique(np.concatenate([lens.top_ids.ravel(), lens.target_ids]), return_inverse=True)
     top = inverse[: lens.top_ids.size].reshape(lens.top_ids.shape)
     target = inverse[lens.top_ids.size :]
@@ -150,7 +152,7 @@ def projection_payload(trace: Trace) -> dict[str, Any]:
     """The aligned PCA projection (:func:`mmviz.methods.projection`): ``coords`` float32 ``[D, N, 2]`` in one frame
     for all depths, ``is_image`` uint8 ``[N]``, ``grid`` int32 ``[N, 2]`` (−1 for text), ``modality_gap`` float32
     ``[D]`` and the variance the two components explain."""
-    result = trace.computed("projection", lambda: projection(trace))
+    result = projection(trace)
     return {
         "depths": int(result.coords.shape[0]),
         "n_positions": int(result.coords.shape[1]),
@@ -164,7 +166,7 @@ def projection_payload(trace: Trace) -> dict[str, Any]:
 
 def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
     """The ``methods`` trait: every catalogue method (computed? computable: needs the model?), then any other map
-    the trace carries (e.g. a dual encoder's patch–text similarity)."""
+    the trace carries (e.g. a dual encoder's patch–text similarity), each described by its map's own spec."""
     entries = [
         {**spec.describe(), "computed": name == "attention" or name in trace.maps, "available": trace.run is not None}
         for name, spec in CATALOGUE.items()
@@ -189,16 +191,13 @@ def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
 def map_payload(result: Map, layout: TokenLayout | None = None) -> dict[str, Any]:
     """One entry of the ``maps`` trait: values ``[L?, R, P]`` (uint8, one range per row), rows' positions, layers.
 
-    Per-layer maps keep the slices of decoder layers ``0 … L−1`` (slice ℓ = after layer ℓ); others have one slice.
+    Per-layer maps have one slice per decoder layer in ``layers`` (slice ℓ = at or after layer ℓ); others have one.
     Given the trace's ``layout``, maps over its soft-cell query columns are composed onto the cells
     (:func:`display_cells`, ``P`` becomes ``C``) and their meaning says so.
     """
     values = result.values
     meaning = result.meaning
-    layers = None
-    if result.layers is not None:
-        keep = result.layers >= 0
-        values, layers = values[keep], [int(layer) for layer in result.layers[keep]]
+    layers = None if result.layers is None else [int(layer) for layer in result.layers]
     if layout is not None and layout.soft is not None and np.array_equal(result.columns, layout.soft.positions):
         values = display_cells(np.nan_to_num(values), layout)
         meaning += indirect_note(layout)

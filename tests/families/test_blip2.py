@@ -109,7 +109,7 @@ def test_trace_records_attention_rows_of_the_opt_decoder(wide_trace):
     trace = wide_trace
     assert trace.attention_rows.shape[:2] == (2, 4)
     np.testing.assert_allclose(trace.attention_rows.sum(-1), 1.0, atol=1e-4)
-    assert trace.attention(layer=-1, head="mean").shape == (len(trace.query_positions), BLIP2_QUERIES)
+    assert trace.attention(layer=trace.num_layers - 1, head="mean").shape == (len(trace.query_positions), BLIP2_QUERIES)
     assert (trace.attention(layer=0, head="mean") > 0).all()  # every text row reads the query tokens
 
 

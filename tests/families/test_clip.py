@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import mmviz
-from mmviz.adapters import CLIPAdapter, SiglipAdapter, adapter_for
+from mmviz.adapters import CLIPAdapter, DualEncoderAdapter, GenerativeAdapter, SiglipAdapter, adapter_for
 from mmviz.capture import CaptureBudgetError, CapturePlan, attention_modules, snapshot
 from mmviz.errors import InputError, ProcessorMismatchError, UnsupportedModelError
 from mmviz.methods.similarity import Similarity, similarity
@@ -65,7 +65,7 @@ def test_registered_as_dual_encoders():
     assert families["clip"] == "CLIP" and families["siglip"] == "SigLIP"
     assert type(adapter_for(*build_clip())) is CLIPAdapter
     assert type(adapter_for(*build_siglip())) is SiglipAdapter
-    assert CLIPAdapter.dual_encoder and SiglipAdapter.dual_encoder
+    assert issubclass(CLIPAdapter, DualEncoderAdapter) and issubclass(SiglipAdapter, DualEncoderAdapter)
 
 
 def test_only_the_vision_tower_is_switched(family):
@@ -120,7 +120,9 @@ def test_attention_rows_equal_eager(family, traced):
     assert (rows[..., :n_caption] == 0).all()  # vision tokens never see the caption: true zeros
     np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(
-        traced.attention(layer=-1, head="mean"), expected[-1].mean(0)[:, -len(traced.image_positions) :], atol=1e-5
+        traced.attention(layer=traced.num_layers - 1, head="mean"),
+        expected[-1].mean(0)[:, -len(traced.image_positions) :],
+        atol=1e-5,
     )
 
 
@@ -129,7 +131,11 @@ def test_capture_plans(family, traced):
     n_caption = int(traced.query_positions[0])
     subset = traced.query_positions[[0, 3, -1]]
     small = mmviz.trace(
-        model, processor, IMAGE, CAPTION, capture=CapturePlan(layers=[-1], head_mean=True, queries=subset)
+        model,
+        processor,
+        IMAGE,
+        CAPTION,
+        capture=CapturePlan(layers=[traced.num_layers - 1], head_mean=True, queries=subset),
     )
     np.testing.assert_array_equal(small.layers, [1])
     np.testing.assert_array_equal(small.query_positions, subset)
@@ -349,10 +355,12 @@ def test_clear_errors(family):
         mmviz.trace(model, processor, IMAGE, CAPTION, methods=["relevancy"])
     with pytest.raises(InputError, match="at most"):
         mmviz.trace(model, processor, IMAGE, " ".join(["red"] * 100))
-    with pytest.raises(UnsupportedModelError, match="dual encoder"):
-        adapter.language_model()
-    with pytest.raises(AttributeError, match="no image placeholder"):
-        _ = adapter.image_token
+    traced = mmviz.trace(model, processor, IMAGE, CAPTION)
+    with pytest.raises(InputError, match="dual encoder"):  # no language model to run again
+        mmviz.methods.relevancy(traced)
+    with pytest.raises(InputError, match="dual encoder"):
+        traced.compute("relevancy")
+    assert not isinstance(adapter, GenerativeAdapter), "a dual encoder has no language model, image placeholder, lens"
     other = build_siglip() if name == "clip" else build_clip()
     with pytest.raises(ProcessorMismatchError):
         mmviz.trace(model, other[1], IMAGE, CAPTION)

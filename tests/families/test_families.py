@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import mmviz
-from mmviz.adapters import adapter_for
+from mmviz.adapters import DualEncoderAdapter, adapter_for
 from tests.families.checks import assert_boxes_inside, assert_views_tile
 from tests.families.registry import cases
 
@@ -24,7 +24,7 @@ def case(request):
 
 def _placeholder_count(adapter, inputs) -> int:
     """The image tokens the PROCESSOR inserted (its own output, not the adapter's arithmetic)."""
-    if getattr(adapter, "dual_encoder", False):  # no placeholders: the patches the tower cuts from pixel_values
+    if isinstance(adapter, DualEncoderAdapter):  # no placeholders: the patches the tower cuts from pixel_values
         return int(np.prod(inputs["pixel_values"].shape[-2:])) // adapter.model.config.vision_config.patch_size**2
     image_token_id = adapter.tokenizer.convert_tokens_to_ids(adapter.image_token)
     return int((inputs["input_ids"] == image_token_id).sum())

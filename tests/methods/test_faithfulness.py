@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mmviz.errors import InputError
+from mmviz.evaluation import deletion_insertion, pointing_game
 from mmviz.methods import Target
-from mmviz.methods.faithfulness import deletion_insertion, pointing_game
 
 
 def test_pointing_game_uses_the_top_tokens_box(trace):

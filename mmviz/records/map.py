@@ -7,13 +7,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mmviz import selection
+from mmviz.errors import InputError
+
 
 @dataclass(frozen=True, repr=False)
 class Map:
     """Values per image position for some sequence positions, and what they mean.
 
     Attributes:
-        method: the method's name (``"relevancy"``, ``"attention"``, ...).
+        method: the method's name: its key in :data:`mmviz.methods.CATALOGUE` (``"relevancy"``, ``"attention_max"``).
         label: a short human label for menus.
         meaning: one or two plain sentences: what a high value says, and what it does not.
         values: float32 ``(R, P)`` — row r belongs to sequence position ``positions[r]``, column p to image position
@@ -22,7 +25,8 @@ class Map:
             query whose attention/flow the row shows (``rows == "queries"``; the row predicting token t is t − 1).
         columns: ``(P,)`` image positions (the trace's ``image_positions``).
         signed: values can be negative (draw with a diverging colour map centred at 0).
-        layers: ``(L,)`` layer index of each slice when the map is per layer, else None.
+        layers: ``(L,)`` the decoder layer of each slice when the map is per layer (slice ℓ = at or after decoder
+            layer ``layers[ℓ]``), else None. Only decoder layers: never the embeddings, never negative.
         text_values: optional float32 ``(R, N)`` over every sequence position (e.g. relevancy of prompt tokens).
         info: what the numbers depend on (baseline, steps, completeness error, ...).
 
@@ -46,23 +50,37 @@ class Map:
 
     def __post_init__(self) -> None:
         expected = 3 if self.layers is not None else 2
-        if self.values.ndim != expected or self.values.shape[-2:] != (len(self.positions), len(self.columns)):
+        if self.layers is not None and len(self.layers) and int(np.min(self.layers)) < 0:
+            raise ValueError(f"{self.method}: layers must be decoder layers (≥ 0), not {self.layers.tolist()}")
+        if (
+            self.values.ndim != expected
+            or self.values.shape[-2:] != (len(self.positions), len(self.columns))
+            or (self.layers is not None and self.values.shape[0] != len(self.layers))
+        ):
             raise ValueError(
                 f"{self.method}: values of shape {self.values.shape} do not match {len(self.positions)} rows × "
                 f"{len(self.columns)} image columns" + (f" × {len(self.layers)} layers" if expected == 3 else "")
             )
 
-    def row(self, position: int, layer: int | None = None) -> np.ndarray:
-        """The ``(P,)`` values for sequence ``position`` (and ``layer`` for per-layer maps; default the last)."""
+    def row(self, position: int, layer: selection.LayerChoice | None = None) -> np.ndarray:
+        """The ``(P,)`` values for sequence ``position``; for per-layer maps ``layer`` picks a slice (one of
+        :attr:`layers`, ``"mean"`` over them, or None: the last)."""
         found = np.flatnonzero(self.positions == position)
         if len(found) == 0:
-            raise KeyError(f"{self.method} has no row for position {position} (rows: {self.positions.tolist()})")
+            raise InputError(f"{self.method} has no row for position {position} (rows: {self.positions.tolist()})")
         if self.layers is None:
+            if layer is not None:
+                raise InputError(f"{self.method} is not per layer; call row(position) without a layer")
             return self.values[found[0]]
-        index = len(self.layers) - 1 if layer is None else int(np.flatnonzero(self.layers == layer)[0])
-        return self.values[index, found[0]]
+        if layer is None:
+            return self.values[-1, found[0]]
+        if layer == selection.MEAN:
+            return self.values[:, found[0]].mean(axis=0)
+        chosen = selection.layer(layer, int(self.layers.max()) + 1, mean=True)
+        selection.captured([chosen], self.layers.tolist(), what=f"layers of the {self.method} map")  # type: ignore[list-item]
+        return self.values[int(np.flatnonzero(self.layers == chosen)[0]), found[0]]
 
-    def for_target(self, position: int, layer: int | None = None) -> np.ndarray:
+    def for_target(self, position: int, layer: selection.LayerChoice | None = None) -> np.ndarray:
         """The row that explains the token at ``position``: its own row for target maps, the row of the query that
         predicts it (``position − 1``) for query maps (attention, rollout)."""
         return self.row(position - 1 if self.rows == "queries" else position, layer)

@@ -10,23 +10,22 @@ vision tower never sees. ``maps["similarity"]`` holds the patch–text similarit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mmviz.adapters.clip import DualEncoderAdapter
+from mmviz.adapters import DualEncoderAdapter
 from mmviz.capture import AttentionRecorder, CapturePlan, preserved, recording
+from mmviz.capture.run import to_device
 from mmviz.errors import InputError
 from mmviz.methods.similarity import capturing_patch_source, similarity_map
-from mmviz.tracing import Trace, _index, _to_model
+from mmviz.records import Trace, model_name
 
 
 def trace_dual_encoder(
     model: torch.nn.Module,
-    processor: Any,
     images: Sequence[Image.Image],
     caption: str,
     adapter: DualEncoderAdapter,
@@ -67,17 +66,13 @@ def trace_dual_encoder(
             f"use CapturePlan(hidden_states=False)"
         )
     text = adapter.format_prompt(caption, n_images=len(images))
-    inputs = _to_model(adapter.encode(images, text), model)
+    inputs = to_device(adapter.encode(images, text), model)
     caption_ids = inputs["input_ids"][0].cpu().numpy()
     layout = adapter.layout(caption_ids, images, inputs)
     n_caption = len(caption_ids)
     vision = np.arange(n_caption, len(layout))
     query_positions = _query_positions(plan, vision)
-    layers = (
-        np.arange(adapter.num_layers)
-        if plan.layers is None
-        else np.unique([_index(layer, adapter.num_layers, "layer") for layer in plan.layers])
-    )
+    layers = np.asarray(plan.layer_indices(adapter.num_layers))
     plan.check(adapter.model_shape(1), len(layout), len(query_positions))
 
     keep_all = plan.vision_attention  # the full (L, H, N_v, N_v) tensor is wanted as well
@@ -126,7 +121,7 @@ def trace_dual_encoder(
         answer_logprobs=np.zeros(0, np.float32),
         images=list(images),
         family=family,
-        model_name=str(getattr(model.config, "_name_or_path", "") or model.config.model_type),
+        model_name=model_name(model),
         num_layers=adapter.num_layers,
         num_heads=adapter.num_heads,
         query_positions=query_positions,

@@ -11,21 +11,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from mmviz.capture.model_state import preserved
+from mmviz.adapters.layout import TokenLayout
 from mmviz.capture.run import replacing_columns
 from mmviz.errors import InputError
-from mmviz.methods._backprop import model_run
-from mmviz.methods.occlusion import Fill, fill_values
-from mmviz.methods.target import Target
-
-if TYPE_CHECKING:
-    from mmviz.adapters.layout import TokenLayout
-    from mmviz.tracing import Trace
+from mmviz.methods import Baseline, Target
+from mmviz.methods.common import baseline_embeddings, inference_context, model_run
+from mmviz.records import Trace
 
 
 def pointing_game(values: np.ndarray, layout: TokenLayout, mask: np.ndarray, image: int = 0) -> bool:
@@ -70,7 +65,7 @@ class Curves:
 
 
 def deletion_insertion(
-    trace: Trace, values: np.ndarray, target: Target, *, steps: int = 16, fill: Fill = "blur"
+    trace: Trace, values: np.ndarray, target: Target, *, steps: int = 16, baseline: Baseline = "blur"
 ) -> Curves:
     """Deletion and insertion curves of ``values`` (one per image column) for ``target``, in token space.
 
@@ -86,18 +81,17 @@ def deletion_insertion(
     run = model_run(trace)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
-    blurred = fill_values(run, columns, fill)
+    replaced = baseline_embeddings(run, columns, baseline)
     order = torch.as_tensor(np.argsort(-np.asarray(values, dtype=np.float64), kind="stable"))
     fractions = np.linspace(0.0, 1.0, steps + 1)
     counts = np.round(fractions * len(columns)).astype(int)
     top = torch.zeros(len(counts), len(columns), dtype=torch.bool)
     for row, count in enumerate(counts):
         top[row, order[:count]] = True
-    deleted = torch.where(top[:, :, None], blurred, clean)
-    inserted = torch.where(top[:, :, None], clean, blurred)
+    deleted = torch.where(top[:, :, None], replaced, clean)
+    inserted = torch.where(top[:, :, None], clean, replaced)
     first = target.first_logit
-    with torch.no_grad(), preserved(run.model):
-        run.model.eval()
+    with inference_context(run):
         reference = target(run.forward(first_logit=first), run.input_ids, first)
         curves = []
         for variants in (deleted, inserted):

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from mmviz.methods._backprop import model_run
-from mmviz.methods.map import Map
+from mmviz.methods.common import model_run
 from mmviz.progress import progress
-
-if TYPE_CHECKING:
-    from mmviz.tracing import Trace
+from mmviz.records import Map, Trace
+from mmviz.tracing import trace as trace_again
 
 
 @dataclass(frozen=True)
@@ -46,11 +43,10 @@ def randomization_check(
 
     Example:
         >>> result = randomization_check(trace, mmviz.methods.gradient_x_input)      # doctest: +SKIP
+        >>> randomization_check(trace, lambda t: t.compute("occlusion", window=1))    # doctest: +SKIP
         >>> result.passed, result.correlation.round(2)                              # doctest: +SKIP
         (True, array([0.41, 0.12, 0.03]))
     """
-    from mmviz.tracing import trace as trace_again  # the tracer imports the methods
-
     run = model_run(trace)
     layers = list(run.adapter.decoder_layers())
     original = _flat(method(trace))

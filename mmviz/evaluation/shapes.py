@@ -5,13 +5,12 @@ every method's map for the answer token is scored: pointing game against the que
 insertion AUC (token space, blurred-image fill), and the cascading weight-randomisation sanity check on a few
 scenes. Layered maps are reduced over layers (mean; max for the logit lens, as in arXiv 2410.02762).
 
-Run: ``python -m mmviz.zoo.evaluate --scenes 200`` (prints a markdown table; ``--plot curves.html`` also writes the
+Run: ``python -m mmviz faithfulness --scenes 200`` (prints a markdown table; ``--plot curves.html`` also writes the
 bokeh deletion / insertion curves).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,10 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmviz.methods import CATALOGUE, Map, Target, randomization_check
-from mmviz.methods.faithfulness import Curves, deletion_insertion, pointing_game
+from mmviz.evaluation.faithfulness import Curves, deletion_insertion, pointing_game
+from mmviz.evaluation.sanity import randomization_check
+from mmviz.methods import CATALOGUE, Map, Target
 from mmviz.progress import progress, quiet
-from mmviz.tracing import Trace, trace
+from mmviz.records import Trace, model_name
+from mmviz.tracing import trace
 from mmviz.zoo.shapes import COLOR_QUESTION, scene
 
 FAST_SETTINGS = {"rise": {"n_masks": 128}, "integrated_gradients": {"steps": 16}}
@@ -30,8 +31,8 @@ FAST_SETTINGS = {"rise": {"n_masks": 128}, "integrated_gradients": {"steps": 16}
 
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "integrated_gradients, zero baseline": ("integrated_gradients", {"baseline": "zero", "steps": 32}),
-    "rise, zero fill": ("rise", {"fill": "zero", "n_masks": 256}),
-    "occlusion, zero fill": ("occlusion", {"fill": "zero"}),
+    "rise, zero baseline": ("rise", {"baseline": "zero", "n_masks": 256}),
+    "occlusion, zero baseline": ("occlusion", {"baseline": "zero"}),
 }
 """Methods whose result hangs on a baseline, run again with another one: a blurred image keeps the shapes'
 colours, so as a baseline it hides the very evidence a colour question needs (arXiv 1703.01365 §3)."""
@@ -100,17 +101,16 @@ class Evaluation:
 def _reduce(result: Map, position: int) -> np.ndarray:
     if result.layers is None:
         return result.for_target(position)
-    rows = np.stack([result.for_target(position, layer=int(layer)) for layer in result.layers if layer >= 0])
+    rows = np.stack([result.for_target(position, layer=int(layer)) for layer in result.layers])
     return rows.max(axis=0) if result.method == "logit_lens" else rows.mean(axis=0)
 
 
 def _compute(name: str, traced: Trace) -> Map:
     """The map of evaluated entry ``name``: a catalogue method with :data:`FAST_SETTINGS`, or a :data:`VARIANTS`."""
     method, settings = VARIANTS.get(name, (name, FAST_SETTINGS.get(name, {})))
-    spec = CATALOGUE[method]
-    if not spec.targeted:  # where the model reads: nothing to explain, their own defaults
-        return spec.compute(traced)
-    return spec.compute(traced, Target.logprob(traced.answer_start), **settings)  # type: ignore[call-arg]
+    if not CATALOGUE[method].targeted:  # where the model reads: nothing to explain, their own defaults
+        return traced.compute(method)
+    return traced.compute(method, targets=Target.logprob(traced.answer_start), **settings)
 
 
 def evaluate(
@@ -138,7 +138,7 @@ def evaluate(
     for index in progress(range(scenes), desc="mmviz: faithfulness", unit="scene", leave=True):
         with quiet():
             _score_scene(model, processor, first_seed + index, names, scores, rng, sanity=index < sanity_scenes)
-    return Evaluation(scores, scenes, str(getattr(model.config, "_name_or_path", "")))
+    return Evaluation(scores, scenes, model_name(model))
 
 
 def _score_scene(
@@ -171,34 +171,3 @@ def _score_scene(
             check = randomization_check(traced, lambda t, name=name: _compute(name, t), steps=2)
             score.sanity.append(float(check.correlation[-1]))
         score.seconds += time.perf_counter() - start
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    from mmviz.zoo import load
-
-    parser = argparse.ArgumentParser(description="Faithfulness of mmviz's map methods on the shapes world.")
-    parser.add_argument("--scenes", type=int, default=200, help="held-out scenes to evaluate (default 200)")
-    parser.add_argument("--model", default="shapes-vlm", help="zoo model (default shapes-vlm)")
-    parser.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
-    parser.add_argument("--sanity-scenes", type=int, default=3, help="scenes for the randomisation check")
-    parser.add_argument("--plot", default=None, help="write the deletion / insertion curves (bokeh) to this HTML")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    model, processor = load(args.model)
-    result = evaluate(model, processor, scenes=args.scenes, methods=args.methods, sanity_scenes=args.sanity_scenes)
-    variants = {name: settings for name, (_, settings) in VARIANTS.items()}
-    print(f"{args.model}, {args.scenes} held-out scenes (seeds 0…{args.scenes - 1})")
-    print(f"settings: {FAST_SETTINGS}; variants: {variants}")
-    print(result.table())
-    if args.plot:
-        from bokeh.io import output_file, save
-
-        from mmviz.plots import faithfulness_curves
-
-        output_file(args.plot, title="mmviz faithfulness")
-        save(faithfulness_curves(result))
-        print(f"curves written to {args.plot}")
-
-
-if __name__ == "__main__":
-    main()

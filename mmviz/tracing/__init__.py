@@ -1,0 +1,78 @@
+"""``mmviz.trace``: the one orchestrator. It checks the arguments, picks the path by the adapter's type (a
+generative model generates, then runs ONE teacher-forced analysis forward; a dual encoder runs one forward) and
+computes the requested maps with :meth:`Trace.compute`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mmviz.adapters import DualEncoderAdapter, adapter_for
+from mmviz.capture import CapturePlan
+from mmviz.errors import InputError
+from mmviz.inputs import ImageLike, check_prompt, load_images
+from mmviz.methods import CATALOGUE  # importing the methods fills the catalogue Trace.compute looks names up in
+from mmviz.records import Trace
+from mmviz.tracing.dual_encoder import trace_dual_encoder
+from mmviz.tracing.generative import trace_generative
+
+
+def trace(
+    model: torch.nn.Module,
+    processor: Any,
+    image: ImageLike | Sequence[ImageLike],
+    prompt: str,
+    *,
+    answer: str | Sequence[int] | None = None,
+    max_new_tokens: int = 32,
+    capture: CapturePlan | None = None,
+    methods: Sequence[str] = (),
+) -> Trace:
+    """Run an unmodified Hugging Face vision-language model and record what mmviz's views need.
+
+    If ``answer`` is None the model generates it first (its normal fast path, greedy); then ONE teacher-forced
+    forward over prompt + answer records attention rows through mmviz's attention function. The model is left
+    exactly as found: attention implementation, train/eval and ``requires_grad`` flags, hooks.
+
+    Args:
+        model: e.g. ``LlavaForConditionalGeneration.from_pretrained(...)``.
+        processor: the model's processor (``AutoProcessor.from_pretrained`` of the same checkpoint).
+        image: PIL image, ``H×W×3`` uint8 array or path; or a list of them for a multi-image prompt (each image
+            gets its own grid, in prompt order).
+        prompt: a plain question (the chat template and one image placeholder per image are added) or a fully
+            formatted prompt that already holds one placeholder per image.
+        answer: the answer to analyse (text, or token ids); None generates it.
+        max_new_tokens: generation length limit when ``answer`` is None.
+        capture: what to record (:class:`~mmviz.capture.CapturePlan`); the default records every text row of
+            every layer and head. Its memory estimate is checked against its budget BEFORE the model runs
+            (:class:`~mmviz.capture.CaptureBudgetError`).
+        methods: names from :data:`mmviz.methods.CATALOGUE` to compute right away with :meth:`Trace.compute`
+            (default settings, every answer token); their maps land in :attr:`Trace.maps`. The widget computes the
+            others on request.
+
+    Example:
+        >>> model, processor = mmviz.zoo.tiny_llava()
+        >>> t = mmviz.trace(model, processor, np.zeros((64, 96, 3), np.uint8), "What is shown?", max_new_tokens=4)
+        >>> t.attention(layer=0, head="mean").shape[1]
+        576
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
+    plan = CapturePlan() if capture is None else capture
+    unknown = sorted(set(methods) - set(CATALOGUE))
+    if isinstance(methods, str) or unknown:
+        raise InputError(f"unknown methods {unknown or methods!r}; choose from {list(CATALOGUE)}")
+    check_prompt(prompt)
+    images = load_images(image)
+    adapter = adapter_for(model, processor)
+    if isinstance(adapter, DualEncoderAdapter):  # CLIP-like: nothing to generate
+        return trace_dual_encoder(model, images, prompt, adapter, plan, answer=answer, methods=methods)
+    result = trace_generative(model, images, prompt, adapter, plan, answer=answer, max_new_tokens=max_new_tokens)
+    for name in methods:
+        result.compute(name)
+    return result
+
+
+__all__ = ["Trace", "trace"]

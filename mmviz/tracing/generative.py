@@ -1,0 +1,167 @@
+"""The generative path of :func:`mmviz.trace`: generate the answer, then ONE teacher-forced analysis forward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from mmviz.adapters import GenerativeAdapter, TokenLayout
+from mmviz.capture import AttentionRecorder, CapturePlan, preserved, recording, recording_hidden_states
+from mmviz.capture.run import ModelRun, to_device
+from mmviz.errors import InputError
+from mmviz.progress import progress
+from mmviz.records import Trace, model_name
+
+
+def trace_generative(
+    model: torch.nn.Module,
+    images: Sequence[Image.Image],
+    prompt: str,
+    adapter: GenerativeAdapter,
+    plan: CapturePlan,
+    *,
+    answer: str | Sequence[int] | None,
+    max_new_tokens: int,
+) -> Trace:
+    """Trace a generative model (called by :func:`mmviz.trace`, which checked the arguments).
+
+    The budget of ``plan`` is checked with the longest answer generation may give before anything runs; the
+    model is left as found (attention implementation, flags, hooks), also when this raises.
+    """
+    layers = np.asarray(plan.layer_indices(adapter.num_layers))
+    text = adapter.format_prompt(prompt, n_images=len(images))
+    inputs = to_device(adapter.encode(images, text), model)
+    prompt_ids = inputs["input_ids"]
+    answer_ids = None if answer is None else _answer_ids(adapter, answer)
+    # Check the budget before anything runs, with the longest answer generation may give.
+    planned_length = prompt_ids.shape[1] + (max_new_tokens if answer_ids is None else len(answer_ids))
+    prompt_layout = adapter.layout(prompt_ids[0].cpu().numpy(), images, inputs)
+    n_image = len(prompt_layout.positions("image", "image_newline", "image_sep"))
+    planned_queries = _n_queries(plan, planned_length, planned_length - n_image)
+    plan.check(adapter.model_shape(len(images)), planned_length, planned_queries)
+
+    with preserved(model):
+        model.eval()
+        if answer_ids is None:
+            answer_ids = _generate(model, inputs, max_new_tokens)
+        input_ids = torch.cat([prompt_ids, answer_ids[None].to(prompt_ids.device)], dim=1)
+        ids = input_ids[0].cpu().numpy()
+        layout = adapter.layout(ids, images, inputs)
+        query_positions = _query_positions(plan, layout)
+        with progress(total=len(layers), desc="mmviz: analysis forward", unit="layer") as bar:
+            recorder = AttentionRecorder(
+                query_positions, layers=layers.tolist(), head_mean=plan.head_mean, on_layer=lambda _: bar.update()
+            )
+            recorders: dict[str, AttentionRecorder | None] = {adapter.text_config_key: recorder}
+            vision = AttentionRecorder(keep_calls=True) if plan.vision_attention else None
+            if vision is not None:
+                recorders[adapter.vision_config_key] = vision
+            answer_start = prompt_ids.shape[1]
+            forward_inputs = adapter.analysis_inputs(
+                {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}, len(answer_ids)
+            )
+            with (
+                torch.no_grad(),
+                recording(model, recorders),
+                recording_hidden_states(adapter.decoder_layers(), None if plan.hidden_states else []) as hidden,
+            ):
+                output = model(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    use_cache=False,
+                    logits_to_keep=len(ids) - answer_start + 1,
+                    **forward_inputs,
+                )
+    rows = torch.stack([recorder.rows[int(layer)][0] for layer in layers])
+    result = Trace(
+        tokens=layout.tokens,
+        token_ids=ids,
+        layout=layout,
+        prompt=text,
+        answer=adapter.tokenizer.decode(answer_ids.tolist(), skip_special_tokens=True),
+        answer_start=answer_start,
+        answer_logprobs=_answer_logprobs(output.logits[0], answer_ids),
+        images=images,
+        family=adapter.family,
+        model_name=model_name(model),
+        num_layers=adapter.num_layers,
+        num_heads=adapter.num_heads,
+        query_positions=np.asarray(query_positions),
+        attention_rows=rows.numpy().astype(np.float32),
+        layers=layers,
+        head_mean=plan.head_mean,
+        hidden_states=torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy() if plan.hidden_states else None,
+        vision_attention=None if vision is None else adapter.vision_attention(vision.calls, inputs),
+        run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(images)),
+    )
+    return result
+
+
+
+def _query_positions(plan: CapturePlan, layout: TokenLayout) -> np.ndarray:
+    if plan.queries == "text":
+        return layout.text_positions
+    if plan.queries == "all":
+        return np.arange(len(layout))
+    positions = np.unique(np.asarray(plan.queries, dtype=np.int64))
+    if len(positions) == 0 or positions.min() < 0 or positions.max() >= len(layout):
+        raise InputError(f"capture queries must be positions in 0…{len(layout) - 1}")
+    return positions
+
+
+def _n_queries(plan: CapturePlan, n_positions: int, n_text: int) -> int:
+    if plan.queries == "text":
+        return n_text
+    if plan.queries == "all":
+        return n_positions
+    return len(plan.queries)
+
+
+def _answer_ids(adapter: GenerativeAdapter, answer: str | Sequence[int]) -> torch.Tensor:
+    if isinstance(answer, str):
+        if not answer.strip():
+            raise InputError("answer is empty; pass the answer text to analyse, or None to generate it")
+        text = answer if answer[0].isspace() else " " + answer  # a reply follows the prompt after a space
+        ids = adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = [int(i) for i in answer]
+        if not ids:
+            raise InputError("answer holds no token ids; pass the answer text, its ids, or None to generate it")
+    vocab = int(adapter.text_config.vocab_size)
+    if min(ids) < 0 or max(ids) >= vocab:
+        raise InputError(f"answer token ids must lie in [0, {vocab}); got {min(ids)}…{max(ids)}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class _ProgressTicker(LogitsProcessor):
+    """Advances a progress bar once per generated token (scores pass through untouched)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.bar.update(1)
+        return scores
+
+
+def _generate(model: torch.nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+    with progress(total=max_new_tokens, desc="mmviz: generating", unit="tok") as bar, torch.no_grad():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([_ProgressTicker(bar)]),
+        )
+    return output[0, inputs["input_ids"].shape[1] :].cpu()
+
+
+def _answer_logprobs(logits: torch.Tensor, answer_ids: torch.Tensor) -> np.ndarray:
+    """``log p(y_t | x_<t)``: the logits at position t−1 predict answer token t (the last row predicts nothing)."""
+    log_probs = torch.log_softmax(logits[:-1].float(), dim=-1)
+    picked = log_probs.gather(1, answer_ids.to(log_probs.device)[:, None])[:, 0]
+    return picked.cpu().numpy()
