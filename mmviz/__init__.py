@@ -16,7 +16,7 @@ from mmviz._version import __version__
 from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from mmviz import adapters, methods, zoo
+    from mmviz import adapters, evaluation, methods, selection, zoo
     from mmviz.adapters import register_adapter, supported_families
     from mmviz.capture import CaptureBudgetError, CapturePlan
     from mmviz.tracing import Trace, trace
@@ -35,6 +35,8 @@ _LAZY = {
     "CaptureBudgetError": "mmviz.capture",
     "zoo": "mmviz.zoo",
     "methods": "mmviz.methods",
+    "evaluation": "mmviz.evaluation",
+    "selection": "mmviz.selection",
 }
 
 
@@ -44,7 +46,7 @@ def __getattr__(name: str) -> Any:
     module = importlib.import_module(_LAZY[name])
     value = (
         module
-        if module.__name__ == f"mmviz.{name}" and name in ("adapters", "methods", "zoo")
+        if module.__name__ == f"mmviz.{name}" and name in ("adapters", "evaluation", "methods", "selection", "zoo")
         else getattr(module, name)
     )
     globals()[name] = value
@@ -66,9 +68,11 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "adapters",
+    "evaluation",
     "inspect",
     "methods",
     "register_adapter",
+    "selection",
     "supported_families",
     "trace",
     "zoo",

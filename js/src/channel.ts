@@ -1,18 +1,16 @@
 /**
- * The request/response channel over anywidget custom messages, shared by every view of one model.
+ * The one request channel to the kernel (fetch and compute), shared by every view of one model.
  *
- * A request is `model.send({...content, request: id})`; the kernel answers with a custom message carrying the same
- * `request` id (and binary buffers, for fetched data). Replies are matched by id; a reply nobody waits for (a stale
- * one, or one for a request that timed out) is dropped. Each request has its own timeout, long enough for torch
- * work, after which its promise rejects with a {@link ChannelTimeout}.
+ * A request is `model.send({...request, request: id})`; the kernel answers with a custom message of the matching
+ * reply type (`fetched` / `computed`) carrying the same `request` id. Replies are matched by id; a reply nobody
+ * waits for (stale, cancelled, timed out, or another page's) is dropped. Each request has its own timeout, long
+ * enough for torch work, after which it fails with a {@link ChannelTimeout}.
+ *
+ * Handlers run synchronously inside `receive`, so the view that asked repaints in the same task as the reply.
  */
 
-import type { Model } from "./widget";
-
-export interface Reply {
-  content: Record<string, unknown>;
-  buffers: readonly DataView[];
-}
+import type { Model } from "./host/model";
+import { REPLY_TYPE, replyHeader, type Reply, type ReplyType, type Request } from "./protocol";
 
 export class ChannelTimeout extends Error {
   constructor(readonly ms: number) {
@@ -22,9 +20,23 @@ export class ChannelTimeout extends Error {
   }
 }
 
+export interface ReplyHandlers {
+  /** The kernel's reply (its `ok` / `error` are the caller's to read). */
+  reply(reply: Reply): void;
+  /** No reply: the send failed, the request timed out ({@link ChannelTimeout}) or the channel was closed. */
+  fail(error: Error): void;
+}
+
+/** A request in flight. */
+export interface PendingRequest {
+  readonly id: string;
+  /** Stop waiting: a later reply is dropped as stale, and no handler runs. */
+  cancel(): void;
+}
+
 interface Waiting {
-  resolve: (reply: Reply) => void;
-  reject: (err: Error) => void;
+  replyType: ReplyType;
+  handlers: ReplyHandlers;
   timer: ReturnType<typeof setTimeout>;
 }
 
@@ -52,36 +64,31 @@ export class Channel {
     model.on("msg:custom", this.onMsg);
   }
 
-  /** Send `content` (a `request` id is added) and wait for the kernel's reply. */
-  ask(content: Record<string, unknown>, timeoutMs: number): Promise<Reply> {
+  /** Send `request` (a `request` id is added) and call `handlers` with the kernel's reply or the failure. */
+  ask(request: Request, timeoutMs: number, handlers: ReplyHandlers): PendingRequest {
     const id = newRequestId();
-    return new Promise<Reply>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiting.delete(id);
-        reject(new ChannelTimeout(timeoutMs));
-      }, timeoutMs);
-      this.waiting.set(id, { resolve, reject, timer });
-      try {
-        this.model.send({ ...content, request: id });
-      } catch (err) {
-        clearTimeout(timer);
-        this.waiting.delete(id);
-        reject(new Error(`could not reach the kernel: ${err instanceof Error ? err.message : String(err)}`));
-      }
-    });
+    const timer = setTimeout(() => {
+      if (this.waiting.delete(id)) handlers.fail(new ChannelTimeout(timeoutMs));
+    }, timeoutMs);
+    this.waiting.set(id, { replyType: REPLY_TYPE[request.type], handlers, timer });
+    const pending: PendingRequest = { id, cancel: () => this.forget(id) };
+    try {
+      this.model.send({ ...request, request: id });
+    } catch (err) {
+      this.forget(id);
+      handlers.fail(new Error(`could not reach the kernel: ${err instanceof Error ? err.message : String(err)}`));
+    }
+    return pending;
   }
 
   /** Handle a custom message; returns whether it answered a request in flight. */
   receive(content: unknown, buffers?: unknown): boolean {
-    if (content === null || typeof content !== "object") return false;
-    const id = (content as { request?: unknown }).request;
-    if (typeof id !== "string") return false;
-    const w = this.waiting.get(id);
-    if (w === undefined) return false; // stale, timed out, or another page's
-    this.waiting.delete(id);
-    clearTimeout(w.timer);
+    const header = replyHeader(content);
+    const w = header === null ? undefined : this.waiting.get(header.request);
+    if (header === null || w === undefined || header.type !== w.replyType) return false;
+    this.forget(header.request);
     const views = (Array.isArray(buffers) ? buffers : []).map(asView).filter((v): v is DataView => v !== null);
-    w.resolve({ content: content as Record<string, unknown>, buffers: views });
+    w.handlers.reply({ content: content as Reply["content"], buffers: views });
     return true;
   }
 
@@ -90,12 +97,18 @@ export class Channel {
     return this.waiting.size;
   }
 
+  private forget(id: string): void {
+    const w = this.waiting.get(id);
+    if (w === undefined) return;
+    clearTimeout(w.timer);
+    this.waiting.delete(id);
+  }
+
   dispose(): void {
     this.model.off("msg:custom", this.onMsg);
-    for (const w of this.waiting.values()) {
-      clearTimeout(w.timer);
-      w.reject(new Error("the widget was closed"));
-    }
+    const waiting = [...this.waiting.values()];
+    for (const w of waiting) clearTimeout(w.timer);
     this.waiting.clear();
+    for (const w of waiting) w.handlers.fail(new Error("the widget was closed"));
   }
 }

@@ -12,31 +12,10 @@ import type { TensorReader } from "./codec";
 import { scaleOf, type ColorScale } from "./colormap";
 import { LayerHeads, type WidgetData } from "./data";
 import { headsKey, type Extras } from "./extras";
-import { ATTENTION, type MethodInfo, type MethodMap, type SliceChoice } from "./methods";
-import { ALL_LAYERS, focusToken, type ViewState } from "./store";
-
-/** What the methods side of a view knows (catalogue, parsed maps, compute state). */
-export interface MethodContext {
-  catalogue: readonly MethodInfo[];
-  maps: ReadonlyMap<string, MethodMap>;
-  /** Bumped whenever `maps` is re-parsed (part of the memo keys). */
-  mapsGeneration: number;
-  /** The method being computed (this view's request or the kernel's `busy`), or null. */
-  pending: string | null;
-  /** The last failed request. */
-  failed: { method: string; message: string } | null;
-  /** A kernel is there to compute methods and fetch extras (false on a static export). */
-  kernel: boolean;
-}
-
-export const NO_METHODS: MethodContext = {
-  catalogue: [],
-  maps: new Map(),
-  mapsGeneration: 0,
-  pending: null,
-  failed: null,
-  kernel: false,
-};
+import type { MethodContext } from "./method-state";
+import type { MethodMap, SliceChoice } from "./methods";
+import { ATTENTION, MEAN, type Head, type Layer } from "./protocol";
+import { focusToken, type ViewState } from "./store";
 
 export interface Frame {
   /** The focused position (pinned, else hovered), or null; in word mode the word's first piece. */
@@ -48,8 +27,8 @@ export interface Frame {
   attention: boolean;
   methodMap: MethodMap | null;
   /** The layer and head drawn: the selection, or the overview cell being previewed. */
-  layer: number;
-  head: number;
+  layer: Layer;
+  head: Head;
   previewing: boolean;
   /** The slice of a layered method map that is drawn (null for attention or a map without layers). */
   slice: SliceChoice | null;
@@ -89,7 +68,7 @@ export class FrameBuilder {
   private columnPositions: Int32Array;
   private visibleKey = "";
   private visible: Uint8Array;
-  /** Fetched heads of the layer mean (`heads:-1`) or of one layer, by key. */
+  /** Fetched heads of the mean over layers (`heads:mean`) or of one layer, by key. */
   private readonly heads = new Map<string, LayerHeads>();
 
   constructor(
@@ -100,33 +79,30 @@ export class FrameBuilder {
     this.visible = new Uint8Array(data.P);
   }
 
-  /** The per-head maps of `layer` (−1: mean over layers): shipped, fetched, or null after asking for them. */
-  headsOf(layer: number): LayerHeads | null {
-    const eager = this.data.eagerHeads(layer);
-    if (eager !== null) return eager;
+  /** The per-head maps of `layer` (`"mean"`: every head's mean over layers), or null after asking for them. */
+  headsOf(layer: Layer): LayerHeads | null {
     if (this.extras === null) return null;
     const key = headsKey(layer);
     const known = this.heads.get(key);
     if (known) return known;
+    if (this.extras.get(key) === null) this.extras.want(key); // a prefetched payload (static page) is there at once
     const reader = this.extras.get<TensorReader>(key);
-    if (reader === null) {
-      this.extras.want(key);
-      return null;
-    }
+    if (reader === null) return null;
     const { H, Q, P } = this.data;
-    const heads = new LayerHeads(reader, 0, H, Q, P);
+    const heads = new LayerHeads(reader, H, Q, P);
     this.heads.set(key, heads);
     return heads;
   }
 
-  /** Per-head attention of query row `q` at `layer` (−1 = mean over layers), or null while it is fetched. */
-  private headRow(layer: number, head: number, q: number): Float32Array | null {
-    if (layer === ALL_LAYERS && this.data.heads !== null) return this.data.mapFor(layer, head, q);
+  /** Attention of query row `q` at (layer, head): the head mean from the first payload, a head once fetched. */
+  private attentionRow(layer: Layer, head: Head, q: number): Float32Array | null {
+    if (head === MEAN) return this.data.meanMap(layer, q);
     return this.headsOf(layer)?.row(head, q) ?? null;
   }
 
-  private headColumn(layer: number, head: number, p: number): Float32Array | null {
-    if (layer === ALL_LAYERS && this.data.heads !== null) return this.data.columnFor(layer, head, p);
+  /** Attention of every query row to column `p` at (layer, head), or null while the head is fetched. */
+  private attentionColumn(layer: Layer, head: Head, p: number): Float32Array | null {
+    if (head === MEAN) return this.data.meanColumn(layer, p);
     return this.headsOf(layer)?.column(head, p) ?? null;
   }
 
@@ -159,11 +135,11 @@ export class FrameBuilder {
       rows = focusPositions.map((pos) => data.rowOf(pos)).filter((q) => q >= 0);
       if (data.validSelection(layer, head) && rows.length > 0) {
         mapKey = `attention|${layer}|${head}|${rows.join(",")}|${viewsKey}`;
-        readRow = (q) => (head === -1 ? data.mapFor(layer, -1, q) : this.headRow(layer, head, q));
+        readRow = (q) => this.attentionRow(layer, head, q);
       }
     } else if (methodMap !== null) {
       signed = methodMap.signed;
-      slice = layer === ALL_LAYERS && methodMap.S > 1 ? { slice: -1, layer: null, exact: true } : methodMap.sliceFor(layer);
+      slice = methodMap.sliceFor(layer);
       rows = focusPositions.map((pos) => methodMap.rowOf(pos)).filter((r) => r >= 0);
       if (rows.length > 0) {
         mapKey = `${method}|${m.mapsGeneration}|${slice.slice}|${rows.join(",")}|${viewsKey}`;
@@ -183,7 +159,7 @@ export class FrameBuilder {
         this.mapKey = read.length > 0 ? "" : mapKey; // not arrived yet: build again next time
         this.map = null;
         this.scaleBase = { signed, range: 0 };
-        if (read.length > 0) waiting = `loading the heads of ${layer === ALL_LAYERS ? "every layer" : `layer ${layer}`}…`;
+        if (read.length > 0) waiting = `loading the heads of ${layer === MEAN ? "every layer" : `layer ${layer}`}…`;
       }
     }
     const scale: ColorScale = { ...this.scaleBase, mode: s.scale, gamma: s.gamma };
@@ -195,7 +171,7 @@ export class FrameBuilder {
     let positions = data.queryPositions;
     if (patch !== null && attention && data.validSelection(layer, head)) {
       columnKey = `attention|${layer}|${head}|${patch}`;
-      readColumn = () => (head === -1 ? data.columnFor(layer, -1, patch) : this.headColumn(layer, head, patch));
+      readColumn = () => this.attentionColumn(layer, head, patch);
     } else if (patch !== null && methodMap !== null && slice !== null) {
       columnKey = `${method}|${m.mapsGeneration}|${slice.slice}|${patch}`;
       positions = methodMap.positions;

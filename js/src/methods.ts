@@ -1,33 +1,15 @@
 /**
- * The map methods: the `methods` catalogue (what the switcher offers) and the `maps` trait (what was computed).
- *
- * `maps[name]` = `{label, meaning, signed, values, positions, layers}` with `values` a uint8 envelope `[R, P]`
- * or `[S, R, P]` (one slice per decoder layer in `layers`). Values stay in wire form; a row or a column is
- * decoded on demand, like attention.
+ * The map methods as the views use them: a computed map ({@link MethodMap}: rows by position, slices by layer,
+ * rows and columns decoded on demand, like attention) and the switcher's texts. The `methods` and `maps` traits
+ * are read by the protocol (protocol/catalogue.ts, protocol/map.ts).
  */
 
-import { isByteSource, openEnvelope, readInt32, type TensorReader } from "./codec";
-
-export const ATTENTION = "attention";
-
-export type Cost = "instant" | "fast" | "slow";
-
-export interface MethodInfo {
-  name: string;
-  label: string;
-  meaning: string;
-  signed: boolean;
-  layered: boolean;
-  cost: Cost;
-  /** The catalogue says `maps` holds it (attention: always). */
-  computed: boolean;
-  /** The kernel can compute it (false when the trace has no model attached). */
-  available: boolean;
-}
+import type { TensorReader } from "./codec";
+import { MEAN, parseMaps, type Cost, type Layer, type MapPayload, type MapRows, type MethodInfo } from "./protocol";
 
 /** What a slice lookup found for a layer. */
 export interface SliceChoice {
-  /** Index of the slice in `values`. */
+  /** Index of the slice in `values`; −1 = the mean of every slice. */
   slice: number;
   /** Decoder layer of that slice (null for maps that do not depend on the layer). */
   layer: number | null;
@@ -43,22 +25,32 @@ export class MethodMap {
   readonly R: number;
   readonly P: number;
 
-  constructor(
-    readonly name: string,
-    readonly label: string,
-    readonly meaning: string,
-    readonly signed: boolean,
-    readonly positions: Int32Array,
-    readonly layers: readonly number[] | null,
-    private readonly values: TensorReader,
-    /** `"targets"`: row r explains the token at positions[r]; `"queries"`: row r is the query at positions[r]. */
-    readonly rows: "targets" | "queries" = "targets",
-  ) {
-    const s = values.shape;
+  readonly name: string;
+  readonly label: string;
+  readonly meaning: string;
+  readonly signed: boolean;
+  /** The sequence position of each row. */
+  readonly positions: Int32Array;
+  /** The decoder layer of each slice (layered maps), or null. */
+  readonly layers: readonly number[] | null;
+  /** `"targets"`: row r explains the token at positions[r]; `"queries"`: row r is the query at positions[r]. */
+  readonly rows: MapRows;
+  private readonly values: TensorReader;
+
+  constructor(payload: MapPayload) {
+    this.name = payload.name;
+    this.label = payload.label;
+    this.meaning = payload.meaning;
+    this.signed = payload.signed;
+    this.positions = payload.positions;
+    this.layers = payload.layers;
+    this.rows = payload.rows;
+    this.values = payload.values;
+    const s = this.values.shape;
     this.S = s.length === 3 ? s[0]! : 1;
     this.R = s[s.length - 2] ?? 0;
     this.P = s[s.length - 1] ?? 0;
-    positions.forEach((pos, r) => {
+    this.positions.forEach((pos, r) => {
       if (!this.rowByPos.has(pos)) this.rowByPos.set(pos, r);
     });
   }
@@ -72,10 +64,14 @@ export class MethodMap {
     return this.rowByPos.has(pos);
   }
 
-  /** The slice for decoder `layer`: exact when there is one, else the nearest (ties: the later layer). */
-  sliceFor(layer: number): SliceChoice {
+  /**
+   * The slice for decoder `layer`: exact when there is one, else the nearest (ties: the later layer). For
+   * `"mean"`, slice −1 = the mean of every slice ({@link meanRow}, {@link meanColumn}) when there are several.
+   */
+  sliceFor(layer: Layer): SliceChoice {
     const layers = this.layers;
     if (layers === null || layers.length === 0) return { slice: 0, layer: null, exact: true };
+    if (layer === MEAN) return this.S > 1 ? { slice: -1, layer: null, exact: true } : { slice: 0, layer: layers[0]!, exact: true };
     let best = 0;
     let bestD = Infinity;
     layers.forEach((l, i) => {
@@ -127,100 +123,10 @@ export class MethodMap {
   }
 }
 
-function bool(x: unknown, fallback = false): boolean {
-  return typeof x === "boolean" ? x : fallback;
-}
-
-function text(x: unknown, fallback = ""): string {
-  return typeof x === "string" ? x : fallback;
-}
-
-/** Human label of a method name without a catalogue entry: `grad_cam` → `Grad cam`. */
-export function labelOf(name: string): string {
-  const s = name.replace(/_/g, " ");
-  return s.charAt(0).toUpperCase() + s.slice(1);
-}
-
-/** The `methods` trait as a list (malformed entries are skipped; unknown costs become "fast"). */
-export function parseCatalogue(raw: unknown): MethodInfo[] {
-  if (!Array.isArray(raw)) return [];
-  const out: MethodInfo[] = [];
-  const seen = new Set<string>();
-  for (const e of raw) {
-    if (e === null || typeof e !== "object") continue;
-    const o = e as Record<string, unknown>;
-    const name = text(o.name);
-    if (name === "" || seen.has(name)) continue;
-    seen.add(name);
-    const cost = o.cost === "instant" || o.cost === "fast" || o.cost === "slow" ? o.cost : "fast";
-    out.push({
-      name,
-      label: text(o.label) || labelOf(name),
-      meaning: text(o.meaning),
-      signed: bool(o.signed),
-      layered: bool(o.layered),
-      cost,
-      computed: name === ATTENTION || bool(o.computed),
-      available: bool(o.available, true),
-    });
-  }
-  return out;
-}
-
-export interface ParsedMaps {
-  maps: Map<string, MethodMap>;
-  /** One message per entry that breaks the protocol (that entry is left out). */
-  errors: string[];
-}
-
-/** Parse one `maps` entry against P image columns and n sequence positions; throws a clear Error. */
-export function parseMap(name: string, raw: unknown, P: number, n: number): MethodMap {
-  if (raw === null || typeof raw !== "object") throw new Error(`mmviz: maps.${name} must be a dict`);
-  const o = raw as Record<string, unknown>;
-  let values: TensorReader;
-  try {
-    values = openEnvelope(o.values);
-  } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    throw new Error(msg.replace(/^mmviz: /, `mmviz: maps.${name}.values: `));
-  }
-  if (!isByteSource(o.positions)) throw new Error(`mmviz: maps.${name}.positions must be bytes (int32)`);
-  const positions = readInt32(o.positions);
-  let layers: number[] | null = null;
-  if (Array.isArray(o.layers)) {
-    layers = o.layers.map((l) => (typeof l === "number" && Number.isInteger(l) ? l : Number.NaN));
-    if (layers.some((l) => Number.isNaN(l))) throw new Error(`mmviz: maps.${name}.layers must be integers`);
-  } else if (o.layers !== null && o.layers !== undefined) {
-    throw new Error(`mmviz: maps.${name}.layers must be a list or null`);
-  }
-  const s = values.shape;
-  const R = positions.length;
-  const want = layers === null ? `[${R}, ${P}]` : `[${layers.length}, ${R}, ${P}]`;
-  const ok =
-    layers === null
-      ? s.length === 2 && s[0] === R && s[1] === P
-      : s.length === 3 && s[0] === layers.length && s[1] === R && s[2] === P;
-  if (!ok) throw new Error(`mmviz: maps.${name}.values has shape [${s.join(", ")}], expected ${want}`);
-  for (const pos of positions) {
-    if (pos < 0 || pos >= n) throw new Error(`mmviz: maps.${name}.positions holds ${pos}, outside 0…${n - 1}`);
-  }
-  const rows = o.rows === "queries" ? "queries" : "targets";
-  return new MethodMap(name, text(o.label) || labelOf(name), text(o.meaning), bool(o.signed), positions, layers, values, rows);
-}
-
-/** Every entry of the `maps` trait; entries that break the protocol are reported, not thrown. */
-export function parseMaps(raw: unknown, P: number, n: number): ParsedMaps {
-  const maps = new Map<string, MethodMap>();
-  const errors: string[] = [];
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) return { maps, errors };
-  for (const [name, entry] of Object.entries(raw as Record<string, unknown>)) {
-    try {
-      maps.set(name, parseMap(name, entry, P, n));
-    } catch (err) {
-      errors.push(err instanceof Error ? err.message : String(err));
-    }
-  }
-  return { maps, errors };
+/** Every entry of the `maps` trait as a {@link MethodMap}; entries that break the protocol are reported, not thrown. */
+export function readMaps(raw: unknown, P: number, n: number): { maps: Map<string, MethodMap>; errors: string[] } {
+  const parsed = parseMaps(raw, P, n);
+  return { maps: new Map([...parsed.maps].map(([name, payload]) => [name, new MethodMap(payload)])), errors: parsed.errors };
 }
 
 /** A short hint of what computing a method costs (kernel-side forward/backward passes). */

@@ -1,11 +1,25 @@
 /**
- * The one state store of a view: what is focused and how it is drawn. Every view reads it and writes to it; each
- * `render` has its own store, so two displays of one widget are independent. Hover never leaves the browser;
- * `layer`, `head`, `pinnedToken` and `method` are synced to Python (debounced, see sync.ts).
+ * The one state store of a view: what is focused, how it is drawn, and which map method is shown and asked for.
+ * Every view reads it and writes to it; each `render` has its own store, so two displays of one widget are
+ * independent. Hover never leaves the browser; `layer`, `head`, `pinnedToken` and `method` are synced to Python
+ * (debounced, see sync.ts), in the wire's vocabulary: a layer or head is an index or `"mean"`.
  */
 
-/** `layer` value meaning "the mean over all layers". */
-export const ALL_LAYERS = -1;
+import { ATTENTION, MEAN, type Head, type Layer } from "./protocol";
+
+/** This view's compute-on-request bookkeeping (compute.ts writes it; the switcher, caption and error box show it). */
+export interface ComputeStatus {
+  /** The method this view asked the kernel for, until the reply (or the timeout), else null. */
+  pending: string | null;
+  /** When the pending request was sent (Date.now()). */
+  since: number;
+  /** The last failure: the method and a message for the user (cleared by the next pick). */
+  failed: { method: string; message: string; timedOut: boolean } | null;
+  /** The method shown before the pending request; shown again if the request fails. */
+  returnTo: string;
+}
+
+export const IDLE: Readonly<ComputeStatus> = { pending: null, since: 0, failed: null, returnTo: ATTENTION };
 
 export type ScaleMode = "linear" | "log" | "gamma";
 export type Statistic = "share" | "entropy" | "patch";
@@ -19,14 +33,16 @@ export interface ViewState {
   pinnedToken: number | null;
   /** Image column (index into image_positions) under the mouse. */
   hoverPatch: number | null;
-  /** 0 … L−1, or {@link ALL_LAYERS}. */
-  layer: number;
-  /** −1 = mean over heads. */
-  head: number;
+  /** 0 … L−1, or `"mean"`: the mean over all layers. */
+  layer: Layer;
+  /** 0 … H−1, or `"mean"`: the mean over heads. */
+  head: Head;
   /** The layer × head overview cell under the mouse: its map is previewed on the image. */
   preview: { layer: number; head: number } | null;
-  /** `"attention"` or a key of `maps`. */
+  /** The map shown: `"attention"` or a key of `maps`. */
   method: string;
+  /** Compute-on-request for a method `maps` does not hold yet. */
+  compute: Readonly<ComputeStatus>;
   /** View code drawn for each image (see `WidgetData.selectedView`); −1 = the image's default. */
   views: readonly number[];
   /** Merge sub-word pieces into words in the token strip (a word's map is the mean of its pieces' maps). */
@@ -50,9 +66,10 @@ export const INITIAL_STATE: Readonly<ViewState> = {
   pinnedToken: null,
   hoverPatch: null,
   layer: 0,
-  head: -1,
+  head: MEAN,
   preview: null,
-  method: "attention",
+  method: ATTENTION,
+  compute: IDLE,
   views: [],
   words: false,
   scale: "linear",

@@ -1,7 +1,8 @@
 /** Debounced browser → Python sync of `layer`, `head`, `pinned` and `method` (hover never leaves the browser). */
 
+import type { Model } from "./host/model";
+import { selectionTraits, type SelectionTraits } from "./protocol";
 import type { ViewState } from "./store";
-import type { Model } from "./widget";
 
 export const SYNC_DELAY_MS = 150;
 
@@ -31,15 +32,11 @@ export class ModelSync {
     const s = this.pending;
     this.pending = null;
     if (s === null) return;
-    const want: Record<string, number | string> = {
-      layer: s.layer,
-      head: s.head,
-      pinned: s.pinnedToken ?? -1,
-    };
-    if (typeof s.method === "string") want.method = s.method;
+    const want = selectionTraits(s);
     let dirty = false;
-    for (const [key, value] of Object.entries(want)) {
-      if (this.model.get(key) !== value) {
+    for (const key of Object.keys(want) as (keyof SelectionTraits)[]) {
+      const value = want[key];
+      if (value !== undefined && this.model.get(key) !== value) {
         this.model.set(key, value);
         dirty = true;
       }

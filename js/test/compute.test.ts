@@ -1,8 +1,10 @@
-/** Compute-on-request with a fake kernel: request, pending state, stale replies, errors, timeout. */
+/** Compute-on-request with a fake kernel: request, pending state (in the store), stale replies, errors, timeout. */
 
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { Channel } from "../src/channel";
 import { ComputeRequests, COMPUTE_TIMEOUT_MS } from "../src/compute";
 import { createStaticModel } from "../src/host/static-host";
+import { Store } from "../src/store";
 
 type Sent = { type: string; method: string; request: string };
 
@@ -16,10 +18,13 @@ describe("ComputeRequests", () => {
 
   const setup = (timeout = COMPUTE_TIMEOUT_MS) => {
     const model = createStaticModel({}, { kernel: true });
+    const channel = new Channel(model);
+    const store = new Store();
     const changes = vi.fn();
+    store.subscribe(changes);
     const failures = vi.fn();
-    const c = new ComputeRequests(model, changes, timeout, failures);
-    return { model, c, changes, failures, last: () => model.sent.at(-1)!.content as Sent };
+    const c = new ComputeRequests(channel, store, timeout, failures);
+    return { model, channel, store, c, changes, failures, last: () => model.sent.at(-1)!.content as Sent };
   };
 
   it("sends one compute message per request, with a fresh id, and is pending until the reply", () => {
@@ -40,7 +45,7 @@ describe("ComputeRequests", () => {
   });
 
   it("drops stale replies and other messages; the matching reply ends the pending state", () => {
-    const { model, c, changes, last } = setup();
+    const { model, channel, c, changes, last } = setup();
     c.request("relevancy");
     const stale = last().request;
     c.request("rise");
@@ -56,7 +61,26 @@ describe("ComputeRequests", () => {
     expect(c.get()).toMatchObject({ pending: null, failed: null });
     expect(changes).toHaveBeenCalledTimes(1);
     // A second copy of the same reply is stale too.
-    expect(c.receive({ type: "computed", method: "rise", request: current, ok: true })).toBe(false);
+    expect(channel.receive({ type: "computed", method: "rise", request: current, ok: true })).toBe(false);
+  });
+
+  it("shares the model's one channel with fetches; a reply of the other type answers neither", () => {
+    const { model, channel, c, last } = setup();
+    const fetched = vi.fn();
+    channel.ask({ type: "fetch", what: "lens" }, 1000, { reply: fetched, fail: () => {} });
+    const fetchId = last().request;
+    c.request("rise");
+    const computeId = last().request;
+    expect(channel.pending).toBe(2);
+    model.receive({ type: "fetched", request: computeId, ok: true });
+    model.receive({ type: "computed", request: fetchId, ok: true });
+    expect(c.get().pending).toBe("rise");
+    expect(fetched).not.toHaveBeenCalled();
+    model.receive({ type: "fetched", request: fetchId, ok: true });
+    model.receive({ type: "computed", request: computeId, ok: true });
+    expect(fetched).toHaveBeenCalledTimes(1);
+    expect(c.get().pending).toBe(null);
+    expect(channel.pending).toBe(0);
   });
 
   it("reports the kernel's error and calls onFailure", () => {
@@ -74,7 +98,7 @@ describe("ComputeRequests", () => {
   });
 
   it("gives up after the timeout, saying the kernel did not answer; a late reply is stale", () => {
-    const { model, c, failures, last } = setup();
+    const { channel, c, failures, last } = setup();
     c.request("rise");
     const id = last().request;
     vi.advanceTimersByTime(COMPUTE_TIMEOUT_MS - 1);
@@ -84,7 +108,7 @@ describe("ComputeRequests", () => {
     expect(c.get().failed).toMatchObject({ method: "rise", timedOut: true });
     expect(c.get().failed!.message).toMatch(/kernel did not answer within 10 minutes/);
     expect(failures).toHaveBeenCalledWith("rise");
-    expect(c.receive({ type: "computed", method: "rise", request: id, ok: true })).toBe(false);
+    expect(channel.receive({ type: "computed", method: "rise", request: id, ok: true })).toBe(false);
     expect(COMPUTE_TIMEOUT_MS).toBeGreaterThanOrEqual(5 * 60 * 1000);
   });
 
@@ -107,7 +131,7 @@ describe("ComputeRequests", () => {
     model.send = () => {
       throw new Error("comm closed");
     };
-    const c = new ComputeRequests(model, () => {});
+    const c = new ComputeRequests(new Channel(model), new Store());
     c.request("rise");
     expect(c.get().failed?.message).toMatch(/could not reach the kernel: comm closed/);
     c.dispose();

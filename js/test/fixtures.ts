@@ -1,7 +1,131 @@
-/** A small synthetic widget state (what the Python Inspector would send), built with the test encoder. */
+/**
+ * Test fixtures.
+ *
+ * The payloads production sends come from Python: tests/fixtures/payloads_v1.json, written by
+ * tests/fixtures/make_payload_fixtures.py from a real trace of the `shapes-vlm` zoo model (the first render's
+ * state, the kernel's replies to every fetch, and three computed methods). The DOM tests mount the widget on them
+ * and play the kernel with the recorded replies.
+ *
+ * The hand-made state below ({@link makeState}) stays for unit tests that need values known in closed form
+ * ({@link att}: every attention value distinct, so a decoded row proves which row was read) or a shape the real
+ * trace lacks (a map without a slice for some layer, several views of one image, malformed payloads).
+ */
 
+import recorded from "../../tests/fixtures/payloads_v1.json";
+import { base64ToBytes, putAtPath } from "../src/codec";
+import { buildData, type WidgetData } from "../src/data";
 import type { StaticModel } from "../src/host/static-host";
+import { readMaps, type MethodMap } from "../src/methods";
+import { MEAN, parseCatalogue, type MethodInfo } from "../src/protocol";
 import { encodeFloat32, encodeUint8, float32Bytes, int32Bytes, subView } from "./helpers";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Python-written payloads
+
+
+/** A synced state or message with its byte fields split out, base64-encoded (`widget_payload`'s form). */
+interface RecordedState {
+  state: Record<string, unknown>;
+  buffers: { path: (string | number)[]; data: string }[];
+}
+
+/** A kernel reply: the custom message and its binary buffers. */
+interface RecordedReply {
+  content: Record<string, unknown>;
+  buffers: string[];
+}
+
+interface Recorded {
+  scene: number;
+  question: string;
+  widget: RecordedState;
+  fetched: Record<string, RecordedReply>;
+  computed: Record<string, RecordedReply & { traits: RecordedState }>;
+}
+
+/** The recorded payloads (imported, so that happy-dom test files, whose `import.meta.url` is not a file URL, can read them too). */
+function payloads(): Recorded {
+  return recorded as unknown as Recorded;
+}
+
+function view(b64: string): DataView {
+  const bytes = base64ToBytes(b64);
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** A fresh copy of `r` with every buffer back at its path as a DataView (as the host hands traits over). */
+function decoded(r: RecordedState): Record<string, unknown> {
+  const state = structuredClone(r.state);
+  for (const { path, data } of r.buffers) putAtPath(state, path, view(data));
+  return state;
+}
+
+/** The methods computed in the recorded trace, in the order they were computed. */
+export const REAL_COMPUTED = ["relevancy", "gradient_x_input", "grad_cam"] as const;
+export type RealMethod = (typeof REAL_COMPUTED)[number];
+
+/**
+ * The Inspector's state at first render (no method computed), plus the traits synced while computing
+ * `computed` (each one's `maps` holds every method computed before it too).
+ */
+export function realState(computed: readonly RealMethod[] = []): Record<string, unknown> {
+  const state = decoded(payloads().widget);
+  for (const method of computed) Object.assign(state, realTraits(method));
+  return state;
+}
+
+/** The traits the Inspector synced while computing `method` (`busy`, `maps`, `methods`), as the host gets them. */
+export function realTraits(method: RealMethod): Record<string, unknown> {
+  return decoded(payloads().computed[method]!.traits);
+}
+
+/** The kernel's recorded reply to a fetch of `key` (`heads:<layer>`, `lens`, `projection`), for request `id`. */
+export function realFetched(key: string, id: string): { content: Record<string, unknown>; buffers: DataView[] } {
+  const r = payloads().fetched[key];
+  if (r === undefined) throw new Error(`no recorded reply for ${key}`);
+  return { content: { ...structuredClone(r.content), request: id }, buffers: r.buffers.map(view) };
+}
+
+/** Every recorded fetch reply's payload, by key: what `Inspector.to_html()` puts in `state.prefetched`. */
+export function realPrefetched(): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(payloads().fetched)) {
+    const { content, buffers } = realFetched(key, "prefetched");
+    const payload = content.payload as Record<string, unknown>;
+    (content.buffer_paths as (string | number)[][]).forEach((path, i) => putAtPath(payload, path, buffers[i]));
+    out[key] = payload;
+  }
+  return out;
+}
+
+/** The fetch key a request asks for (as extras.ts keys it). */
+function keyOf(content: { what: string; layer?: number | string }): string {
+  return content.what === "heads" ? `heads:${content.layer}` : content.what;
+}
+
+/** Answer the fetch request `model.sent[sentIndex]` with the kernel's recorded reply. */
+export function answerFetch(model: StaticModel, sentIndex = -1): void {
+  const content = model.sent.at(sentIndex)!.content as { type: string; what: string; layer?: number | string; request: string };
+  if (content.type !== "fetch") throw new Error(`sent[${sentIndex}] is a ${content.type} request`);
+  const reply = realFetched(keyOf(content), content.request);
+  model.receive(reply.content, reply.buffers);
+}
+
+/** The kernel's recorded `computed` reply for `method`, answering request `id`. */
+export function realComputed(method: RealMethod, id: string): Record<string, unknown> {
+  return { ...structuredClone(payloads().computed[method]!.content), request: id };
+}
+
+/** The recorded first render as the views read it (positions, rows, columns), with `computed` maps parsed. */
+export function realData(computed: readonly RealMethod[] = []): { data: WidgetData; maps: Map<string, MethodMap>; methods: MethodInfo[] } {
+  const state = realState(computed);
+  const data = buildData(source(state));
+  return { data, maps: readMaps(state.maps, data.P, data.n).maps, methods: parseCatalogue(state.methods) };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hand-made state with values known in closed form
+
 
 export const L = 2;
 export const H = 3;
@@ -19,14 +143,6 @@ export function att(l: number, h: number, q: number, p: number): number {
   return (1 + l * 1000 + h * 100 + q * 10 + p) / 4096;
 }
 
-export function headsArray(): Float32Array {
-  const out = new Float32Array(L * H * Q * P);
-  let i = 0;
-  for (let l = 0; l < L; l++)
-    for (let h = 0; h < H; h++) for (let q = 0; q < Q; q++) for (let p = 0; p < P; p++) out[i++] = att(l, h, q, p);
-  return out;
-}
-
 export function meanArray(): Float32Array {
   const out = new Float32Array(L * Q * P);
   let i = 0;
@@ -42,12 +158,16 @@ export function meanArray(): Float32Array {
 
 export interface StateOptions {
   dtype?: "uint8" | "float32";
+  /** Ship `attention_mean` (without it, no attention was recorded). */
   withMean?: boolean;
-  withHeads?: boolean;
 }
 
+/**
+ * A small hand-made widget state, as the Inspector lays it out (built with the test encoder): 10 positions, 4
+ * query rows, a 2×2 image grid, L = 2 layers of H = 3 heads; per-head maps are fetched ({@link headsPayload}).
+ */
 export function makeState(opts: StateOptions = {}): Record<string, unknown> {
-  const { dtype = "float32", withMean = true, withHeads = true } = opts;
+  const { dtype = "float32", withMean = true } = opts;
   const enc = (v: Float32Array, shape: number[]) => (dtype === "uint8" ? encodeUint8(v, shape) : encodeFloat32(v, shape));
   return {
     revision: 1,
@@ -65,7 +185,6 @@ export function makeState(opts: StateOptions = {}): Record<string, unknown> {
       images: [{ width: 200, height: 120, covered: [0, 0, 200, 120] }],
     },
     images: [],
-    attention: withHeads ? enc(headsArray(), [L, H, Q, P]) : {},
     attention_mean: withMean ? enc(meanArray(), [L, Q, P]) : {},
     meta: {
       family: "llava",
@@ -76,7 +195,7 @@ export function makeState(opts: StateOptions = {}): Record<string, unknown> {
       map_description: "Softmax attention.",
     },
     layer: 1,
-    head: -1,
+    head: MEAN,
     pinned: -1,
     error: "",
   };
@@ -152,7 +271,7 @@ export function makeMethodsState(computed: string[] = ["relevancy"], opts: State
   };
 }
 
-/** Layer `l`'s heads as the kernel's payload: `[H, Q, P]` float32. */
+/** Layer `l`'s heads as the kernel's payload: `[H, Q, P]` float32 ({@link att}, exact). */
 export function headsPayload(l: number): Record<string, unknown> {
   const values: number[] = [];
   for (let h = 0; h < H; h++) for (let q = 0; q < Q; q++) for (let p = 0; p < P; p++) values.push(att(l, h, q, p));

@@ -4,22 +4,24 @@ import { describe, expect, it } from "vitest";
 import { Channel } from "../src/channel";
 import { buildData } from "../src/data";
 import { Extras } from "../src/extras";
-import { FrameBuilder, NO_METHODS, type MethodContext } from "../src/frame";
+import { FrameBuilder } from "../src/frame";
 import { createStaticModel } from "../src/host/static-host";
-import { parseMaps } from "../src/methods";
-import { ALL_LAYERS, INITIAL_STATE, type ViewState } from "../src/store";
+import { NO_METHODS, type MethodContext } from "../src/method-state";
+import { readMaps } from "../src/methods";
+import { MEAN } from "../src/protocol";
+import { INITIAL_STATE, type ViewState } from "../src/store";
 import { statRows } from "../src/views/overview";
-import { answer, att, H, headsPayload, L, LAYERED, makeMethodsState, makeState, meanArray, P, Q, source, TOKENS } from "./fixtures";
+import { answer, att, H, headsPayload, LAYERED, makeMethodsState, makeState, meanArray, P, Q, source, TOKENS } from "./fixtures";
 import { encodeFloat32 } from "./helpers";
 
 const st = (patch: Partial<ViewState>): ViewState => ({ ...INITIAL_STATE, layer: 1, ...patch });
 const flush = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
-function lazy() {
-  const state = makeState({ withHeads: false });
+/** Frames over the hand-made state; per-head maps are fetched from a fake kernel (`answer`). */
+function lazy(state: Record<string, unknown> = makeState()) {
   const data = buildData(source(state));
   const model = createStaticModel(state, { kernel: true });
-  const extras = new Extras({ L, H, Q, P, n: TOKENS.length }, new Channel(model));
+  const extras = new Extras({ H, Q, P, n: TOKENS.length }, new Channel(model));
   return { data, model, extras, frames: new FrameBuilder(data, extras) };
 }
 
@@ -47,23 +49,26 @@ describe("attention frames", () => {
     const preview = frames.build(st({ hoverToken: 8, preview: { layer: 0, head: 1 } }), NO_METHODS);
     expect([preview.layer, preview.head, preview.previewing]).toEqual([0, 1, true]);
     expect(model.sent.at(-1)!.content).toMatchObject({ layer: 0 });
-    const all = frames.build(st({ hoverToken: 8, layer: ALL_LAYERS, scale: "gamma", gamma: 0.3 }), NO_METHODS);
+    const all = frames.build(st({ hoverToken: 8, layer: MEAN, scale: "gamma", gamma: 0.3 }), NO_METHODS);
     const mean = meanArray();
     [0, 1, 2, 3].forEach((p) => expect(all.map![p]).toBeCloseTo((mean[(2) * P + p]! + mean[(Q + 2) * P + p]!) / 2, 6));
     expect(all.scale).toMatchObject({ mode: "gamma", gamma: 0.3 });
-    const headAll = frames.build(st({ hoverToken: 8, layer: ALL_LAYERS, head: 0 }), NO_METHODS);
+    const headAll = frames.build(st({ hoverToken: 8, layer: MEAN, head: 0 }), NO_METHODS);
     expect(headAll.waiting).toMatch(/every layer/);
+    expect(model.sent.at(-1)!.content).toMatchObject({ type: "fetch", what: "heads", layer: MEAN });
     answer(model, encodeFloat32(Array.from({ length: H * Q * P }, (_, i) => i / 100), [H, Q, P]) as never);
     await flush();
-    expect(frames.build(st({ hoverToken: 8, layer: ALL_LAYERS, head: 0 }), NO_METHODS).map).not.toBe(null);
+    expect(frames.build(st({ hoverToken: 8, layer: MEAN, head: 0 }), NO_METHODS).map).not.toBe(null);
   });
 
-  it("merges a word's pieces: the map is the mean of their rows", () => {
+  it("merges a word's pieces: the map is the mean of their rows", async () => {
     const s = makeState();
     const layout = s.token_layout as Record<string, unknown>;
     layout.word_start = Uint8Array.from([1, 1, 1, 1, 1, 1, 1, 1, 0, 1]); // " what" + "?" are one word
-    const data = buildData(source(s));
-    const frames = new FrameBuilder(data, null);
+    const { model, frames } = lazy(s);
+    frames.build(st({ hoverToken: 7, words: true, head: 1 }), NO_METHODS);
+    answer(model, headsPayload(1));
+    await flush();
     const f = frames.build(st({ hoverToken: 7, words: true, head: 1 }), NO_METHODS);
     expect(f.focusPositions).toEqual([7, 8]);
     expect(f.rows).toEqual([1, 2]);
@@ -71,9 +76,12 @@ describe("attention frames", () => {
     expect(frames.build(st({ hoverToken: 7, head: 1 }), NO_METHODS).focusPositions).toEqual([7]);
   });
 
-  it("tints tokens by the drawn map's column at the hovered patch", () => {
-    const data = buildData(source(makeState()));
-    const f = new FrameBuilder(data, null).build(st({ hoverPatch: 2, head: 0 }), NO_METHODS);
+  it("tints tokens by the drawn map's column at the hovered patch", async () => {
+    const { data, model, frames } = lazy();
+    frames.build(st({ hoverPatch: 2, head: 0 }), NO_METHODS);
+    answer(model, headsPayload(1));
+    await flush();
+    const f = frames.build(st({ hoverPatch: 2, head: 0 }), NO_METHODS);
     expect([...f.columnPositions]).toEqual([...data.queryPositions]);
     [0, 1, 2, 3].forEach((q) => expect(f.column![q]).toBeCloseTo(att(1, 0, q, 2), 6));
   });
@@ -82,7 +90,7 @@ describe("attention frames", () => {
 describe("method frames", () => {
   const context = (state: Record<string, unknown>): MethodContext => {
     const data = buildData(source(state));
-    return { ...NO_METHODS, maps: parseMaps(state.maps, data.P, data.n).maps, mapsGeneration: 1 };
+    return { ...NO_METHODS, maps: readMaps(state.maps, data.P, data.n).maps, mapsGeneration: 1 };
   };
 
   it("uses the layer's slice of a layered map, and the mean of the slices for all layers", () => {
@@ -92,7 +100,7 @@ describe("method frames", () => {
     const frames = new FrameBuilder(data, null);
     const at0 = frames.build(st({ method: "layered", layer: 0, hoverToken: 9 }), m);
     LAYERED.slice(0, 4).forEach((v, p) => expect(at0.map![p]).toBeCloseTo(v, 2));
-    const all = frames.build(st({ method: "layered", layer: ALL_LAYERS, hoverToken: 9 }), m);
+    const all = frames.build(st({ method: "layered", layer: MEAN, hoverToken: 9 }), m);
     [0, 1, 2, 3].forEach((p) => expect(all.map![p]).toBeCloseTo((LAYERED[p]! + LAYERED[4 + p]!) / 2, 2));
     expect(all.slice).toMatchObject({ slice: -1 });
   });

@@ -2,12 +2,17 @@
 
 import { describe, expect, it } from "vitest";
 import { buildData } from "../src/data";
-import { costHint, explainsAnswerTokens, labelOf, optionText, parseCatalogue, parseMap, parseMaps } from "../src/methods";
-import { switcherEntries, type MethodContext } from "../src/widget";
+import { switcherEntries, type MethodContext } from "../src/method-state";
+import { costHint, explainsAnswerTokens, MethodMap, optionText, readMaps } from "../src/methods";
+import { labelOf, MEAN, parseCatalogue, parseMap as parseMapPayload } from "../src/protocol";
 import { LAYERED, makeMethodsState, mapEntry, P, RELEVANCY, SIGNED, source, TOKENS } from "./fixtures";
 import { int32Bytes } from "./helpers";
 
 const N = TOKENS.length;
+
+/** A `maps` entry as the views use it. */
+const parseMap = (name: string, raw: unknown, P: number, n: number): MethodMap => new MethodMap(parseMapPayload(name, raw, P, n));
+const parseMaps = readMaps;
 
 describe("parseCatalogue", () => {
   it("keeps the order and fills defaults; attention is always computed", () => {
@@ -53,6 +58,7 @@ describe("MethodMap", () => {
     expect(m.sliceFor(3)).toEqual({ slice: 2, layer: 4, exact: false });
     expect(m.sliceFor(1)).toEqual({ slice: 1, layer: 2, exact: false });
     expect(m.sliceFor(9)).toEqual({ slice: 3, layer: 5, exact: false });
+    expect(m.sliceFor(MEAN)).toEqual({ slice: -1, layer: null, exact: true }); // the mean of every slice
     expect(m.row(1, 0)[3]).toBeCloseTo(0.4, 2);
   });
 

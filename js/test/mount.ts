@@ -1,5 +1,6 @@
 /** Mounting the real widget (initialize + render) into happy-dom's document, for the DOM tests. */
 
+import { vi } from "vitest";
 import type { StaticModel } from "../src/host/static-host";
 import { initialize, render, type RenderOptions } from "../src/widget";
 
@@ -13,6 +14,8 @@ export interface Mounted {
 }
 
 export function mountWidget(model: StaticModel, options: RenderOptions = {}): Mounted {
+  // happy-dom cannot decode PNGs (real Chromium does, tests/browser/): without a decoder the photo stays a placeholder.
+  vi.stubGlobal("createImageBitmap", undefined);
   const el = document.createElement("div");
   document.body.append(el);
   const endInit = initialize({ model });

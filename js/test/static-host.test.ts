@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createStaticModel, putAtPath } from "../src/host/static-host";
 import { ModelSync, SYNC_DELAY_MS } from "../src/sync";
+import { MEAN } from "../src/protocol";
 import { INITIAL_STATE } from "../src/store";
 
 describe("createStaticModel", () => {
@@ -52,7 +53,7 @@ describe("createStaticModel", () => {
   });
 
   it("records save_changes (keys set since the last save) and send", () => {
-    const m = createStaticModel({ layer: 0, head: -1 });
+    const m = createStaticModel({ layer: 0, head: "mean" });
     m.set("layer", 2);
     m.set("head", 1);
     m.save_changes();
@@ -95,7 +96,7 @@ describe("ModelSync (debounced browser → Python)", () => {
   });
 
   it("writes the latest layer/head/pinned once, after the delay", () => {
-    const m = createStaticModel({ layer: 0, head: -1, pinned: -1, method: "attention" });
+    const m = createStaticModel({ layer: 0, head: "mean", pinned: -1, method: "attention" });
     const sync = new ModelSync(m);
     sync.schedule({ ...INITIAL_STATE, layer: 1 });
     sync.schedule({ ...INITIAL_STATE, layer: 2, head: 1 });
@@ -110,7 +111,7 @@ describe("ModelSync (debounced browser → Python)", () => {
   });
 
   it("does not save when nothing differs, and cancel drops a pending write", () => {
-    const m = createStaticModel({ layer: 0, head: -1, pinned: -1, method: "attention" });
+    const m = createStaticModel({ layer: 0, head: "mean", pinned: -1, method: "attention" });
     const sync = new ModelSync(m);
     sync.schedule(INITIAL_STATE);
     vi.advanceTimersByTime(SYNC_DELAY_MS);
@@ -120,8 +121,18 @@ describe("ModelSync (debounced browser → Python)", () => {
     expect(m.savedChanges).toEqual([]);
   });
 
+  it("sends the mean over layers or heads as \"mean\" (the wire's word), an index otherwise", () => {
+    const m = createStaticModel({ layer: 0, head: 1, pinned: -1, method: "attention" });
+    const sync = new ModelSync(m);
+    sync.schedule({ ...INITIAL_STATE, layer: MEAN, head: MEAN });
+    sync.flush();
+    sync.schedule({ ...INITIAL_STATE, layer: 3, head: 2 });
+    sync.flush();
+    expect(m.savedChanges).toEqual([{ layer: "mean", head: "mean" }, { layer: 3, head: 2 }]);
+  });
+
   it("flush writes immediately", () => {
-    const m = createStaticModel({ layer: 0, head: -1, pinned: -1, method: "attention" });
+    const m = createStaticModel({ layer: 0, head: "mean", pinned: -1, method: "attention" });
     const sync = new ModelSync(m);
     sync.schedule({ ...INITIAL_STATE, head: 2 });
     sync.flush();

@@ -1,11 +1,13 @@
 import { describe, expect, it, vi } from "vitest";
+import { MEAN } from "../src/protocol";
 import { focusToken, Store } from "../src/store";
 
 describe("Store", () => {
   it("starts with nothing focused, layer 0 and the head mean", () => {
     const s = new Store();
-    expect(s.get()).toMatchObject({ hoverToken: null, pinnedToken: null, hoverPatch: null, layer: 0, head: -1 });
+    expect(s.get()).toMatchObject({ hoverToken: null, pinnedToken: null, hoverPatch: null, layer: 0, head: MEAN });
     expect(s.get()).toMatchObject({ method: "attention", preview: null, words: false, scale: "linear", panel: "none" });
+    expect(s.get().compute).toEqual({ pending: null, since: 0, failed: null, returnTo: "attention" });
     expect(new Store({ layer: 3 }).get().layer).toBe(3);
   });
 
@@ -32,7 +34,7 @@ describe("Store", () => {
     const s = new Store();
     const before = s.get();
     s.set({ head: 2 });
-    expect(before.head).toBe(-1);
+    expect(before.head).toBe(MEAN);
     expect(s.get()).not.toBe(before);
   });
 

@@ -1,14 +1,24 @@
 /** The request/response channel and the fetched extras, against a fake kernel. */
 
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { Channel, ChannelTimeout } from "../src/channel";
+import { Channel, ChannelTimeout, type ReplyHandlers } from "../src/channel";
 import type { TensorReader } from "../src/codec";
-import { Extras, FETCH_TIMEOUT_MS, headsKey, parseLens, parseProjection } from "../src/extras";
+import { Extras, FETCH_TIMEOUT_MS, headsKey } from "../src/extras";
 import { createStaticModel } from "../src/host/static-host";
-import { answer, att, H, headsPayload, L, P, Q, TOKENS } from "./fixtures";
+import { MEAN, parseLens, parseProjection, type Reply } from "../src/protocol";
+import { answer, att, H, headsPayload, P, Q, TOKENS } from "./fixtures";
 import { encodeFloat32, float32Bytes, int32Bytes } from "./helpers";
 
-const SHAPE = { L, H, Q, P, n: TOKENS.length };
+const SHAPE = { H, Q, P, n: TOKENS.length };
+
+/** Handlers that settle a promise (so a test can await the reply or the failure). */
+function settled(): { handlers: ReplyHandlers; result: Promise<Reply> } {
+  let handlers!: ReplyHandlers;
+  const result = new Promise<Reply>((resolve, reject) => {
+    handlers = { reply: resolve, fail: reject };
+  });
+  return { handlers, result };
+}
 
 const flush = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
@@ -19,19 +29,22 @@ describe("Channel", () => {
   it("matches replies by request id, drops stale and foreign ones, and times out", async () => {
     const model = createStaticModel({}, { kernel: true });
     const channel = new Channel(model);
-    const first = channel.ask({ type: "fetch", what: "lens" }, 1000);
-    const second = channel.ask({ type: "fetch", what: "projection" }, 1000);
+    const first = settled();
+    const second = settled();
+    const askedFirst = channel.ask({ type: "fetch", what: "lens" }, 1000, first.handlers);
+    channel.ask({ type: "fetch", what: "projection" }, 1000, second.handlers);
     const [a, b] = model.sent.map((s) => s.content as { request: string; what: string });
     expect(a!.what).toBe("lens");
+    expect(a!.request).toBe(askedFirst.id);
     expect(a!.request).not.toBe(b!.request);
     expect(channel.receive({ type: "fetched", request: "someone-else" })).toBe(false);
     expect(channel.receive({ type: "fetched", request: b!.request, ok: true }, [new Uint8Array([1, 2])])).toBe(true);
-    const reply = await second;
+    const reply = await second.result;
     expect(reply.content.ok).toBe(true);
     expect(reply.buffers[0]!.getUint8(1)).toBe(2);
     expect(channel.receive({ type: "fetched", request: b!.request, ok: true })).toBe(false); // a second copy is stale
     vi.advanceTimersByTime(1000);
-    await expect(first).rejects.toBeInstanceOf(ChannelTimeout);
+    await expect(first.result).rejects.toBeInstanceOf(ChannelTimeout);
     expect(channel.receive({ type: "fetched", request: a!.request, ok: true })).toBe(false); // late: dropped
     expect(channel.pending).toBe(0);
     channel.dispose();
@@ -85,6 +98,20 @@ describe("Extras", () => {
     vi.useRealTimers();
   });
 
+  it("asks for every head's mean over layers as layer \"mean\", and finds it under heads:mean on a static page", async () => {
+    const model = createStaticModel({}, { kernel: true });
+    const extras = new Extras(SHAPE, new Channel(model));
+    expect(headsKey(MEAN)).toBe("heads:mean");
+    extras.want(headsKey(MEAN));
+    expect(model.sent.map((s) => s.content)).toEqual([{ type: "fetch", what: "heads", layer: "mean", request: expect.any(String) }]);
+    answer(model, headsPayload(0));
+    await flush();
+    expect(extras.statusOf(headsKey(MEAN)).state).toBe("ready");
+    const page = new Extras(SHAPE, null, { "heads:mean": headsPayload(0) });
+    page.want(headsKey(MEAN));
+    expect(page.statusOf(headsKey(MEAN)).state).toBe("ready");
+  });
+
   it("reads prefetched payloads on a page without a kernel, and says what is missing", () => {
     const prefetched = { [headsKey(0)]: headsPayload(0) };
     const extras = new Extras(SHAPE, null, prefetched);
@@ -112,13 +139,13 @@ describe("lens and projection payloads", () => {
   });
 
   it("parses the lens and checks its indices", () => {
-    const parsed = parseLens(lens(), SHAPE);
+    const parsed = parseLens(lens(), n);
     expect([parsed.depths, parsed.n, parsed.k]).toEqual([D, n, k]);
     expect(parsed.vocab[parsed.target[0]!]).toBe("<script>");
     expect(parsed.targetRanks[n + 1]).toBe(n + 1);
     expect(parsed.topProbs[1]).toBeCloseTo(0.2, 6);
-    expect(() => parseLens({ ...lens(), vocab: ["a"] }, SHAPE)).toThrow(/outside the vocabulary/);
-    expect(() => parseLens({ ...lens(), n_positions: n + 1 }, SHAPE)).toThrow(/covers 11 positions/);
+    expect(() => parseLens({ ...lens(), vocab: ["a"] }, n)).toThrow(/outside the vocabulary/);
+    expect(() => parseLens({ ...lens(), n_positions: n + 1 }, n)).toThrow(/covers 11 positions/);
   });
 
   it("parses the projection and its bounds over every depth", () => {
@@ -133,10 +160,10 @@ describe("lens and projection payloads", () => {
         modality_gap: encodeFloat32([0.1, 0.2, 0.3], [D]),
         explained: 0.5,
       },
-      SHAPE,
+      n,
     );
     expect(parsed.bounds).toEqual([0, D * n * 2 - 2, -(D * n * 2 - 1), -1]);
     expect(parsed.gap[2]).toBeCloseTo(0.3, 6);
-    expect(() => parseProjection({ depths: D, n_positions: n, coords: float32Bytes([1]) }, SHAPE)).toThrow();
+    expect(() => parseProjection({ depths: D, n_positions: n, coords: float32Bytes([1]) }, n)).toThrow();
   });
 });

@@ -51,7 +51,7 @@ describe("caption", () => {
       /^Attention to image patch 3 \(grid row 1, column 1\) from every token with an attention row, layer 1/,
     );
     expect(captionText(data, { state: st({}), focus: null, row: -1, vmax: 0, valid: true })).toMatch(/^Hover over a token/);
-    const none = buildData(source(makeState({ withHeads: false, withMean: false })));
+    const none = buildData(source(makeState({ withMean: false })));
     expect(captionText(none, { state: st({}), focus: null, row: -1, vmax: 0, valid: false })).toMatch(/No attention maps/);
   });
 

@@ -104,14 +104,14 @@ def test_overview_cells_are_the_heads_image_share_and_link_to_the_image(page_wat
     page.mouse.move(0, 0)
     np.testing.assert_allclose(shown_map(page, trace), expected, atol=3 * expected.max() / 255)
     page.click('.mmviz-overview-layerbtn[data-layer="3"]')
-    page.wait_for_selector('.mmviz-root[data-layer="3"][data-head="-1"]')
+    page.wait_for_selector('.mmviz-root[data-layer="3"][data-head="mean"]')
     expected = trace.attention(layer=3, head="mean")[row]
     np.testing.assert_allclose(shown_map(page, trace), expected, atol=3 * expected.max() / 255)
     page.click('.mmviz-overview-headbtn[data-head="1"]')
-    page.wait_for_selector('.mmviz-root[data-layer="-1"][data-head="1"]')
+    page.wait_for_selector('.mmviz-root[data-layer="mean"][data-head="1"]')
     expected = trace.attention(head=1).mean(axis=0)[row]
     np.testing.assert_allclose(shown_map(page, trace), expected, atol=3 * expected.max() / 255)
-    synced = "() => window.mmvizView.model.get('layer') === -1 && window.mmvizView.model.get('head') === 1"
+    synced = "() => window.mmvizView.model.get('layer') === 'mean' && window.mmvizView.model.get('head') === 1"
     page.wait_for_function(synced)
 
     # Entropy, then the attention each head pays to the last hovered patch.
@@ -143,7 +143,7 @@ def test_layer_scrubber_plays_through_the_layers_and_the_map_follows(page_watch,
     page.wait_for_selector('.mmviz-play[aria-pressed="false"]', timeout=5000)
     assert seen == list(range(trace.num_layers))
     page.click(".mmviz-all-layers")
-    page.wait_for_selector('.mmviz-root[data-layer="-1"]')
+    page.wait_for_selector('.mmviz-root[data-layer="mean"]')
     expected = trace.attention(head="mean").mean(axis=0)[row]
     np.testing.assert_allclose(shown_map(page, trace), expected, atol=3 * expected.max() / 255)
     assert page.text_content(".mmviz-layer-value") == "all (mean)"

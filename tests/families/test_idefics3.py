@@ -31,8 +31,10 @@ BUILDERS = {"idefics3": build_idefics3, "smolvlm": build_smolvlm}
 RAW = {"do_rescale": False, "do_normalize": False}  # pixel values stay the image's own uint8 values
 # px. The processor resizes twice (longest edge, then up to tile multiples) and stores uint8 in between: with scales
 # near 1 the rounded coordinates form a staircase whose error survives the cell mean (≤ 0.69 px over 400 random
-# sizes). It averages out over an image (|mean| ≤ 0.08 px), so the mean is held to a much tighter bound.
-TOLERANCE, MEAN_TOLERANCE = 0.75, 0.15
+# sizes). It mostly averages out over an image (|mean| ≤ 0.08 px), but not for a narrow image upscaled a lot: 12×128
+# keeps a staircase bias of +0.24 px along its long side (measured). The mean is held below the 0.5 px a box
+# convention error (pixel edges vs centres) would give.
+TOLERANCE, MEAN_TOLERANCE = 0.75, 0.3
 TILE, GLOBAL = VIEWS.index("tile"), VIEWS.index("global")
 
 
@@ -124,6 +126,7 @@ def box_centres(layout, positions) -> np.ndarray:
 @example(width=255, height=5)  # very wide
 @example(width=5, height=255)  # very tall
 @example(width=10, height=10)
+@example(width=12, height=128)  # narrow and upscaled: the largest staircase bias found
 def test_boxes_land_where_the_processor_put_the_pixels(idefics, width, height):
     """Every tile / global token's box centre = the mean original coordinate of the pixels in its cell."""
     _, processor, adapter = idefics

@@ -1,26 +1,26 @@
 /**
  * A minimal anywidget host for standalone HTML export (`Inspector.to_html()`) and for tests.
  *
- * `createStaticModel` implements the AnyModel subset the widget uses; `mountStatic` turns an exported
- * payload (`{state, buffers: [{path, data: base64}]}`) into such a model, with each buffer placed at its
- * path as a DataView (like ipywidgets' `put_buffers`), and renders the widget into an element.
+ * `createStaticModel` implements the host model contract (model.ts: anywidget's `AnyModel`); `mountStatic` turns
+ * an exported payload (`{state, buffers: [{path, data: base64}]}`) into such a model, with each buffer placed at
+ * its path as a DataView (like ipywidgets' `put_buffers`), and renders the widget into an element.
  */
 
 import { base64ToBytes, putAtPath } from "../codec";
+import { DIVERGING, VIRIDIS } from "../colormap";
+import { h } from "../dom";
+import { initialize, render } from "../widget";
+import type { Model } from "./model";
 
 export { putAtPath };
-import { DIVERGING, VIRIDIS } from "../colormap";
-import { initialize, render } from "../widget";
 
-type Callback = (...args: any[]) => void;
+/** anywidget's event handler type (the contract's, so every `on` overload accepts it). */
+type Callback = NonNullable<Parameters<Model["off"]>[1]>;
 
-export interface StaticModel {
-  get(key: string): any;
+export interface StaticModel extends Model {
+  /** Any key (not only the Inspector's traits): tests and pages may carry more. */
+  get(key: string): unknown;
   set(key: string, value: unknown): void;
-  on(eventName: string, callback: Callback): void;
-  off(eventName?: string | null, callback?: Callback | null): void;
-  save_changes(): void;
-  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
   /** One entry per `save_changes()`: the keys set since the previous save and their values. */
   readonly savedChanges: Record<string, unknown>[];
   /** One entry per `send()`. */
@@ -31,7 +31,6 @@ export interface StaticModel {
   readonly kernel: boolean;
   /** Deliver a custom message as if the kernel had sent it (`msg:custom` listeners get `content, buffers`). */
   receive(content: unknown, buffers?: DataView[]): void;
-  readonly widget_manager: { get_model(id: string): Promise<never> };
 }
 
 export interface StaticModelOptions {
@@ -58,12 +57,12 @@ export function createStaticModel(state: Record<string, unknown> = {}, options: 
       for (const cb of [...(listeners.get(`change:${key}`) ?? [])]) cb(model, value);
       for (const cb of [...(listeners.get("change") ?? [])]) cb(model);
     },
-    on(eventName, callback) {
+    on(eventName: string, callback: Callback) {
       let set = listeners.get(eventName);
       if (!set) listeners.set(eventName, (set = new Set()));
       set.add(callback);
     },
-    off(eventName, callback) {
+    off(eventName?: string | null, callback?: Callback | null) {
       // Backbone semantics: no name = every event, no callback = every callback of that event.
       const names = eventName == null ? [...listeners.keys()] : [eventName];
       for (const name of names) {
@@ -82,7 +81,7 @@ export function createStaticModel(state: Record<string, unknown> = {}, options: 
       for (const cb of [...(listeners.get("msg:custom") ?? [])]) cb(content, buffers);
     },
     widget_manager: {
-      get_model(id: string) {
+      get_model(id: string): Promise<never> {
         return Promise.reject(new Error(`mmviz static host: no widget manager (model ${id})`));
       },
     },
@@ -116,10 +115,7 @@ export function mountStatic(el: HTMLElement, payload: StaticPayload): Mounted {
     cleanup = render({ model, el });
   } catch (err) {
     // render() reports data errors itself; anything else still gets shown rather than thrown.
-    const box = document.createElement("div");
-    box.className = "mmviz-error";
-    box.textContent = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
-    el.append(box);
+    el.append(h("div", { className: "mmviz-error", text: `mmviz: ${err instanceof Error ? err.message : String(err)}` }));
   }
   return {
     model,

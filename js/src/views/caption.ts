@@ -1,8 +1,10 @@
 /** One plain-language line saying what is on screen. Built with textContent only. */
 
 import type { WidgetData } from "../data";
-import { costHint, explainsAnswerTokens, type MethodInfo, type MethodMap, type SliceChoice } from "../methods";
-import { ALL_LAYERS, type ViewState } from "../store";
+import { h } from "../dom";
+import { costHint, explainsAnswerTokens, type MethodMap, type SliceChoice } from "../methods";
+import { MEAN, type Head, type Layer, type MethodInfo } from "../protocol";
+import type { ViewState } from "../store";
 import { displayToken, probabilityText } from "./token-strip";
 
 export const CAVEAT = "Attention shows where a head reads, not what caused the answer.";
@@ -17,7 +19,7 @@ export interface CaptionState {
   /** Is (layer, head) an existing map? */
   valid: boolean;
   /** The layer and head drawn when they differ from the selection (an overview cell is previewed). */
-  preview?: { layer: number; head: number } | null;
+  preview?: { layer: Layer; head: Head } | null;
   /** Why the map is not drawn yet (per-head maps on their way), or null. */
   waiting?: string | null;
   /** The focused word's positions, when pieces are merged into words. */
@@ -29,9 +31,9 @@ export function quoteToken(text: string, maxLen = 32): string {
   return `‹${shown.length > maxLen ? `${shown.slice(0, maxLen - 1)}…` : shown}›`;
 }
 
-export function selectionText(layer: number, head: number): string {
-  const l = layer === ALL_LAYERS ? "mean over all layers" : `layer ${layer}`;
-  return `${l}, ${head === -1 ? "mean of heads" : `head ${head}`}`;
+export function selectionText(layer: Layer, head: Head): string {
+  const l = layer === MEAN ? "mean over all layers" : `layer ${layer}`;
+  return `${l}, ${head === MEAN ? "mean of heads" : `head ${head}`}`;
 }
 
 /** ‹token› or ‹word› (n pieces), with its probability when it is an answer token. */
@@ -174,9 +176,7 @@ export function methodCaptionText(data: WidgetData, c: MethodCaptionState): stri
 export class Caption {
   readonly el: HTMLParagraphElement;
   constructor(private readonly data: WidgetData) {
-    this.el = document.createElement("p");
-    this.el.className = "mmviz-caption";
-    this.el.setAttribute("aria-live", "polite");
+    this.el = h("p", { className: "mmviz-caption", attrs: { "aria-live": "polite" } });
   }
   update(c: CaptionState | { method: MethodCaptionState }): void {
     const text = "method" in c ? methodCaptionText(this.data, c.method) : captionText(this.data, c);

@@ -5,25 +5,27 @@
  */
 
 import type { WidgetData } from "../data";
-import { ALL_LAYERS, type ScaleMode, type Store, type ViewState } from "../store";
+import { button, h, Listeners, option } from "../dom";
+import { MEAN, type Head } from "../protocol";
+import type { ScaleMode, Store, ViewState } from "../store";
 
 /** Milliseconds per layer while playing. */
 export const PLAY_STEP_MS = 600;
 
 function labelled(text: string, ...children: HTMLElement[]): HTMLLabelElement {
-  const wrap = document.createElement("label");
-  wrap.className = "mmviz-control";
-  const span = document.createElement("span");
-  span.textContent = text;
-  wrap.append(span, ...children);
-  return wrap;
+  return h("label", { className: "mmviz-control" }, h("span", { text }), ...children);
 }
 
-function option(value: string, text: string): HTMLOptionElement {
-  const o = document.createElement("option");
-  o.value = value;
-  o.textContent = text;
-  return o;
+/** An `<input>` of `type` with its attributes (min, max, step, ...). */
+function input(type: string, className: string, attrs: Record<string, string> = {}): HTMLInputElement {
+  const el = h("input", { className, attrs });
+  el.type = type;
+  return el;
+}
+
+/** The head of the head selector's option `value` ("mean" or an index). */
+function headOf(value: string): Head {
+  return value === MEAN ? MEAN : Number(value);
 }
 
 export class Controls {
@@ -38,7 +40,7 @@ export class Controls {
   readonly opacityInput: HTMLInputElement;
   readonly wordsInput: HTMLInputElement;
   private readonly gammaWrap: HTMLLabelElement;
-  private readonly disposers: (() => void)[] = [];
+  private readonly listeners = new Listeners();
   private timer: ReturnType<typeof setInterval> | null = null;
   private readonly L: number;
   private layered = true;
@@ -48,70 +50,34 @@ export class Controls {
     private readonly store: Store,
   ) {
     this.L = data.L;
-    const el = document.createElement("div");
-    el.className = "mmviz-controls";
-
-    const layer = document.createElement("input");
-    layer.type = "range";
-    layer.className = "mmviz-layer";
-    layer.min = "0";
-    layer.max = String(Math.max(0, data.L - 1));
-    layer.step = "1";
-    layer.setAttribute("aria-label", "layer");
-    const layerLabel = document.createElement("output");
-    layerLabel.className = "mmviz-layer-value";
-    const all = document.createElement("button");
-    all.type = "button";
-    all.className = "mmviz-all-layers";
-    all.textContent = "all";
-    all.title = "Mean over all layers";
-    all.setAttribute("aria-pressed", "false");
-    const play = document.createElement("button");
-    play.type = "button";
-    play.className = "mmviz-play";
-    play.title = "Play through the layers";
-    play.setAttribute("aria-label", "play through the layers");
-    const layerWrap = labelled("Layer", layer, layerLabel, all, play);
-
-    const head = document.createElement("select");
-    head.className = "mmviz-head";
-    head.append(option("-1", "mean of heads"));
-    for (let h = 0; h < data.H; h++) head.append(option(String(h), `head ${h}`));
-
-    const scale = document.createElement("select");
-    scale.className = "mmviz-scale";
-    scale.title = "How values map to colours: log and gamma < 1 spread out the small values";
-    scale.append(option("linear", "linear"), option("log", "log"), option("gamma", "gamma"));
-    const gamma = document.createElement("input");
-    gamma.type = "number";
-    gamma.className = "mmviz-gamma";
-    gamma.min = "0.1";
-    gamma.max = "4";
-    gamma.step = "0.1";
-    gamma.setAttribute("aria-label", "gamma");
+    const layer = input("range", "mmviz-layer", { min: "0", max: String(Math.max(0, data.L - 1)), step: "1", "aria-label": "layer" });
+    const layerLabel = h("output", { className: "mmviz-layer-value" });
+    const all = button({ className: "mmviz-all-layers", text: "all", title: "Mean over all layers", attrs: { "aria-pressed": "false" } });
+    const play = button({ className: "mmviz-play", title: "Play through the layers", attrs: { "aria-label": "play through the layers" } });
+    const head = h("select", { className: "mmviz-head" }, option(MEAN, "mean of heads"));
+    for (let i = 0; i < data.H; i++) head.append(option(String(i), `head ${i}`));
+    const scale = h(
+      "select",
+      { className: "mmviz-scale", title: "How values map to colours: log and gamma < 1 spread out the small values" },
+      option("linear", "linear"),
+      option("log", "log"),
+      option("gamma", "gamma"),
+    );
+    const gamma = input("number", "mmviz-gamma", { min: "0.1", max: "4", step: "0.1", "aria-label": "gamma" });
     this.gammaWrap = labelled("γ", gamma);
+    const opacity = input("range", "mmviz-opacity", { min: "0", max: "100", step: "5", "aria-label": "heatmap opacity" });
+    const words = input("checkbox", "mmviz-words-toggle");
 
-    const opacity = document.createElement("input");
-    opacity.type = "range";
-    opacity.className = "mmviz-opacity";
-    opacity.min = "0";
-    opacity.max = "100";
-    opacity.step = "5";
-    opacity.setAttribute("aria-label", "heatmap opacity");
-
-    const words = document.createElement("input");
-    words.type = "checkbox";
-    words.className = "mmviz-words-toggle";
-
-    el.append(
-      layerWrap,
+    this.el = h(
+      "div",
+      { className: "mmviz-controls" },
+      labelled("Layer", layer, layerLabel, all, play),
       labelled("Head", head),
       labelled("Scale", scale),
       this.gammaWrap,
       labelled("Opacity", opacity),
       labelled("Words", words),
     );
-    this.el = el;
     this.layerInput = layer;
     this.layerLabel = layerLabel;
     this.allLayers = all;
@@ -122,24 +88,21 @@ export class Controls {
     this.opacityInput = opacity;
     this.wordsInput = words;
 
-    const on = (target: EventTarget, type: string, fn: () => void): void => {
-      target.addEventListener(type, fn);
-      this.disposers.push(() => target.removeEventListener(type, fn));
-    };
+    const on = this.listeners.on.bind(this.listeners);
     const onLayer = (): void => this.store.set({ layer: Number(layer.value), playing: false });
     on(layer, "input", onLayer);
     on(layer, "change", onLayer);
     on(all, "click", () => {
       const s = this.store.get();
-      this.store.set({ layer: s.layer === ALL_LAYERS ? Number(layer.value) : ALL_LAYERS, playing: false });
+      this.store.set({ layer: s.layer === MEAN ? Number(layer.value) : MEAN, playing: false });
     });
     on(play, "click", () => {
       const s = this.store.get();
       // Playing from the last layer (or from all layers) starts over at the first.
-      const restart = !s.playing && (s.layer === ALL_LAYERS || s.layer >= this.L - 1);
+      const restart = !s.playing && (s.layer === MEAN || s.layer >= this.L - 1);
       this.store.set({ playing: !s.playing, ...(restart ? { layer: 0 } : {}) });
     });
-    on(head, "change", () => this.store.set({ head: Number(head.value) }));
+    on(head, "change", () => this.store.set({ head: headOf(head.value) }));
     on(scale, "change", () => this.store.set({ scale: scale.value as ScaleMode }));
     on(gamma, "change", () => {
       const g = Number(gamma.value);
@@ -169,7 +132,7 @@ export class Controls {
 
   /** Reflect the store (changes from other views or from Python), and run or stop the player. */
   update(s: Readonly<ViewState>): void {
-    const all = s.layer === ALL_LAYERS;
+    const all = s.layer === MEAN;
     if (!all) {
       const lv = String(s.layer);
       if (this.layerInput.value !== lv) this.layerInput.value = lv;
@@ -200,16 +163,14 @@ export class Controls {
     }
     this.timer = setInterval(() => {
       const now = this.store.get();
-      const next = now.layer + 1;
-      if (next >= this.L || now.layer === ALL_LAYERS) this.store.set({ playing: false });
-      else this.store.set({ layer: next });
+      if (now.layer === MEAN || now.layer + 1 >= this.L) this.store.set({ playing: false });
+      else this.store.set({ layer: now.layer + 1 });
     }, PLAY_STEP_MS);
   }
 
   dispose(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
-    for (const d of this.disposers) d();
-    this.disposers.length = 0;
+    this.listeners.dispose();
   }
 }

@@ -6,7 +6,9 @@
  */
 
 import { scaleColor, type ColorScale } from "../colormap";
-import type { ImageMeta, Rect, ViewInfo, WidgetData } from "../data";
+import type { ViewInfo, WidgetData } from "../data";
+import { h, Listeners, option } from "../dom";
+import type { ImageMeta, Rect } from "../protocol";
 import type { Store } from "../store";
 
 export const DEFAULT_MAX_SIDE = 384;
@@ -54,7 +56,7 @@ export class ImageView {
   private heatKey: unknown = undefined;
   private outlinePatch: number | null = null;
   private disposed = false;
-  private readonly disposers: (() => void)[] = [];
+  private readonly listeners = new Listeners();
 
   constructor(
     private readonly data: WidgetData,
@@ -65,92 +67,57 @@ export class ImageView {
     onView: (image: number, code: number) => void = () => {},
   ) {
     this.meta = data.images[index] ?? { width: maxSide, height: maxSide, covered: null };
-    const [w, h] = displaySize(this.meta.width, this.meta.height, maxSide);
+    const [w, ht] = displaySize(this.meta.width, this.meta.height, maxSide);
     this.width = w;
-    this.height = h;
+    this.height = ht;
     this.sx = w / this.meta.width;
-    this.sy = h / this.meta.height;
+    this.sy = ht / this.meta.height;
 
     const cols = data.columnsOf(index);
     this.views = data.viewsOf(index);
-    for (const p of cols) this.rects.set(p, pixelRect(data.box(p), this.sx, this.sy, w, h));
+    for (const p of cols) this.rects.set(p, pixelRect(data.box(p), this.sx, this.sy, w, ht));
 
-    const el = document.createElement("div");
-    el.className = "mmviz-image";
-    el.dataset.imageIndex = String(index);
     // The stack shrinks with the notebook (CSS scales the canvases; pointer maths uses the rendered size).
-    const stack = document.createElement("div");
-    stack.className = "mmviz-image-stack";
+    const stack = h("div", { className: "mmviz-image-stack" });
     stack.style.width = `${w}px`;
-    stack.style.aspectRatio = `${w} / ${h}`;
-    const mk = (cls: string): HTMLCanvasElement => {
-      const c = document.createElement("canvas");
-      c.className = cls;
+    stack.style.aspectRatio = `${w} / ${ht}`;
+    const canvas = (className: string, attrs: Record<string, string>): HTMLCanvasElement => {
+      const c = h("canvas", { className, attrs });
       c.width = w;
-      c.height = h;
+      c.height = ht;
       stack.append(c);
       return c;
     };
-    this.photo = mk("mmviz-photo");
-    this.heat = mk("mmviz-heat");
-    this.outline = mk("mmviz-outline");
-    this.tooltip = document.createElement("div");
-    this.tooltip.className = "mmviz-tooltip";
-    this.tooltip.hidden = true;
+    this.photo = canvas("mmviz-photo", { "data-loaded": "0", role: "img", "aria-label": `input image ${index + 1}` });
+    this.heat = canvas("mmviz-heat", { "data-row": "-1", "aria-hidden": "true" });
+    this.outline = canvas("mmviz-outline", { "aria-hidden": "true" });
+    this.tooltip = h("div", { className: "mmviz-tooltip", hidden: true });
     stack.append(this.tooltip);
-    this.photo.dataset.loaded = "0";
-    this.heat.dataset.row = "-1";
-    this.heat.setAttribute("aria-hidden", "true");
-    this.outline.setAttribute("aria-hidden", "true");
-    this.photo.setAttribute("role", "img");
-    this.photo.setAttribute("aria-label", `input image ${index + 1}`);
-    const label = document.createElement("div");
-    label.className = "mmviz-image-label";
-    this.label = label;
-    const footer = document.createElement("div");
-    footer.className = "mmviz-image-footer";
+    this.label = h("div", { className: "mmviz-image-label" });
+    const footer = h("div", { className: "mmviz-image-footer" }, this.label);
     footer.style.maxWidth = `${Math.max(w, 240)}px`; // wrap under the image rather than widen its column
-    footer.append(label);
     if (this.views.length > 1) {
-      const wrap = document.createElement("label");
-      wrap.className = "mmviz-control mmviz-view-control";
-      const text = document.createElement("span");
-      text.textContent = "View";
-      const select = document.createElement("select");
-      select.className = "mmviz-view-select";
-      select.dataset.image = String(index);
-      select.title = "Views of one image cover the same pixels; they are shown one at a time, never averaged.";
-      for (const v of this.views) {
-        const o = document.createElement("option");
-        o.value = String(v.code);
-        o.textContent = `${v.name} (${v.columns.length} tokens)`;
-        select.append(o);
-      }
-      wrap.append(text, select);
-      footer.append(wrap);
+      const select = h("select", {
+        className: "mmviz-view-select",
+        data: { image: String(index) },
+        title: "Views of one image cover the same pixels; they are shown one at a time, never averaged.",
+      });
+      for (const v of this.views) select.append(option(String(v.code), `${v.name} (${v.columns.length} tokens)`));
+      footer.append(h("label", { className: "mmviz-control mmviz-view-control" }, h("span", { text: "View" }), select));
       this.viewSelect = select;
-      const onChange = (): void => onView(index, Number(select.value));
-      select.addEventListener("change", onChange);
-      this.disposers.push(() => select.removeEventListener("change", onChange));
+      this.listeners.on(select, "change", () => onView(index, Number(select.value)));
     }
-    el.append(stack, footer);
-    this.el = el;
+    this.el = h("div", { className: "mmviz-image", data: { imageIndex: String(index) } }, stack, footer);
     this.setView(data.defaultView(index));
 
-    const onMove = (ev: MouseEvent): void => {
+    this.listeners.on(stack, "mousemove", (ev) => {
       const r = stack.getBoundingClientRect();
       if (r.width === 0 || r.height === 0) return;
       const x = ((ev.clientX - r.left) * w) / r.width;
-      const y = ((ev.clientY - r.top) * h) / r.height;
+      const y = ((ev.clientY - r.top) * ht) / r.height;
       this.store.set({ hoverPatch: this.columnAt(x / this.sx, y / this.sy) });
-    };
-    const onLeave = (): void => this.store.set({ hoverPatch: null });
-    stack.addEventListener("mousemove", onMove);
-    stack.addEventListener("mouseleave", onLeave);
-    this.disposers.push(() => {
-      stack.removeEventListener("mousemove", onMove);
-      stack.removeEventListener("mouseleave", onLeave);
     });
+    this.listeners.on(stack, "mouseleave", () => this.store.set({ hoverPatch: null }));
 
     this.drawPlaceholder();
     void data.bitmap(index).then((bmp) => this.drawPhoto(bmp));
@@ -324,7 +291,6 @@ export class ImageView {
 
   dispose(): void {
     this.disposed = true;
-    for (const d of this.disposers) d();
-    this.disposers.length = 0;
+    this.listeners.dispose();
   }
 }

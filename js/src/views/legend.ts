@@ -1,6 +1,7 @@
 /** Colour bar with the value range of the current map. */
 
 import { cssDivergingGradient, cssGradient } from "../colormap";
+import { h } from "../dom";
 
 /** 3 significant digits; "0" for zero. */
 export function formatValue(v: number): string {
@@ -30,28 +31,13 @@ export class Legend {
   private signed = false;
 
   constructor(private readonly mapLabel: string) {
-    const el = document.createElement("div");
-    el.className = "mmviz-legend";
-    const label = document.createElement("span");
-    label.className = "mmviz-legend-label";
-    label.textContent = mapLabel || "attention";
-    const min = document.createElement("span");
-    min.className = "mmviz-legend-min";
-    const bar = document.createElement("span");
-    bar.className = "mmviz-legend-bar";
-    bar.style.backgroundImage = cssGradient();
-    bar.setAttribute("aria-hidden", "true");
-    const max = document.createElement("span");
-    max.className = "mmviz-legend-max";
-    const tokens = document.createElement("span");
-    tokens.className = "mmviz-legend-tokens";
-    el.append(label, min, bar, max, tokens);
-    this.el = el;
-    this.min = min;
-    this.max = max;
-    this.tokens = tokens;
-    this.label = label;
-    this.bar = bar;
+    this.label = h("span", { className: "mmviz-legend-label", text: mapLabel || "attention" });
+    this.min = h("span", { className: "mmviz-legend-min" });
+    this.bar = h("span", { className: "mmviz-legend-bar", attrs: { "aria-hidden": "true" } });
+    this.bar.style.backgroundImage = cssGradient();
+    this.max = h("span", { className: "mmviz-legend-max" });
+    this.tokens = h("span", { className: "mmviz-legend-tokens" });
+    this.el = h("div", { className: "mmviz-legend" }, this.label, this.min, this.bar, this.max, this.tokens);
     this.update({ vmax: null, tokenMax: null });
   }
 

@@ -8,8 +8,9 @@
  */
 
 import type { WidgetData } from "../data";
-import type { LensData } from "../extras";
-import { ALL_LAYERS, type Store, type ViewState } from "../store";
+import { h, Listeners } from "../dom";
+import { MEAN, type LensData } from "../protocol";
+import type { Store, ViewState } from "../store";
 import { quoteToken } from "./caption";
 import { displayToken } from "./token-strip";
 
@@ -24,35 +25,22 @@ export class LensPanel {
   private readonly body: HTMLTableSectionElement;
   private readonly status: HTMLDivElement;
   private key = "";
-  private readonly disposers: (() => void)[] = [];
+  private readonly listeners = new Listeners();
 
   constructor(
     private readonly data: WidgetData,
     private readonly store: Store,
   ) {
-    const el = document.createElement("div");
-    el.className = "mmviz-lens";
-    const title = document.createElement("div");
-    title.className = "mmviz-lens-title";
-    const status = document.createElement("div");
-    status.className = "mmviz-lens-status";
-    const table = document.createElement("table");
-    table.className = "mmviz-lens-table";
-    const body = document.createElement("tbody");
-    table.append(body);
-    el.append(title, status, table);
-    this.el = el;
-    this.title = title;
-    this.body = body;
-    this.status = status;
-    const onClick = (ev: MouseEvent): void => {
+    this.title = h("div", { className: "mmviz-lens-title" });
+    this.status = h("div", { className: "mmviz-lens-status" });
+    this.body = h("tbody");
+    this.el = h("div", { className: "mmviz-lens" }, this.title, this.status, h("table", { className: "mmviz-lens-table" }, this.body));
+    this.listeners.on(this.body, "click", (ev) => {
       const row = (ev.target as Element | null)?.closest?.("tr[data-depth]");
       if (!(row instanceof HTMLElement)) return;
       const depth = Number(row.dataset.depth);
       if (depth >= 1) this.store.set({ layer: depth - 1, playing: false });
-    };
-    body.addEventListener("click", onClick);
-    this.disposers.push(() => body.removeEventListener("click", onClick));
+    });
   }
 
   /** The position the panel describes: the hovered patch's, else the focused token, else null. */
@@ -69,7 +57,7 @@ export class LensPanel {
 
   update(s: Readonly<ViewState>, focus: number | null, lens: LensData | null, message: string): void {
     const pos = lens === null ? null : this.positionOf(s, focus);
-    const currentDepth = s.layer === ALL_LAYERS ? -1 : s.layer + 1;
+    const currentDepth = s.layer === MEAN ? -1 : s.layer + 1;
     const key = `${pos}|${lens === null ? "none" : "lens"}|${currentDepth}`;
     this.showStatus(lens === null ? message : pos === null ? "Hover a token or an image patch to read it through the lens." : "");
     if (key === this.key) return;
@@ -87,30 +75,25 @@ export class LensPanel {
       `rank of ${quoteToken(target)}`;
     const rows: HTMLTableRowElement[] = [];
     for (let d = 0; d < depths; d++) {
-      const tr = document.createElement("tr");
-      tr.className = "mmviz-lens-row";
-      tr.dataset.depth = String(d);
+      const tr = h("tr", { className: "mmviz-lens-row", data: { depth: String(d) } });
       if (d === currentDepth) tr.classList.add("mmviz-current");
-      const label = document.createElement("th");
+      const label = h("th", { text: depthLabel(d) });
       label.scope = "row";
-      label.textContent = depthLabel(d);
       tr.append(label);
       for (let j = 0; j < k; j++) {
         const i = (d * n + pos) * k + j;
         const prob = lens.topProbs[i]!;
-        const td = document.createElement("td");
-        td.className = "mmviz-lens-token";
-        td.textContent = displayToken(lens.vocab[lens.top[i]!] ?? "");
-        td.dataset.prob = prob.toFixed(4);
-        td.title = `p = ${prob.toFixed(3)}`;
+        const td = h("td", {
+          className: "mmviz-lens-token",
+          text: displayToken(lens.vocab[lens.top[i]!] ?? ""),
+          data: { prob: prob.toFixed(4) },
+          title: `p = ${prob.toFixed(3)}`,
+        });
         td.style.setProperty("--mmviz-p", `${Math.round(Math.max(0, Math.min(1, prob)) * 100)}%`);
         tr.append(td);
       }
       const rank = lens.targetRanks[d * n + pos]!;
-      const rankCell = document.createElement("td");
-      rankCell.className = "mmviz-lens-rank";
-      rankCell.dataset.rank = String(rank);
-      rankCell.textContent = `#${rank + 1}`;
+      const rankCell = h("td", { className: "mmviz-lens-rank", text: `#${rank + 1}`, data: { rank: String(rank) } });
       // Bar length falls with log rank: full at rank 1, empty beyond 10 000.
       const fill = Math.max(0, 1 - Math.log10(rank + 1) / 4);
       rankCell.style.setProperty("--mmviz-p", `${Math.round(fill * 100)}%`);
@@ -121,7 +104,6 @@ export class LensPanel {
   }
 
   dispose(): void {
-    for (const d of this.disposers) d();
-    this.disposers.length = 0;
+    this.listeners.dispose();
   }
 }

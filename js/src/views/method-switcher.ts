@@ -4,7 +4,9 @@
  * when nothing can compute them. Option text is set with textContent only.
  */
 
-import { optionText, type MethodInfo } from "../methods";
+import { h, Listeners, option } from "../dom";
+import { optionText } from "../methods";
+import type { MethodInfo } from "../protocol";
 
 export interface SwitcherEntry {
   info: MethodInfo;
@@ -20,23 +22,12 @@ export class MethodSwitcher {
   readonly el: HTMLLabelElement;
   readonly select: HTMLSelectElement;
   private signature = "";
-  private readonly disposers: (() => void)[] = [];
+  private readonly listeners = new Listeners();
 
   constructor(onPick: (name: string) => void) {
-    const el = document.createElement("label");
-    el.className = "mmviz-control mmviz-method-control";
-    const text = document.createElement("span");
-    text.textContent = "Map";
-    const select = document.createElement("select");
-    select.className = "mmviz-method";
-    select.setAttribute("aria-label", "map method");
-    el.append(text, select);
-    el.hidden = true;
-    this.el = el;
-    this.select = select;
-    const onChange = (): void => onPick(select.value);
-    select.addEventListener("change", onChange);
-    this.disposers.push(() => select.removeEventListener("change", onChange));
+    this.select = h("select", { className: "mmviz-method", attrs: { "aria-label": "map method" } });
+    this.el = h("label", { className: "mmviz-control mmviz-method-control", hidden: true }, h("span", { text: "Map" }), this.select);
+    this.listeners.on(this.select, "change", () => onPick(this.select.value));
   }
 
   /** Rebuild the options when the catalogue or a method's state changed; select `current`. */
@@ -47,9 +38,7 @@ export class MethodSwitcher {
     if (signature !== this.signature) {
       this.signature = signature;
       const options = entries.map((e) => {
-        const o = document.createElement("option");
-        o.value = e.info.name;
-        o.textContent = optionText(e.info, e);
+        const o = option(e.info.name, optionText(e.info, e));
         o.disabled = !e.computed && !e.pending && !e.canCompute;
         o.dataset.computed = e.computed ? "1" : "0";
         o.dataset.cost = e.info.cost;
@@ -65,7 +54,6 @@ export class MethodSwitcher {
   }
 
   dispose(): void {
-    for (const d of this.disposers) d();
-    this.disposers.length = 0;
+    this.listeners.dispose();
   }
 }

@@ -11,8 +11,10 @@
 
 import { colorFor } from "../colormap";
 import type { WidgetData } from "../data";
+import { button, h, Listeners, option } from "../dom";
 import type { FrameBuilder } from "../frame";
-import { ALL_LAYERS, type Statistic, type Store, type ViewState } from "../store";
+import { MEAN } from "../protocol";
+import type { Statistic, Store, ViewState } from "../store";
 import { formatValue } from "./legend";
 
 const STAT_LABELS: Record<Statistic, string> = {
@@ -39,7 +41,7 @@ export class Overview {
   readonly statSelect: HTMLSelectElement;
   private readonly note: HTMLDivElement;
   private readonly cell: number;
-  private readonly disposers: (() => void)[] = [];
+  private readonly listeners = new Listeners();
   private values: Float32Array;
   /** Max of the cells' values: the top of their colour scale. */
   private range = 0;
@@ -56,70 +58,50 @@ export class Overview {
     const { L, H } = data;
     this.cell = Math.max(8, Math.min(18, Math.floor(360 / Math.max(1, H))));
     this.values = new Float32Array(L * H).fill(Number.NaN);
-    const el = document.createElement("div");
-    el.className = "mmviz-overview";
-    const head = document.createElement("div");
-    head.className = "mmviz-overview-head";
-    const title = document.createElement("span");
-    title.className = "mmviz-panel-title";
-    title.textContent = "Layer × head";
-    const select = document.createElement("select");
-    select.className = "mmviz-stat";
-    select.setAttribute("aria-label", "overview statistic");
+    const select = h("select", { className: "mmviz-stat", attrs: { "aria-label": "overview statistic" } });
     for (const stat of ["share", "entropy", "patch"] as Statistic[]) {
-      const o = document.createElement("option");
-      o.value = stat;
-      o.textContent = STAT_LABELS[stat];
+      const o = option(stat, STAT_LABELS[stat]);
       o.disabled = stat !== "patch" && data.headStats === null;
       select.append(o);
     }
-    head.append(title, select);
+    const head = h("div", { className: "mmviz-overview-head" }, h("span", { className: "mmviz-panel-title", text: "Layer × head" }), select);
 
     // Corner, head headers (top), layer headers (left), cells.
-    const table = document.createElement("div");
-    table.className = "mmviz-overview-table";
-    table.style.gridTemplateColumns = `auto ${H * this.cell}px`;
-    const corner = this.button("all", "mmviz-overview-corner", "mean over every layer and head", () =>
-      store.set({ layer: ALL_LAYERS, head: -1, preview: null }),
+    const corner = this.button("all", "mmviz-overview-corner", "mean over every layer and head", {}, () =>
+      store.set({ layer: MEAN, head: MEAN, preview: null }),
     );
-    const heads = document.createElement("div");
-    heads.className = "mmviz-overview-heads";
+    const heads = h("div", { className: "mmviz-overview-heads" });
     heads.style.gridTemplateColumns = `repeat(${H}, ${this.cell}px)`;
-    for (let h = 0; h < H; h++) {
+    for (let hd = 0; hd < H; hd++) {
       heads.append(
-        this.button(String(h), "mmviz-overview-headbtn", `head ${h}, mean over all layers`, () =>
-          store.set({ layer: ALL_LAYERS, head: h, preview: null }),
+        this.button(String(hd), "mmviz-overview-headbtn", `head ${hd}, mean over all layers`, { head: String(hd) }, () =>
+          store.set({ layer: MEAN, head: hd, preview: null }),
         ),
       );
-      heads.lastElementChild!.setAttribute("data-head", String(h));
     }
-    const layers = document.createElement("div");
-    layers.className = "mmviz-overview-layers";
+    const layers = h("div", { className: "mmviz-overview-layers" });
     layers.style.gridTemplateRows = `repeat(${L}, ${this.cell}px)`;
     for (let l = 0; l < L; l++) {
       layers.append(
-        this.button(String(l), "mmviz-overview-layerbtn", `layer ${l}, mean of heads`, () =>
-          store.set({ layer: l, head: -1, preview: null }),
+        this.button(String(l), "mmviz-overview-layerbtn", `layer ${l}, mean of heads`, { layer: String(l) }, () =>
+          store.set({ layer: l, head: MEAN, preview: null }),
         ),
       );
-      layers.lastElementChild!.setAttribute("data-layer", String(l));
     }
-    const grid = document.createElement("canvas");
-    grid.className = "mmviz-overview-grid";
+    const grid = h("canvas", {
+      className: "mmviz-overview-grid",
+      data: { cell: String(this.cell) },
+      attrs: { role: "img", "aria-label": "layer by head overview" },
+    });
     grid.width = H * this.cell;
     grid.height = L * this.cell;
-    grid.dataset.cell = String(this.cell);
-    grid.setAttribute("role", "img");
-    grid.setAttribute("aria-label", "layer by head overview");
-    table.append(corner, heads, layers, grid);
+    const table = h("div", { className: "mmviz-overview-table" }, corner, heads, layers, grid);
+    table.style.gridTemplateColumns = `auto ${H * this.cell}px`;
 
-    const note = document.createElement("div");
-    note.className = "mmviz-overview-note";
-    el.append(head, table, note);
-    this.el = el;
+    this.note = h("div", { className: "mmviz-overview-note" });
+    this.el = h("div", { className: "mmviz-overview" }, head, table, this.note);
     this.grid = grid;
     this.statSelect = select;
-    this.note = note;
 
     const cellAt = (ev: MouseEvent): { layer: number; head: number } | null => {
       const r = grid.getBoundingClientRect();
@@ -128,11 +110,7 @@ export class Overview {
       const layer = Math.floor(((ev.clientY - r.top) / r.height) * L);
       return head >= 0 && head < H && layer >= 0 && layer < L ? { layer, head } : null;
     };
-    const on = (target: EventTarget, type: string, fn: (ev: MouseEvent) => void): void => {
-      const listener = fn as EventListener;
-      target.addEventListener(type, listener);
-      this.disposers.push(() => target.removeEventListener(type, listener));
-    };
+    const on = this.listeners.on.bind(this.listeners);
     on(grid, "mousemove", (ev) => {
       const c = cellAt(ev);
       const prev = store.get().preview;
@@ -147,14 +125,9 @@ export class Overview {
     on(select, "change", () => store.set({ stat: select.value as Statistic }));
   }
 
-  private button(text: string, cls: string, title: string, onClick: () => void): HTMLButtonElement {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.className = cls;
-    b.textContent = text;
-    b.title = title;
-    b.addEventListener("click", onClick);
-    this.disposers.push(() => b.removeEventListener("click", onClick));
+  private button(text: string, className: string, title: string, data: Record<string, string>, onClick: () => void): HTMLButtonElement {
+    const b = button({ className, text, title, data });
+    this.listeners.on(b, "click", onClick);
     return b;
   }
 
@@ -248,17 +221,15 @@ export class Overview {
       ctx.strokeStyle = "#fff";
       ctx.strokeRect(x + 2.5, y + 2.5, w - 5, hgt - 5);
     };
-    const layer = s.layer;
-    if (layer === ALL_LAYERS && s.head === -1) outline(0, 0, H * c, L * c, false);
-    else if (layer === ALL_LAYERS) outline(s.head * c, 0, c, L * c, false);
-    else if (s.head === -1) outline(0, layer * c, H * c, c, false);
-    else outline(s.head * c, layer * c, c, c, false);
+    // Columns span every layer for the mean over layers, rows every head for the mean of heads.
+    const [x, w] = s.head === MEAN ? [0, H * c] : [s.head * c, c];
+    const [y, hgt] = s.layer === MEAN ? [0, L * c] : [s.layer * c, c];
+    outline(x, y, w, hgt, false);
     if (s.preview !== null) outline(s.preview.head * c, s.preview.layer * c, c, c, true);
     ctx.setLineDash([]);
   }
 
   dispose(): void {
-    for (const d of this.disposers) d();
-    this.disposers.length = 0;
+    this.listeners.dispose();
   }
 }

@@ -8,9 +8,10 @@
  */
 
 import { colorFor } from "../colormap";
-import { isImageKind, KIND_QUERY, KIND_SPECIAL, type WidgetData } from "../data";
-import type { ProjectionData } from "../extras";
-import { ALL_LAYERS, type ColorBy, type Store, type ViewState } from "../store";
+import type { WidgetData } from "../data";
+import { h, Listeners, option } from "../dom";
+import { isImageKind, KIND_QUERY, KIND_SPECIAL, MEAN, type ProjectionData } from "../protocol";
+import type { ColorBy, Store, ViewState } from "../store";
 import { depthLabel } from "./lens-panel";
 
 export const PROJECTION_SIZE: [number, number] = [360, 300];
@@ -39,79 +40,56 @@ export class ProjectionPanel {
   private ys = new Float32Array(0);
   /** What this panel's hover set (so leaving clears only that). */
   private hovered: "token" | "patch" | null = null;
-  private readonly disposers: (() => void)[] = [];
+  private readonly listeners = new Listeners();
 
   constructor(
     private readonly widgetData: WidgetData,
     private readonly store: Store,
   ) {
-    const [w, h] = PROJECTION_SIZE;
-    const el = document.createElement("div");
-    el.className = "mmviz-projection";
-    const head = document.createElement("div");
-    head.className = "mmviz-projection-head";
-    const select = document.createElement("select");
-    select.className = "mmviz-color-by";
-    select.setAttribute("aria-label", "colour points by");
-    for (const [value, text] of [
-      ["modality", "colour by modality"],
-      ["row", "colour by image grid row"],
-    ] as const) {
-      const o = document.createElement("option");
-      o.value = value;
-      o.textContent = text;
-      select.append(o);
-    }
-    head.append(select, this.legend());
-    const canvas = document.createElement("canvas");
-    canvas.className = "mmviz-projection-canvas";
-    canvas.width = w;
-    canvas.height = h;
-    canvas.dataset.pad = String(PROJECTION_PAD);
-    canvas.setAttribute("role", "img");
-    canvas.setAttribute("aria-label", "projection of the hidden states");
-    const status = document.createElement("div");
-    status.className = "mmviz-projection-status";
-    const note = document.createElement("div");
-    note.className = "mmviz-projection-note";
-    el.append(head, status, canvas, note);
-    this.el = el;
-    this.canvas = canvas;
-    this.colorSelect = select;
-    this.note = note;
-    this.status = status;
+    const [w, ht] = PROJECTION_SIZE;
+    this.colorSelect = h(
+      "select",
+      { className: "mmviz-color-by", attrs: { "aria-label": "colour points by" } },
+      option("modality", "colour by modality"),
+      option("row", "colour by image grid row"),
+    );
+    this.canvas = h("canvas", {
+      className: "mmviz-projection-canvas",
+      data: { pad: String(PROJECTION_PAD) },
+      attrs: { role: "img", "aria-label": "projection of the hidden states" },
+    });
+    this.canvas.width = w;
+    this.canvas.height = ht;
+    this.status = h("div", { className: "mmviz-projection-status" });
+    this.note = h("div", { className: "mmviz-projection-note" });
+    this.el = h(
+      "div",
+      { className: "mmviz-projection" },
+      h("div", { className: "mmviz-projection-head" }, this.colorSelect, this.legend()),
+      this.status,
+      this.canvas,
+      this.note,
+    );
 
-    const onMove = (ev: MouseEvent): void => {
+    const { canvas, colorSelect } = this;
+    this.listeners.on(canvas, "mousemove", (ev) => {
       const r = canvas.getBoundingClientRect();
       if (r.width === 0 || this.data === null) return;
       const x = ((ev.clientX - r.left) * w) / r.width;
-      const y = ((ev.clientY - r.top) * h) / r.height;
+      const y = ((ev.clientY - r.top) * ht) / r.height;
       this.hover(this.pointAt(x, y));
-    };
-    const onLeave = (): void => this.hover(null);
-    const onColor = (): void => this.store.set({ colorBy: select.value as ColorBy });
-    canvas.addEventListener("mousemove", onMove);
-    canvas.addEventListener("mouseleave", onLeave);
-    select.addEventListener("change", onColor);
-    this.disposers.push(() => {
-      canvas.removeEventListener("mousemove", onMove);
-      canvas.removeEventListener("mouseleave", onLeave);
-      select.removeEventListener("change", onColor);
     });
+    this.listeners.on(canvas, "mouseleave", () => this.hover(null));
+    this.listeners.on(colorSelect, "change", () => this.store.set({ colorBy: colorSelect.value as ColorBy }));
   }
 
   private legend(): HTMLSpanElement {
-    const span = document.createElement("span");
-    span.className = "mmviz-projection-legend";
-    for (const [name, colour] of Object.entries(COLOURS)) {
-      const item = document.createElement("span");
-      const dot = document.createElement("span");
-      dot.className = "mmviz-dot";
+    const items = Object.entries(COLOURS).map(([name, colour]) => {
+      const dot = h("span", { className: "mmviz-dot" });
       dot.style.background = colour;
-      item.append(dot, document.createTextNode(name));
-      span.append(item);
-    }
-    return span;
+      return h("span", {}, dot, name);
+    });
+    return h("span", { className: "mmviz-projection-legend" }, ...items);
   }
 
   /** The position whose point is nearest to canvas pixel (x, y), within a few pixels; null if none. */
@@ -149,14 +127,14 @@ export class ProjectionPanel {
     this.data = data;
     if (data === null) return;
     // "All layers" has no single state: show the last one.
-    const depth = s.layer === ALL_LAYERS ? data.depths - 1 : Math.min(data.depths - 1, s.layer + 1);
+    const depth = s.layer === MEAN ? data.depths - 1 : Math.min(data.depths - 1, s.layer + 1);
     const patchPos = s.hoverPatch === null ? -1 : (this.widgetData.imagePositions[s.hoverPatch] ?? -1);
     const key = `${depth}|${s.colorBy}|${focusPositions.join(",")}|${patchPos}`;
     if (key === this.key) return;
     this.key = key;
     if (depth !== this.depth) this.place(data, depth);
     this.paint(data, s.colorBy, new Set(focusPositions), patchPos);
-    const all = s.layer === ALL_LAYERS ? " (all layers selected: the last state is shown)" : "";
+    const all = s.layer === MEAN ? " (all layers selected: the last state is shown)" : "";
     const explained = Number.isFinite(data.explained) ? `; the two components explain ${(100 * data.explained).toFixed(0)}% of the variance` : "";
     this.note.textContent =
       `${depthLabel(depth)}${all}: modality gap (1 − cosine of the mean image and mean text state) ` +
@@ -223,7 +201,6 @@ export class ProjectionPanel {
   }
 
   dispose(): void {
-    for (const d of this.disposers) d();
-    this.disposers.length = 0;
+    this.listeners.dispose();
   }
 }

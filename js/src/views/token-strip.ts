@@ -5,7 +5,9 @@
  */
 
 import { scaleColor, textColorOn, type ColorScale } from "../colormap";
-import { isImageKind, KIND_QUERY, KIND_SPECIAL, type WidgetData } from "../data";
+import type { WidgetData } from "../data";
+import { h, Listeners } from "../dom";
+import { isImageKind, KIND_QUERY, KIND_SPECIAL } from "../protocol";
 import type { Store } from "../store";
 
 /** "p = 0.83" for a log-probability (answer tokens), "" for NaN. */
@@ -79,7 +81,7 @@ export class TokenStrip {
   private pinnedEl: HTMLSpanElement | undefined;
   private lastKey = "";
   private rowsKey = "attention";
-  private readonly disposers: (() => void)[] = [];
+  private readonly listeners = new Listeners();
 
   constructor(
     private readonly data: WidgetData,
@@ -87,10 +89,10 @@ export class TokenStrip {
     /** Merge sub-word pieces into one chip per word. */
     readonly words = false,
   ) {
-    const el = document.createElement("div");
-    el.className = words ? "mmviz-tokens mmviz-words" : "mmviz-tokens";
-    el.setAttribute("role", "list");
-    el.setAttribute("aria-label", "tokens");
+    const el = h("div", {
+      className: words ? "mmviz-tokens mmviz-words" : "mmviz-tokens",
+      attrs: { role: "list", "aria-label": "tokens" },
+    });
     this.el = el;
     this.spans = new Array<HTMLSpanElement | undefined>(data.n);
 
@@ -102,13 +104,13 @@ export class TokenStrip {
     while (pos < data.n) {
       const run = runAt.get(pos);
       if (run) {
-        const chip = document.createElement("span");
-        chip.className = "mmviz-image-chip";
-        chip.textContent = chipLabel(run, nImages);
-        chip.dataset.start = String(run.start);
-        chip.dataset.count = String(run.count);
+        const chip = h("span", {
+          className: "mmviz-image-chip",
+          text: chipLabel(run, nImages),
+          data: { start: String(run.start), count: String(run.count) },
+          title: `positions ${run.start}–${run.start + run.count - 1}`,
+        });
         if (run.images.length === 1) chip.dataset.imageIndex = String(run.images[0]);
-        chip.title = `positions ${run.start}–${run.start + run.count - 1}`;
         frag.append(chip);
         pos += run.count;
         continue;
@@ -121,7 +123,7 @@ export class TokenStrip {
     }
     el.append(frag);
 
-    const onOver = (ev: MouseEvent): void => {
+    this.listeners.on(el, "mouseover", (ev) => {
       const target = ev.target as Element | null;
       const tok = target?.closest?.(".mmviz-token");
       if (tok instanceof HTMLElement && el.contains(tok)) {
@@ -129,22 +131,14 @@ export class TokenStrip {
       } else if (target?.closest?.(".mmviz-image-chip")) {
         this.store.set({ hoverToken: null });
       }
-    };
-    const onLeave = (): void => this.store.set({ hoverToken: null });
-    const onClick = (ev: MouseEvent): void => {
+    });
+    this.listeners.on(el, "mouseleave", () => this.store.set({ hoverToken: null }));
+    this.listeners.on(el, "click", (ev) => {
       const tok = (ev.target as Element | null)?.closest?.(".mmviz-token");
       if (!(tok instanceof HTMLElement) || !el.contains(tok)) return;
       const pos = Number(tok.dataset.pos);
       const pinned = this.store.get().pinnedToken;
       this.store.set({ pinnedToken: pinned === pos ? null : pos });
-    };
-    el.addEventListener("mouseover", onOver);
-    el.addEventListener("mouseleave", onLeave);
-    el.addEventListener("click", onClick);
-    this.disposers.push(() => {
-      el.removeEventListener("mouseover", onOver);
-      el.removeEventListener("mouseleave", onLeave);
-      el.removeEventListener("click", onClick);
     });
   }
 
@@ -152,7 +146,7 @@ export class TokenStrip {
   private makeSpan(positions: readonly number[]): HTMLSpanElement {
     const { data } = this;
     const pos = positions[0]!;
-    const span = document.createElement("span");
+    const span = h("span");
     const kind = data.kinds[pos] ?? 0;
     const classes = ["mmviz-token"];
     if (pos >= data.answerStart) classes.push("mmviz-answer");
@@ -246,7 +240,6 @@ export class TokenStrip {
   }
 
   dispose(): void {
-    for (const d of this.disposers) d();
-    this.disposers.length = 0;
+    this.listeners.dispose();
   }
 }

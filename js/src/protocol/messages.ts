@@ -1,0 +1,74 @@
+/**
+ * The custom messages between the browser and the kernel (`Inspector._on_message`): fetch and compute requests,
+ * and their `fetched` / `computed` replies. Every request carries a `request` id and its reply carries it back
+ * (channel.ts matches them).
+ */
+
+import { putAtPath } from "../codec";
+import type { Layer } from "./selection";
+import { lenientText, type Fields } from "./validate";
+
+/** What the browser can fetch (`meta.extras` says which the kernel serves). */
+export type FetchWhat = "heads" | "lens" | "projection";
+
+/** `{"type": "fetch", "what", "layer"?}`: per-head maps of a layer (or `"mean"`), the lens, the projection. */
+export interface FetchRequest {
+  type: "fetch";
+  what: FetchWhat;
+  layer?: Layer;
+}
+
+/** `{"type": "compute", "method"}`: compute a method's map (it arrives through the `maps` trait). */
+export interface ComputeRequest {
+  type: "compute";
+  method: string;
+}
+
+export type Request = FetchRequest | ComputeRequest;
+
+/** The reply type the kernel answers each request type with. */
+export const REPLY_TYPE = { fetch: "fetched", compute: "computed" } as const;
+export type ReplyType = (typeof REPLY_TYPE)[Request["type"]];
+
+export function fetchRequest(what: FetchWhat, layer?: Layer): FetchRequest {
+  return layer === undefined ? { type: "fetch", what } : { type: "fetch", what, layer };
+}
+
+export function computeRequest(method: string): ComputeRequest {
+  return { type: "compute", method };
+}
+
+/** A reply as it arrives: its content (`{"type", "request", "ok", "error"?, ...}`) and its binary buffers. */
+export interface Reply {
+  content: Fields;
+  buffers: readonly DataView[];
+}
+
+/** The request id and type of a custom message, or null when it is not a reply to a request. */
+export function replyHeader(content: unknown): { request: string; type: string } | null {
+  if (content === null || typeof content !== "object") return null;
+  const { request, type } = content as Fields;
+  return typeof request === "string" && typeof type === "string" ? { request, type } : null;
+}
+
+/** Why the kernel refused a request (`ok` is not true), or null when it succeeded. */
+export function replyError(reply: Reply): string | null {
+  if (reply.content.ok === true) return null;
+  return lenientText(reply.content.error) || "unknown error";
+}
+
+/**
+ * The payload of a `fetched` reply with its byte fields put back from the binary buffers (`buffer_paths[i]` is
+ * where buffer i goes, as ipywidgets' `put_buffers`); throws the kernel's error when the fetch failed.
+ */
+export function fetchedPayload(reply: Reply): unknown {
+  const error = replyError(reply);
+  if (error !== null) throw new Error(error);
+  const { payload, buffer_paths: paths } = reply.content;
+  const out = (payload !== null && typeof payload === "object" ? payload : {}) as Record<string, unknown>;
+  (Array.isArray(paths) ? paths : []).forEach((path: unknown, i) => {
+    const buffer = reply.buffers[i];
+    if (Array.isArray(path) && buffer !== undefined) putAtPath(out, path as (string | number)[], buffer);
+  });
+  return out;
+}

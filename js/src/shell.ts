@@ -1,0 +1,246 @@
+/**
+ * The shell of one view: builds the DOM of every view (header with the switcher, controls and legend; images and
+ * token strip; caption; layer × head overview and the side panels) from one revision of the data, wires them to
+ * the view's store, and paints them all from one derived frame (frame.ts) per state change.
+ */
+
+import { button, h, Listeners } from "./dom";
+import type { WidgetData } from "./data";
+import type { Extras } from "./extras";
+import { FrameBuilder, type Frame } from "./frame";
+import { switcherEntries, type MethodContext } from "./method-state";
+import { ATTENTION, type LensData, type MethodInfo, type ProjectionData } from "./protocol";
+import type { Panel, Store, ViewState } from "./store";
+import { Caption } from "./views/caption";
+import { Controls } from "./views/controls";
+import { ImageView } from "./views/image-view";
+import { Legend, formatValue } from "./views/legend";
+import { LensPanel } from "./views/lens-panel";
+import { MethodSwitcher, type SwitcherEntry } from "./views/method-switcher";
+import { Overview } from "./views/overview";
+import { ProjectionPanel } from "./views/projection-panel";
+import { TokenStrip } from "./views/token-strip";
+
+/** Status text of a side panel's extra: why it is not shown yet. */
+function extraMessage(extras: Extras, key: string, what: string): string {
+  const st = extras.statusOf(key);
+  if (st.state === "error") return `The ${what} could not be loaded: ${st.error ?? "unknown error"}.`;
+  return `Loading the ${what} from the kernel…`;
+}
+
+/** The views of one revision of the data, built into `parent` and wired to the view's store (one per render). */
+export class Shell {
+  readonly controls: Controls;
+  readonly switcher: MethodSwitcher;
+  readonly legend: Legend;
+  tokens: TokenStrip;
+  readonly images: ImageView[] = [];
+  readonly caption: Caption;
+  readonly overview: Overview | null;
+  readonly lens: LensPanel | null;
+  readonly projection: ProjectionPanel | null;
+  readonly frames: FrameBuilder;
+  private readonly tabs = new Map<Panel, HTMLButtonElement>();
+  private readonly side: HTMLDivElement;
+  private readonly listeners = new Listeners();
+  /** Bumped when an extra arrives (part of the overview's memo key). */
+  arrivals = 0;
+
+  constructor(
+    readonly data: WidgetData,
+    readonly extras: Extras | null,
+    readonly store: Store,
+    parent: HTMLElement,
+    onPickMethod: (name: string) => void,
+  ) {
+    this.frames = new FrameBuilder(data, extras);
+    const title = h("div", {
+      className: "mmviz-title",
+      text: [data.meta.model_name, data.meta.family].filter(Boolean).join(" · "),
+    });
+    this.switcher = new MethodSwitcher(onPickMethod);
+    this.controls = new Controls(data, store);
+    this.controls.el.prepend(this.switcher.el);
+    this.legend = new Legend(data.meta.map_label);
+    const header = h("div", { className: "mmviz-header" }, title, this.controls.el, this.legend.el);
+
+    const onView = (image: number, code: number): void => {
+      const views = [...store.get().views];
+      while (views.length <= image) views.push(-1);
+      views[image] = code;
+      store.set({ views });
+    };
+    for (let i = 0; i < data.nImages; i++) this.images.push(new ImageView(data, store, i, undefined, onView));
+    const imgs = h("div", { className: "mmviz-images", hidden: data.nImages === 0 }, ...this.images.map((v) => v.el));
+    this.tokens = new TokenStrip(data, store, store.get().words);
+    const body = h("div", { className: "mmviz-body" }, imgs, this.tokens.el);
+
+    this.overview = data.hasAttention ? new Overview(data, store, this.frames) : null;
+    const canFetch = extras !== null;
+    this.lens = canFetch && data.meta.extras.lens ? new LensPanel(data, store) : null;
+    this.projection = canFetch && data.meta.extras.projection ? new ProjectionPanel(data, store) : null;
+    const tabBar = h("div", { className: "mmviz-tabs", attrs: { role: "tablist" } });
+    for (const [panel, text, view] of [
+      ["lens", "Logit lens", this.lens],
+      ["projection", "Projection", this.projection],
+    ] as const) {
+      if (view === null) continue;
+      const tab = button({ className: "mmviz-tab", text, data: { panel }, attrs: { role: "tab" } });
+      this.listeners.on(tab, "click", () => store.set({ panel: store.get().panel === panel ? "none" : panel }));
+      this.tabs.set(panel, tab);
+      tabBar.append(tab);
+    }
+    this.side = h("div", { className: "mmviz-side" }, tabBar);
+    if (this.lens) this.side.append(this.lens.el);
+    if (this.projection) this.side.append(this.projection.el);
+    const panels = h("div", { className: "mmviz-panels" });
+    if (this.overview) panels.append(this.overview.el);
+    if (this.tabs.size > 0) panels.append(this.side);
+
+    this.caption = new Caption(data);
+    parent.append(header, body, this.caption.el, panels);
+    if (extras !== null) this.listeners.add(extras.subscribe(() => this.arrivals++));
+  }
+
+  /** Rebuild the token strip (pieces ↔ words). */
+  private rebuildTokens(words: boolean): void {
+    const strip = new TokenStrip(this.data, this.store, words);
+    this.tokens.el.replaceWith(strip.el);
+    this.tokens.dispose();
+    this.tokens = strip;
+  }
+
+  paint(s: Readonly<ViewState>, m: MethodContext): Frame {
+    const { data } = this;
+    if (this.tokens.words !== s.words) this.rebuildTokens(s.words);
+    const f = this.frames.build(s, m);
+    const entries = switcherEntries(data, m);
+    const info = entries.find((e) => e.info.name === f.method)?.info;
+    this.images.forEach((v, i) => {
+      v.setView(data.selectedView(i, s.views));
+      v.paintHeat(f.map, f.scale, f.map === null ? -1 : (f.rows[0] ?? -1), f.mapKey);
+      v.heat.dataset.method = f.map === null ? "" : f.method;
+      v.heat.dataset.layer = f.slice?.layer != null ? String(f.slice.layer) : f.attention ? String(f.layer) : "";
+      v.heat.dataset.scale = s.scale;
+      v.heat.dataset.gamma = String(s.gamma);
+      v.setOpacity(s.opacity);
+      v.paintOutline(s.hoverPatch);
+      const value = s.hoverPatch !== null && f.map !== null ? f.map[s.hoverPatch] : undefined;
+      v.paintTooltip(s.hoverPatch, value === undefined ? "" : `${this.patchLabel(s.hoverPatch!)}: ${formatValue(value)}`);
+    });
+
+    if (f.methodMap !== null) {
+      const map = f.methodMap;
+      this.tokens.setRows(`${f.method}|${m.mapsGeneration}`, (pos) => map.hasRow(pos), map.positions.length < data.n);
+    } else {
+      this.tokens.setRows(f.attention ? "attention" : `none|${f.method}`, (pos) => f.attention && data.rowOf(pos) >= 0, !f.attention);
+    }
+    this.tokens.paint({
+      hoverToken: s.hoverToken,
+      pinnedToken: s.pinnedToken,
+      column: f.column,
+      positions: f.columnPositions,
+      scale: f.columnScale,
+      key: f.columnKey,
+    });
+    this.legend.update({
+      vmax: f.map === null ? null : f.scale.range,
+      tokenMax: f.column === null ? null : f.columnScale.range,
+      signed: f.scale.signed,
+      label: f.attention ? data.meta.map_label : (info?.label ?? f.methodMap?.label ?? f.method),
+    });
+    this.paintCaption(s, f, m, entries, info);
+    const layered = f.attention || (f.methodMap !== null && f.methodMap.layers !== null && f.methodMap.layers.length > 0);
+    this.controls.setApplicable(layered, f.attention, f.attention ? "" : "this map does not depend on it");
+    this.controls.update(s);
+    this.switcher.update(entries, f.method);
+    this.paintPanels(s, f);
+    return f;
+  }
+
+  private patchLabel(p: number): string {
+    const g = this.data.grid;
+    return g.length === 2 * this.data.P ? `patch (${g[2 * p]}, ${g[2 * p + 1]})` : `patch ${p}`;
+  }
+
+  private paintCaption(
+    s: Readonly<ViewState>,
+    f: Frame,
+    m: MethodContext,
+    entries: readonly SwitcherEntry[],
+    info: MethodInfo | undefined,
+  ): void {
+    if (f.attention || (f.method === ATTENTION && f.methodMap === null)) {
+      this.caption.update({
+        state: s,
+        focus: f.focus,
+        row: f.rows[0] ?? -1,
+        vmax: f.scale.range,
+        valid: f.attention && this.data.validSelection(f.layer, f.head),
+        preview: f.previewing ? { layer: f.layer, head: f.head } : null,
+        waiting: f.waiting,
+        word: f.focusPositions,
+      });
+      return;
+    }
+    const entry = entries.find((e) => e.info.name === f.method);
+    const failed = m.failed !== null && m.failed.method === f.method ? m.failed.message : null;
+    this.caption.update({
+      method: {
+        state: s,
+        focus: f.focus,
+        info: info ?? { name: f.method, label: f.methodMap?.label ?? f.method, meaning: f.methodMap?.meaning ?? "", cost: "fast" },
+        map: f.methodMap,
+        row: f.rows[0] ?? -1,
+        slice: f.slice,
+        range: f.scale.range,
+        pending: m.pending === f.method,
+        failed,
+        canCompute: entry?.canCompute ?? false,
+        staticPage: !m.kernel,
+      },
+    });
+  }
+
+  private paintPanels(s: Readonly<ViewState>, f: Frame): void {
+    this.overview?.update(s, f.focusPositions, this.arrivals);
+    for (const [panel, tab] of this.tabs) {
+      tab.setAttribute("aria-selected", s.panel === panel ? "true" : "false");
+      tab.classList.toggle("mmviz-on", s.panel === panel);
+    }
+    this.side.dataset.panel = s.panel;
+    const extras = this.extras;
+    if (this.lens) {
+      this.lens.el.hidden = s.panel !== "lens";
+      if (s.panel === "lens" && extras) {
+        extras.want("lens");
+        this.lens.update(s, f.focus, extras.get<LensData>("lens"), extraMessage(extras, "lens", "logit lens"));
+      }
+    }
+    if (this.projection) {
+      this.projection.el.hidden = s.panel !== "projection";
+      if (s.panel === "projection" && extras) {
+        extras.want("projection");
+        const data = extras.get<ProjectionData>("projection");
+        this.projection.update(s, f.focusPositions, data, extraMessage(extras, "projection", "projection"));
+      }
+    }
+  }
+
+  /** Positions the arrow keys step through: those the drawn map has a row for. */
+  rowPositions(f: Frame): number[] {
+    if (f.methodMap !== null) return [...new Set(f.methodMap.positions)].sort((a, b) => a - b);
+    return [...this.data.queryPositions].sort((a, b) => a - b);
+  }
+
+  dispose(): void {
+    this.listeners.dispose();
+    this.controls.dispose();
+    this.switcher.dispose();
+    this.tokens.dispose();
+    this.overview?.dispose();
+    this.lens?.dispose();
+    this.projection?.dispose();
+    for (const v of this.images) v.dispose();
+  }
+}
