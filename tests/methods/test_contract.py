@@ -18,6 +18,7 @@ import mmviz.methods
 from mmviz.capture import snapshot
 from mmviz.methods import CATALOGUE, MethodSpec
 from mmviz.records.spec import variant
+from mmviz.widget import payloads
 
 QUICK = {"integrated_gradients": {"steps": 4}, "rise": {"n_masks": 8}}
 """Cheap settings: the contract is about shapes and bookkeeping, not about accuracy."""
@@ -80,3 +81,33 @@ def test_a_variant_is_its_own_catalogue_entry_with_the_base_function(fresh):
     np.testing.assert_array_equal(fresh.compute("attention_max").values, direct.values)
     with pytest.raises(ValueError, match="already registered"):
         variant(mmviz.methods.rollout, "attention_max", label="x", meaning="x")
+
+
+def test_a_new_method_is_one_file_and_one_import(fresh, tmp_path, monkeypatch):
+    """A method written in its own file joins the catalogue when imported: trace.compute, the widget's switcher and
+    this contract see it, with no other change."""
+    (tmp_path / "brightness.py").write_text(
+        '''
+import numpy as np
+
+from mmviz.records import method
+
+
+@method("brightness", label="Brightness", meaning="The mean embedding of each image token.", cost="instant")
+def brightness(trace, targets=None):
+    columns = trace.image_positions
+    values = np.abs(trace.run.embeddings()[0, columns].mean(-1).numpy())
+    answer = np.arange(trace.answer_start, len(trace.tokens))
+    return brightness.spec.map(values=np.tile(values, (len(answer), 1)), positions=answer, columns=columns)
+'''
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        importlib.import_module("brightness")  # the one import line
+        assert "brightness" in CATALOGUE and list(CATALOGUE).index("brightness") < list(CATALOGUE).index("rollout")
+        test_every_method_honours_its_spec(fresh, "brightness")
+        names = [entry["name"] for entry in payloads.method_catalogue(fresh)]
+        assert "brightness" in names, "the widget's method switcher lists it"
+    finally:
+        CATALOGUE.pop("brightness", None)
+        fresh.maps.pop("brightness", None)
