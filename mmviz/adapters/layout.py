@@ -47,7 +47,7 @@ class SoftCells:
 
     Example:
         >>> soft = trace.layout.soft                                   # doctest: +SKIP
-        >>> cells = trace.attention(layer=trace.num_layers - 1, head="mean") @ soft.weights   # (rows, C)   # doctest: +SKIP
+        >>> cells = trace.attention(layer="mean", head="mean") @ soft.weights   # (rows, C)   # doctest: +SKIP
     """
 
     positions: np.ndarray
