@@ -206,9 +206,7 @@ class Inspector(anywidget.AnyWidget):
         value = _integral(proposal["value"])
         if value == -1 and not isinstance(value, bool):  # nothing pinned
             return -1
-        return _selected(
-            lambda v, n: selection.index(v, n, "pinned", unit="position (or -1: none)"), value, len(self._trace.tokens)
-        )
+        return _selected(selection.index, value, len(self._trace.tokens), "pinned", unit="position (or -1: none)")
 
     def _send_trace(self, trace: Trace) -> None:
         language_model = trace.run is not None  # a dual encoder's trace has no model run: no lens, no projection
@@ -272,10 +270,10 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _selected(check: Callable[..., Any], value: Any, count: int) -> Any:
-    """``check(value, count)`` of :mod:`mmviz.selection`, its :class:`InputError` as a trait error."""
+def _selected(check: Callable[..., Any], value: Any, count: int, *args: Any, **options: Any) -> Any:
+    """``check(value, count, ...)`` of :mod:`mmviz.selection`, its :class:`InputError` as a trait error."""
     try:
-        return check(value, count)
+        return check(value, count, *args, **options)
     except MmvizError as error:
         raise traitlets.TraitError(str(error)) from None
 
