@@ -140,7 +140,7 @@ class Trace:
         """
         spec = lookup(name)
         kept = self.maps.get(name)
-        if kept is not None and kept.info.get("settings") == {**spec.settings, **settings}:
+        if kept is not None and _same(kept.info.get("settings"), {**spec.settings, **settings}):
             return kept
         self.maps[name] = spec.compute(self, **settings)
         return self.maps[name]
@@ -159,6 +159,16 @@ class Trace:
             f"({n_image} image tokens), {self.num_layers} layers × {self.num_heads} heads, "
             f"answer {self.answer!r}>"
         )
+
+
+def _same(kept: object, wanted: dict[str, Any]) -> bool:
+    """Whether a kept map's settings are ``wanted`` (settings holding arrays compare element-wise, else unequal)."""
+    if not isinstance(kept, dict) or kept.keys() != wanted.keys():
+        return False
+    try:
+        return all(bool(np.all(kept[key] == wanted[key])) for key in wanted)
+    except (TypeError, ValueError):  # shapes that do not broadcast, values without an equality
+        return False
 
 
 def model_name(model: torch.nn.Module) -> str:

@@ -111,3 +111,11 @@ def brightness(trace, targets=None):
     finally:
         CATALOGUE.pop("brightness", None)
         fresh.maps.pop("brightness", None)
+
+
+def test_settings_holding_arrays_are_kept_and_compared_element_wise(fresh):
+    rows = np.arange(fresh.answer_start, fresh.answer_start + 2)
+    first = fresh.compute("gradient_x_input", targets=rows)
+    assert fresh.compute("gradient_x_input", targets=rows.copy()) is first
+    other = fresh.compute("gradient_x_input", targets=rows[:1])
+    assert other is not first and other.values.shape[0] == 1
