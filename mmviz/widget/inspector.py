@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from mmviz.widget import bundle, export, payloads
 from mmviz.widget.payloads import MAP_DESCRIPTION, MAP_LABEL, indirect_note
 
 log = logging.getLogger("mmviz")
+
+BROWSER_OWNED = ("layer", "head", "pinned", "method")
+"""The traits the browser may change. Every other synced trait is the kernel's: a browser update of one is refused
+and the kernel's value sent back."""
 
 EXPORT_HEADS_LIMIT = 64 * 2**20
 """A standalone page embeds every layer's per-head maps when they take at most this many bytes."""
@@ -150,40 +155,64 @@ class Inspector(anywidget.AnyWidget):
 
     def _fetch_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
         """``{"type": "fetch", "what", "layer"?}``: a lazily fetched payload, its bytes as binary buffers."""
-        stripped, paths, data = _remove_buffers(self.extra(content.get("what"), content.get("layer", 0)))
+        what = content.get("what")
+        if not isinstance(what, str):
+            raise InputError(f"a fetch request needs what to fetch ('heads', 'lens' or 'projection'), not {what!r}")
+        stripped, paths, data = _remove_buffers(self.extra(what, content.get("layer", 0)))
         return {"payload": stripped, "buffer_paths": paths}, data
 
     def _on_message(self, widget: Any, content: Any, buffers: Any) -> None:
         """Browser requests ``{"type": <command>, ..., "request": id}``, dispatched by command name and answered
         ``{"type": <command>ed, "request", "ok", ...}``. Anything malformed or failing is logged and answered with
         an error; the widget and the kernel keep working."""
-        kind = content.get("type") if isinstance(content, dict) else None
-        request = content.get("request") if isinstance(content, dict) else None
-        reply: dict[str, Any] = {"type": _REPLIES.get(kind, "error"), "request": request}
+        fields = content if isinstance(content, dict) else {}
+        kind = _echo(fields.get("type"))
+        # Only plain scalars are echoed back: a string the kernel cannot encode (a lone surrogate) or a deeply nested
+        # value would make the reply itself fail, and the browser would wait for its timeout.
+        reply: dict[str, Any] = {"type": _REPLIES.get(kind, "error"), "request": _echo(fields.get("request"))}
         if kind == "compute":
-            reply["method"] = content.get("method")
+            reply["method"] = _echo(fields.get("method"))
         elif kind == "fetch":
-            reply.update(what=content.get("what"), layer=content.get("layer", 0))
+            reply.update(what=_echo(fields.get("what")), layer=_echo(fields.get("layer", 0)))
         try:
             if kind not in self._commands:
                 known = " or ".join(repr(name) for name in self._commands)
-                raise InputError(f"unknown message {str(content)[:200]!r}; expected a {known} request")
-            fields, data = self._commands[kind](content)
-            self.send({**reply, "ok": True, **fields}, buffers=data or None)
+                raise InputError(f"unknown message of type {kind!r}; expected a {known} request")
+            answer, data = self._commands[kind](fields)
+            self.send({**reply, "ok": True, **answer}, buffers=data or None)
         except Exception as error:  # reported to the browser, never raised into the comm
             log.error("mmviz: %s", error)
-            self.send({**reply, "ok": False, "error": str(error)})
+            self.send({**reply, "ok": False, "error": _printable(str(error))})
 
     def set_state(self, sync_data: dict[str, Any]) -> None:
-        """Apply a state update from the browser; an invalid value (wrong type, out of range) is logged, nothing of
-        the update is applied, and the browser is sent the current values back."""
+        """Apply a state update from the browser. Only :data:`BROWSER_OWNED` traits may change, and each value is
+        validated, type included, before anything is applied; otherwise the update is logged, nothing of it is
+        applied, and the browser is sent the current values back."""
+        names = [name for name in sync_data if name in self.keys] if isinstance(sync_data, dict) else []
         try:
+            if not isinstance(sync_data, dict):
+                raise TypeError(f"a widget update must map trait names to values, not {type(sync_data).__name__}")
+            refused = [name for name in names if name not in BROWSER_OWNED]
+            if refused:
+                raise traitlets.TraitError(f"the browser may not change {refused}: they belong to the kernel")
+            checked = {name: self._checked(name, sync_data[name]) for name in names}
             with self.hold_trait_notifications():
-                super().set_state(sync_data)
-        except (traitlets.TraitError, TypeError, ValueError) as error:
-            log.error("mmviz: rejected a widget update from the browser: %s", error)
-            names = [name for name in sync_data if name in self.keys]
-            self.send_state(names)
+                super().set_state(checked)
+        except (traitlets.TraitError, TypeError, ValueError, RecursionError) as error:
+            log.error("mmviz: rejected a widget update from the browser: %s", _printable(str(error)))
+            if names:
+                self.send_state(names)
+
+    def _checked(self, name: str, value: Any) -> Any:
+        """``value`` for the browser-owned trait ``name``, validated as the trait's own validator does (also when it
+        equals the current value, where traitlets would not validate: ``False == 0``)."""
+        validators = {
+            "layer": self._check_layer,
+            "head": self._check_head,
+            "pinned": self._check_pinned,
+            "method": self._check_method,
+        }
+        return validators[name]({"value": value})
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal: dict[str, Any]) -> LayerChoice:
@@ -195,9 +224,9 @@ class Inspector(anywidget.AnyWidget):
 
     @traitlets.validate("method")
     def _check_method(self, proposal: dict[str, Any]) -> str:
-        value = str(proposal["value"])
+        value = proposal["value"]
         names = set(CATALOGUE) | set(self._trace.maps)
-        if value not in names:
+        if not isinstance(value, str) or value not in names:
             raise traitlets.TraitError(f"method must be one of {sorted(names)}, got {value!r}")
         return value
 
@@ -261,6 +290,31 @@ class Inspector(anywidget.AnyWidget):
 
 _REPLIES = {"compute": "computed", "fetch": "fetched"}
 """The reply type of each browser command."""
+
+
+def _echo(value: Any) -> Any:
+    """``value`` if it can be echoed back to the browser as is (a short encodable string, a finite number, a bool or
+    None), else None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    if isinstance(value, str) and len(value) <= 200 and _encodable(value):
+        return value
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    """``text`` without what UTF-8 cannot carry, at most 2,000 characters (an error message sent to the browser)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
 
 
 def _integral(value: Any) -> Any:
