@@ -60,6 +60,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         raise InputError("image is empty (0 pixels); pass an image of at least 1×1 pixels")
     if image.mode == "RGB":
         return image.copy()
+    if image.mode.startswith("I;16"):  # 16-bit grey: scale 0…65535 to 0…255 (convert("L") would clip to white)
+        wide = np.asarray(image, dtype=np.float64)
+        return _to_rgb(Image.fromarray(np.rint(wide / 257.0).astype(np.uint8), mode="L"))
+    if image.mode in ("I", "F"):  # 32-bit integers or floats: no range to scale by
+        kind = "floats" if image.mode == "F" else "32-bit integers"
+        raise InputError(
+            f"a PIL image of mode {image.mode!r} holds {kind} of unknown range; convert it to 8-bit first, e.g. "
+            f"Image.fromarray((np.asarray(image) * 255).round().astype(np.uint8)) for values in [0, 1]"
+        )
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -89,4 +98,11 @@ def check_prompt(prompt: object) -> str:
         raise InputError(f"prompt must be a string, not {type(prompt).__name__}")
     if not prompt.strip():
         raise InputError("prompt is empty; ask a question about the image, e.g. 'What is in the picture?'")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            f"the prompt holds a character UTF-8 cannot encode at position {error.start} (a lone surrogate, "
+            f"{prompt[error.start]!r}); remove it or decode the text properly"
+        ) from None
     return prompt

@@ -139,3 +139,63 @@ def test_a_user_adapter_adds_a_family(fresh_llava, photo):
         registry.pop("my_vlm", None)
     with pytest.raises(TypeError, match="Adapter subclass"):
         mmviz.register_adapter(object)
+
+
+def test_a_16_bit_image_is_scaled_not_clipped_and_wide_modes_say_how_to_convert():
+    ramp = Image.fromarray((np.arange(256, dtype=np.uint16) * 257).reshape(1, 256))  # 0 … 65535
+    assert ramp.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(load_image(ramp))[0, :, 0], np.arange(256))  # not all white
+    for mode, values in (("F", np.linspace(0, 1, 12, dtype=np.float32)), ("I", np.arange(12, dtype=np.int32))):
+        with pytest.raises(mmviz.InputError, match=r"convert it to 8-bit first, e\.g\. Image\.fromarray"):
+            load_image(Image.fromarray(values.reshape(3, 4), mode=mode))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"methods": "relevancy"}, r"methods must be a list of method names"),
+        ({"methods": None}, r"methods must be a list of method names"),
+        ({"methods": [["relevancy"]]}, r"unknown methods \[\['relevancy'\]\]"),
+        ({"capture": "all"}, r"capture must be a mmviz.CapturePlan"),
+        ({"answer": 5}, r"answer must be text, a list of token ids or None"),
+        ({"max_new_tokens": True}, r"max_new_tokens must be a positive integer"),
+    ],
+)
+def test_wrong_argument_types_get_one_line_errors(llava_small, photo, arguments, message):
+    model, processor = llava_small
+    before = snapshot(model)
+    with pytest.raises(mmviz.InputError, match=message):
+        mmviz.trace(model, processor, photo, "What is it?", **arguments)
+    assert snapshot(model) == before
+
+
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        ({"layers": ["0"]}, r"layers must be a list of decoder layer numbers"),
+        ({"layers": [0.5]}, r"layers must be a list of decoder layer numbers"),
+        ({"layers": "0"}, r"layers must be a list of decoder layer numbers"),
+        ({"budget_bytes": "4G"}, r"budget_bytes must be a positive number of bytes"),
+        ({"budget_bytes": 0}, r"budget_bytes must be a positive number of bytes"),
+        ({"queries": "answer"}, r"queries must be 'text', 'all'"),
+    ],
+)
+def test_capture_plans_check_their_types_when_made(plan, message):
+    with pytest.raises(mmviz.InputError, match=message):
+        mmviz.CapturePlan(**plan)
+
+
+def test_plan_layers_and_the_prompt_are_checked_before_generation(llava_small, photo, monkeypatch):
+    model, processor = llava_small
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("generation ran before the check"))
+    for layers in ([], [3], [-1]):
+        with pytest.raises(mmviz.InputError, match="decoder layer"):
+            mmviz.trace(model, processor, photo, "What is it?", capture=mmviz.CapturePlan(layers=layers))
+    with pytest.raises(mmviz.InputError, match="lone surrogate"):
+        mmviz.trace(model, processor, photo, "What is \ud800 it?")
+
+
+def test_a_huge_generation_length_is_named_in_the_budget_message(llava_small, photo):
+    model, processor = llava_small
+    with pytest.raises(mmviz.CaptureBudgetError, match=r"because of max_new_tokens=1000000000 \(lower it\)"):
+        mmviz.trace(model, processor, photo, "What is it?", max_new_tokens=10**9)

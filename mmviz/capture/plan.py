@@ -6,9 +6,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from mmviz import selection
 from mmviz.adapters.base import ModelShape
-from mmviz.errors import MmvizError
+from mmviz.errors import InputError, MmvizError
 
 FLOAT_BYTES = 4
 
@@ -52,7 +54,19 @@ class CapturePlan:
 
     def __post_init__(self) -> None:
         if isinstance(self.queries, str) and self.queries not in ("text", "all"):
-            raise ValueError(f"queries must be 'text', 'all' or a list of positions, not {self.queries!r}")
+            raise InputError(f"queries must be 'text', 'all' or a list of positions, not {self.queries!r}")
+        layers = self.layers
+        if layers is not None and (
+            isinstance(layers, (str, bytes))
+            or not isinstance(layers, Sequence | np.ndarray)
+            or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in layers)
+        ):  # the range is checked against the model when it is traced, before anything runs
+            raise InputError(f"layers must be a list of decoder layer numbers (e.g. [0, 5]) or None, not {layers!r}")
+        budget = self.budget_bytes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise InputError(
+                f"budget_bytes must be a positive number of bytes (e.g. 4 * 2**30) or None, not {budget!r}"
+            )
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:
         """The recorded decoder layers, checked against the model's ``num_layers`` (``InputError`` if out of range)."""
@@ -75,8 +89,9 @@ class CapturePlan:
             )
         return parts
 
-    def check(self, shape: ModelShape, n_positions: int, n_queries: int) -> dict[str, int]:
-        """Raise :class:`CaptureBudgetError` (saying how to shrink the plan) if the estimate exceeds the budget."""
+    def check(self, shape: ModelShape, n_positions: int, n_queries: int, *, longest: str = "") -> dict[str, int]:
+        """Raise :class:`CaptureBudgetError` (saying how to shrink the plan) if the estimate exceeds the budget;
+        ``longest`` names what made the sequence that long (it joins the advice)."""
         parts = self.estimate(shape, n_positions, n_queries)
         total = sum(parts.values())
         budget = self.budget_bytes if self.budget_bytes is not None else default_budget()
@@ -86,6 +101,7 @@ class CapturePlan:
                 f"this capture needs ≈{_gib(total)} ({listed}) but the budget is {_gib(budget)}; shrink it with "
                 f"CapturePlan(layers=[...] for fewer layers, queries=[...] for fewer query rows, head_mean=True, "
                 f"hidden_states=False, vision_attention=False) or raise budget_bytes"
+                + (f"; the sequence is this long because of {longest}" if longest else "")
             )
         return parts
 

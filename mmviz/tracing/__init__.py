@@ -60,10 +60,16 @@ def trace(
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
+    if capture is not None and not isinstance(capture, CapturePlan):
+        raise InputError(f"capture must be a mmviz.CapturePlan(...) or None, not {type(capture).__name__}")
     plan = CapturePlan() if capture is None else capture
-    unknown = sorted(set(methods) - set(CATALOGUE))
-    if isinstance(methods, str) or unknown:
-        raise InputError(f"unknown methods {unknown or methods!r}; choose from {list(CATALOGUE)}")
+    if isinstance(methods, (str, bytes)) or not isinstance(methods, (list, tuple, set, frozenset)):
+        raise InputError(f"methods must be a list of method names (e.g. ['relevancy']), not {methods!r}")
+    unknown = [name for name in methods if not isinstance(name, str) or name not in CATALOGUE]
+    if unknown:
+        raise InputError(f"unknown methods {unknown!r}; choose from {list(CATALOGUE)}")
+    if answer is not None and not isinstance(answer, (str, list, tuple)):
+        raise InputError(f"answer must be text, a list of token ids or None (generate it), not {answer!r}")
     check_prompt(prompt)
     images = load_images(image)
     adapter = adapter_for(model, processor)

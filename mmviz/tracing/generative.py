@@ -43,7 +43,8 @@ def trace_generative(
     prompt_layout = adapter.layout(prompt_ids[0].cpu().numpy(), images, inputs)
     n_image = len(prompt_layout.positions("image", "image_newline", "image_sep"))
     planned_queries = _n_queries(plan, planned_length, planned_length - n_image)
-    plan.check(adapter.model_shape(len(images)), planned_length, planned_queries)
+    longest = f"max_new_tokens={max_new_tokens} (lower it)" if answer_ids is None else ""
+    plan.check(adapter.model_shape(len(images)), planned_length, planned_queries, longest=longest)
 
     with preserved(model):
         model.eval()
