@@ -199,3 +199,19 @@ def test_a_huge_generation_length_is_named_in_the_budget_message(llava_small, ph
     model, processor = llava_small
     with pytest.raises(mmviz.CaptureBudgetError, match=r"because of max_new_tokens=1000000000 \(lower it\)"):
         mmviz.trace(model, processor, photo, "What is it?", max_new_tokens=10**9)
+
+
+def test_an_image_placeholder_in_the_answer_is_never_generated_and_refused_when_given(fresh_llava, photo):
+    model, processor = fresh_llava
+    question = "What is in the picture?"
+    plain = mmviz.trace(model, processor, photo, question, max_new_tokens=4)
+    first, image_id = int(plain.token_ids[plain.answer_start]), model.config.image_token_id
+    with torch.no_grad():  # the image placeholder now beats the first answer token by far
+        model.lm_head.weight[image_id] = model.lm_head.weight[first] * 10
+    prompt = plain.token_ids[: plain.answer_start][None]
+    unrestricted = model.generate(input_ids=torch.as_tensor(prompt), **plain.run.inputs, max_new_tokens=1)
+    assert int(unrestricted[0, -1]) == image_id, "without mmviz's suppression the model generates it"
+    traced = mmviz.trace(model, processor, photo, question, max_new_tokens=4)
+    np.testing.assert_array_equal(traced.token_ids[traced.answer_start :], plain.token_ids[plain.answer_start :])
+    with pytest.raises(mmviz.InputError, match=r"the answer holds the image placeholder token\(s\) \['<image>'\]"):
+        mmviz.trace(model, processor, photo, question, answer="a <image> b")

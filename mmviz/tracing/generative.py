@@ -41,6 +41,9 @@ def trace_generative(
     # Check the budget before anything runs, with the longest answer generation may give.
     planned_length = prompt_ids.shape[1] + (max_new_tokens if answer_ids is None else len(answer_ids))
     prompt_layout = adapter.layout(prompt_ids[0].cpu().numpy(), images, inputs)
+    placeholders = _placeholder_ids(adapter, prompt_ids[0].cpu().numpy(), prompt_layout)
+    if answer_ids is not None:
+        _check_answer(adapter, answer_ids, placeholders)
     n_image = len(prompt_layout.positions("image", "image_newline", "image_sep"))
     planned_queries = _n_queries(plan, planned_length, planned_length - n_image)
     longest = f"max_new_tokens={max_new_tokens} (lower it)" if answer_ids is None else ""
@@ -49,7 +52,7 @@ def trace_generative(
     with preserved(model):
         model.eval()
         if answer_ids is None:
-            answer_ids = _generate(model, inputs, max_new_tokens)
+            answer_ids = _generate(model, inputs, max_new_tokens, never=placeholders)
         input_ids = torch.cat([prompt_ids, answer_ids[None].to(prompt_ids.device)], dim=1)
         ids = input_ids[0].cpu().numpy()
         layout = adapter.layout(ids, images, inputs)
@@ -150,12 +153,35 @@ class _ProgressTicker(LogitsProcessor):
         return scores
 
 
-def _generate(model: torch.nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+def _placeholder_ids(adapter: GenerativeAdapter, prompt_ids: np.ndarray, layout: TokenLayout) -> list[int]:
+    """The token ids the processor put in for the images, as the prompt's layout shows them: every image position's
+    id, and the special tokens that mark images (a plain newline between tiles stays an ordinary token)."""
+    image = prompt_ids[layout.positions("image", "query")]
+    markers = prompt_ids[layout.positions("image_newline", "image_sep")]
+    return sorted({int(i) for i in image} | {int(i) for i in markers[adapter.special_mask(markers)]})
+
+
+def _check_answer(adapter: GenerativeAdapter, answer_ids: torch.Tensor, placeholders: list[int]) -> None:
+    found = [index for index, token in enumerate(answer_ids.tolist()) if token in placeholders]
+    if found:
+        shown = adapter.display_tokens([int(answer_ids[i]) for i in found[:3]])
+        raise InputError(
+            f"the answer holds the image placeholder token(s) {shown} at answer token(s) {found[:3]}: only the "
+            f"processor puts them in, for the images; remove them from the answer"
+        )
+
+
+def _generate(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int, never: list[int]
+) -> torch.Tensor:
+    """The greedy answer; ``never`` (the image placeholders) is suppressed: fed back as text it would ask the model
+    for image features it does not have (a random or confused model does generate them)."""
     with progress(total=max_new_tokens, desc="mmviz: generating", unit="tok") as bar, torch.no_grad():
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            suppress_tokens=never or None,
             logits_processor=LogitsProcessorList([_ProgressTicker(bar)]),
         )
     return output[0, inputs["input_ids"].shape[1] :].cpu()
