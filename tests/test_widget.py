@@ -170,3 +170,15 @@ def test_standalone_html_is_offline_and_keeps_hostile_tokens_inert(inspector):
     page = inspector.to_html()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<script>alert(1)" not in page and "\\u003c/script\\u003e" in page
+
+
+def test_the_exporter_chooses_which_layers_carry_their_heads(inspector):
+    last = inspector.trace.num_layers - 1
+    keys = lambda layers: sorted(inspector._prefetched(inspector._exported_heads(layers)))  # noqa: E731
+    every = sorted([f"heads:{layer}" for layer in ("mean", *range(last + 1))] + ["lens", "projection"])
+    assert keys("auto") == keys("all") == every, "a small trace carries every layer's heads"
+    assert keys("none") == ["lens", "projection"]
+    assert keys([last, 0, last]) == ["heads:0", f"heads:{last}", "heads:mean", "lens", "projection"]
+    for bad in ("some", [last + 1], [-1]):
+        with pytest.raises(mmviz.InputError, match=r"heads must be|decoder layer in 0…"):
+            inspector.to_html(heads=bad)

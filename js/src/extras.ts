@@ -92,7 +92,10 @@ export class Extras {
       return;
     }
     if (this.channel === null) {
-      this.setStatus(key, { state: "error", error: "not in this exported page (export it from a live kernel)" });
+      this.setStatus(key, {
+        state: "error",
+        error: "not in this exported page (Inspector.to_html(heads=…) chooses the layers it carries)",
+      });
       return;
     }
     this.setStatus(key, { state: "loading" });

@@ -94,6 +94,15 @@ export class FrameBuilder {
     return heads;
   }
 
+  /** Why a layer's per-head maps are not drawn: still on their way, or not available (an exported page without them). */
+  private headsWaiting(layer: Layer): string {
+    const where = layer === MEAN ? "every layer" : `layer ${layer}`;
+    const status = this.extras?.statusOf(headsKey(layer));
+    return status?.state === "error"
+      ? `the heads of ${where} are not available: ${status.error ?? "the kernel could not send them"}`
+      : `loading the heads of ${where}…`;
+  }
+
   /** Attention of query row `q` at (layer, head): the head mean from the first payload, a head once fetched. */
   private attentionRow(layer: Layer, head: Head, q: number): Float32Array | null {
     if (head === MEAN) return this.data.meanMap(layer, q);
@@ -159,7 +168,7 @@ export class FrameBuilder {
         this.mapKey = read.length > 0 ? "" : mapKey; // not arrived yet: build again next time
         this.map = null;
         this.scaleBase = { signed, range: 0 };
-        if (read.length > 0) waiting = `loading the heads of ${layer === MEAN ? "every layer" : `layer ${layer}`}…`;
+        if (read.length > 0) waiting = this.headsWaiting(layer);
       }
     }
     const scale: ColorScale = { ...this.scaleBase, mode: s.scale, gamma: s.gamma };

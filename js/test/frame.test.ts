@@ -44,6 +44,17 @@ describe("attention frames", () => {
     expect(f2.scale.range).toBeCloseTo(att(1, 2, 1, 3), 6);
   });
 
+  it("says a layer's heads are not in an exported page instead of loading them forever", () => {
+    const data = buildData(source(makeState()));
+    const extras = new Extras({ H, Q, P, n: TOKENS.length }, null, { [`heads:${MEAN}`]: headsPayload(0) });
+    const frames = new FrameBuilder(data, extras);
+    const missing = frames.build(st({ hoverToken: 7, head: 2 }), NO_METHODS);
+    expect(missing.map).toBe(null);
+    expect(missing.waiting).toMatch(/the heads of layer 1 are not available: not in this exported page .*to_html\(heads=/);
+    const carried = frames.build(st({ hoverToken: 7, head: 2, layer: MEAN }), NO_METHODS);
+    expect(carried.waiting).toBe(null);
+  });
+
   it("previews an overview cell, averages over layers, and colours with the chosen scale", async () => {
     const { model, frames } = lazy();
     const preview = frames.build(st({ hoverToken: 8, preview: { layer: 0, head: 1 } }), NO_METHODS);

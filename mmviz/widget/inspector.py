@@ -257,27 +257,46 @@ class Inspector(anywidget.AnyWidget):
         self.maps = {name: payloads.map_payload(result, trace.layout) for name, result in trace.maps.items()}
         self.revision += 1
 
-    def to_html(self, path: str | Path | None = None) -> str:
+    def to_html(self, path: str | Path | None = None, *, heads: str | Sequence[int] = "auto") -> str:
         """A standalone HTML page of this widget (no server, no CDN); written to ``path`` when given.
 
-        The page has no kernel, so what the browser would fetch is embedded: every layer's per-head maps (when
-        they take at most :data:`EXPORT_HEADS_LIMIT` bytes), the logit lens and the projection (computed now when
-        the trace has its model). Methods not computed before the export are listed as not computed.
+        The page has no kernel, so what the browser would fetch is embedded: per-head maps, the logit lens and the
+        projection (computed now when the trace has its model). Methods not computed before the export are listed
+        as not computed.
+
+        Args:
+            heads: the layers whose per-head maps the page carries: ``"auto"`` (every layer and their mean when
+                that takes at most :data:`EXPORT_HEADS_LIMIT` bytes, else none), ``"all"``, ``"none"``, or a list
+                of decoder layers (their mean over layers comes with them). In the page, a head chosen at a layer
+                that was left out says so instead of a map.
+
+        Example:
+            >>> inspector.to_html("view.html", heads=[0, 15, 31])            # doctest: +SKIP
         """
-        page = export.to_html(self, title=f"mmviz · {self._trace.model_name}", prefetched=self._prefetched())
+        layers = self._exported_heads(heads)
+        title = f"mmviz · {self._trace.model_name}"
+        page = export.to_html(self, title=title, prefetched=self._prefetched(layers))
         if path is not None:
             Path(path).write_text(page, encoding="utf-8")
         return page
 
-    def _prefetched(self) -> dict[str, Any]:
-        """What a kernel would answer to the browser's fetch requests, keyed ``"heads:<layer>"``, ``"lens"``, …"""
+    def _exported_heads(self, heads: str | Sequence[int]) -> list[LayerChoice]:
+        """The layers (and ``"mean"``) whose per-head maps ``to_html(heads=...)`` embeds."""
         trace = self._trace
-        per_layer = trace.num_heads * len(trace.query_positions) * len(trace.image_positions)
-        layers: list[LayerChoice] = (
-            [selection.MEAN, *range(trace.num_layers)]
-            if per_layer * (trace.num_layers + 1) <= EXPORT_HEADS_LIMIT
-            else []
-        )
+        every: list[LayerChoice] = [selection.MEAN, *range(trace.num_layers)]
+        if heads == "auto":
+            per_layer = trace.num_heads * len(trace.query_positions) * len(trace.image_positions)
+            return every if per_layer * (trace.num_layers + 1) <= EXPORT_HEADS_LIMIT else []
+        if heads == "all":
+            return every
+        if heads == "none":
+            return []
+        if isinstance(heads, str):
+            raise InputError(f"heads must be 'auto', 'all', 'none' or a list of decoder layers, not {heads!r}")
+        return [selection.MEAN, *selection.layers(heads, trace.num_layers)]
+
+    def _prefetched(self, layers: Sequence[LayerChoice]) -> dict[str, Any]:
+        """What a kernel would answer to the browser's fetch requests, keyed ``"heads:<layer>"``, ``"lens"``, …"""
         out = {f"heads:{layer}": self.extra("heads", layer) for layer in layers}
         for what in ("lens", "projection"):
             if self.meta.get("extras", {}).get(what, False):

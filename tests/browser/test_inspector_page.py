@@ -155,6 +155,29 @@ def test_layer_and_head_selectors_change_the_map(page_watch, inspector_576, tmp_
     watch.assert_clean()
 
 
+def test_a_page_exported_without_a_layers_heads_says_so(page_watch, small_trace, tmp_path):
+    page, watch = page_watch
+    path = tmp_path / "inspector.html"
+    mmviz.Inspector(small_trace).to_html(path, heads=[0])
+    page.goto(path.as_uri())
+    page.wait_for_selector(".mmviz-root[data-ready='1']", timeout=15_000)
+    answer = int(small_trace.answer_start)
+    page.click(f'.mmviz-token[data-pos="{answer}"]')
+    page.select_option(".mmviz-head", "1")  # at the last layer, which the page does not carry
+    page.wait_for_function(
+        "() => document.querySelector('.mmviz-caption').textContent.includes('are not available')", timeout=15_000
+    )
+    caption = page.text_content(".mmviz-caption")
+    assert (
+        f"the heads of layer {small_trace.num_layers - 1} are not available" in caption and "to_html(heads=" in caption
+    )
+    page.eval_on_selector(
+        ".mmviz-layer", "el => { el.value = '0'; el.dispatchEvent(new Event('input', {bubbles: true})); }"
+    )
+    page.wait_for_function("() => !document.querySelector('.mmviz-caption').textContent.includes('not available')")
+    watch.assert_clean()
+
+
 def hostile_strings(count: int) -> list[str]:
     """``count`` token strings that would run script, inject markup or confuse layout if rendered as HTML."""
     templates = [
