@@ -95,12 +95,7 @@ class Gemma3Adapter(GenerativeAdapter):
     def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         """Run the processor; a prompt that already starts with ``<bos>`` (Gemma's chat template writes it) gets no
         second one, as in ``processor.apply_chat_template(..., tokenize=True)``."""
-        n_placeholders = text.count(self.image_token)
-        if n_placeholders != len(images):
-            raise ProcessorMismatchError(
-                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {len(images)} "
-                f"image(s); use one placeholder per image or none (mmviz then adds them)"
-            )
+        self.check_placeholders(text, len(images))
         bos = self.tokenizer.bos_token
         options = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
         inputs = dict(self.processor(images=list(images), text=text, return_tensors="pt", **options))

@@ -100,13 +100,17 @@ class GenerativeAdapter(Adapter):
 
     def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         """Run the processor; returns tensors for one sequence."""
+        self.check_placeholders(text, len(images))
+        return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
+
+    def check_placeholders(self, text: str, n_images: int) -> None:
+        """The prompt must hold one image placeholder per image."""
         n_placeholders = text.count(self.image_token)
-        if n_placeholders != len(images):
+        if n_placeholders != n_images:
             raise ProcessorMismatchError(
-                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {len(images)} "
+                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {n_images} "
                 f"image(s); use one placeholder per image or none (mmviz then adds them)"
             )
-        return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
 
     def vision_attention(self, calls: dict[int, list[torch.Tensor]], inputs: dict[str, torch.Tensor]) -> np.ndarray:
         """The vision tower's recorded attention as float32 ``(L_v, images, H_v, N_v, N_v)``, in the tower's token

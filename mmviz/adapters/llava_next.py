@@ -295,12 +295,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             )
 
     def _run_processor(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
-        n_placeholders = text.count(self.image_token)
-        if n_placeholders != len(images):
-            raise ProcessorMismatchError(
-                f"the prompt has {n_placeholders} image placeholders ({self.image_token!r}) for {len(images)} "
-                f"image(s); use one placeholder per image or none (mmviz then adds them)"
-            )
+        self.check_placeholders(text, len(images))
         # One nested list = the images of ONE prompt, as apply_chat_template passes them: with several images the
         # processor switches to OneVision's multi-image mode (base view only).
         return dict(self.processor(images=[list(images)], text=[text], return_tensors="pt"))

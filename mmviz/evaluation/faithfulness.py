@@ -81,7 +81,7 @@ def deletion_insertion(
     run = model_run(trace)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
-    replaced = baseline_embeddings(run, columns, baseline)
+    replaced = baseline_embeddings(run, clean, columns, baseline)
     order = torch.as_tensor(np.argsort(-np.asarray(values, dtype=np.float64), kind="stable"))
     fractions = np.linspace(0.0, 1.0, steps + 1)
     counts = np.round(fractions * len(columns)).astype(int)

@@ -39,7 +39,7 @@ def ablate(
         )
     index = torch.as_tensor(columns, dtype=torch.long)
     clean_embeddings = run.embeddings()[:, index]
-    replacement = baseline_embeddings(run, index, baseline)
+    replacement = baseline_embeddings(run, clean_embeddings, index, baseline)
     chosen = torch.as_tensor(np.isin(columns, wanted))
     edited = torch.where(chosen[None, :, None], replacement, clean_embeddings)
     changed = scores(run, resolved, edit=replacing_columns(index, edited))

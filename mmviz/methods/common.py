@@ -65,14 +65,18 @@ def gradient_context(run: ModelRun) -> Iterator[None]:
             yield
 
 
-def baseline_embeddings(run: ModelRun, columns: torch.Tensor, baseline: Baseline) -> torch.Tensor:
-    """Replacement embeddings ``(1, P, d)`` for the image ``columns``: the blurred image's, the mean image token's,
-    or zeros."""
+def check_baseline(baseline: object) -> Baseline:
+    """``baseline`` if it is one of :data:`BASELINES`, else :class:`InputError` (before any model run)."""
     if baseline not in BASELINES:
         raise InputError(f"baseline must be one of {list(BASELINES)}, not {baseline!r}")
-    if baseline == "blur":
+    return baseline  # type: ignore[return-value]
+
+
+def baseline_embeddings(run: ModelRun, clean: torch.Tensor, columns: torch.Tensor, baseline: Baseline) -> torch.Tensor:
+    """Replacement embeddings ``(1, P, d)`` for the image ``columns`` whose clean embeddings are ``clean``: the
+    blurred image's (one forward), the mean image token's, or zeros."""
+    if check_baseline(baseline) == "blur":
         return run.embeddings(run.blurred_inputs())[:, columns]
-    clean = run.embeddings()[:, columns]
     if baseline == "mean":
         return clean.mean(dim=1, keepdim=True).expand_as(clean).clone()
     return torch.zeros_like(clean)

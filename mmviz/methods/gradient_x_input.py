@@ -16,6 +16,7 @@ from mmviz.methods.common import (
     EmbeddingLeaf,
     backward_per_target,
     baseline_embeddings,
+    check_baseline,
     first_logit_of,
     gradient_context,
     model_run,
@@ -44,19 +45,20 @@ def gradient_x_input(trace: Trace, targets: TargetLike = None, *, baseline: Base
     run = model_run(trace)
     resolved = resolve_targets(trace, targets)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
-    reference = baseline_embeddings(run, columns, baseline)[0]
+    check_baseline(baseline)
     leaf = EmbeddingLeaf()
     rows = np.zeros((len(resolved), len(columns)), np.float32)
 
     def collect(row: int, _: Any) -> None:
         assert leaf.tensor is not None and leaf.tensor.grad is not None
-        x = leaf.tensor.detach()[0, columns]
         rows[row] = ((x - reference) * leaf.tensor.grad[0, columns]).sum(dim=-1).numpy()
 
     first = first_logit_of(resolved)
     with gradient_context(run):
         logits = run.forward(edit=leaf, first_logit=first)
         assert leaf.tensor is not None
+        x = leaf.tensor.detach()[0, columns]  # the clean embeddings, from the forward itself
+        reference = baseline_embeddings(run, x[None], columns, baseline)[0]
         backward_per_target(resolved, logits, run.input_ids, first, [leaf.tensor], collect, desc="mmviz: grad×input")
     return gradient_x_input.spec.map(  # type: ignore[attr-defined]
         values=rows,

@@ -88,7 +88,7 @@ def integrated_gradients(
     resolved = resolve_targets(trace, targets)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
-    reference = baseline_embeddings(run, columns, baseline)
+    reference = baseline_embeddings(run, clean, columns, baseline)
     rows = np.zeros((len(resolved), len(columns)), np.float32)
     errors: list[float] = []
     with gradient_context(run):

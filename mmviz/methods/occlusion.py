@@ -41,7 +41,7 @@ def occlusion(
     resolved = resolve_targets(trace, targets)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
-    replacement = baseline_embeddings(run, columns, baseline)
+    replacement = baseline_embeddings(run, clean, columns, baseline)
     mask = torch.as_tensor(window_ids(trace.layout, trace.image_positions, window))[None, :, None].expand_as(clean)
     rows = np.zeros((len(resolved), len(columns)), np.float32)
     with inference_context(run):

@@ -76,7 +76,7 @@ def rise(
     resolved = resolve_targets(trace, targets)
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
-    replacement = baseline_embeddings(run, columns, baseline)
+    replacement = baseline_embeddings(run, clean, columns, baseline)
     masks = random_masks(trace.layout, trace.image_positions, n_masks, window, keep, seed)
     first = min(t.first_logit for t in resolved)
     scores = torch.zeros(n_masks, len(resolved))

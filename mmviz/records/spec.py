@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -31,14 +31,6 @@ Trace = Any
 
 Cost = Literal["instant", "fast", "slow"]
 Rows = Literal["targets", "queries"]
-
-
-class MapMethod(Protocol):
-    """A registered method: ``function(trace, **settings) -> Map``, carrying its :class:`MethodSpec`."""
-
-    spec: MethodSpec
-
-    def __call__(self, trace: Trace, /, *args: Any, **settings: Any) -> Map: ...
 
 
 _F = TypeVar("_F", bound=Callable[..., Map])

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmviz import selection
 from mmviz.adapters.layout import TEXT, VIEWS, TokenLayout
 from mmviz.adapters.tokens import word_starts
 from mmviz.methods import CATALOGUE, Map, image_share, logit_lens, projection
@@ -117,7 +116,7 @@ def head_stats(trace: Trace) -> dict[str, Any]:
 def heads_payload(trace: Trace, layer: LayerChoice) -> dict[str, Any]:
     """Per-head attention of one layer, uint8 ``[H, Q, P]`` (one range per head and row); ``layer = "mean"``: the
     mean over layers of every head."""
-    values = trace.attention(layer=selection.layer(layer, trace.num_layers))
+    values = trace.attention(layer=layer)
     return wire.encode(display_cells(values, trace.layout), scale_dims=2)
 
 
