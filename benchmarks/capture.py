@@ -7,14 +7,18 @@ Run: ``python benchmarks/capture.py`` (about a minute on 2 idle CPU cores) or ``
 Everything runs in this one process, on the CPU, inside ``torch.no_grad()``, with ``torch.set_num_threads`` set to
 the cores this process may use and fixed seeds. Three ways of running the same teacher-forced analysis forward
 (prompt + answer, ``use_cache=False``, ``logits_to_keep`` = answer length + 1, exactly as ``mmviz.trace`` calls it)
-are compared:
+are compared, and the whole of ``mmviz.trace`` besides:
 
 * ``plain``: the model's default SDPA attention, nothing recorded (the baseline);
 * ``capture``: the same forward inside ``recording(model, {"text_config": AttentionRecorder(text_positions)})``,
   i.e. mmviz's attention function recording the rows of every text (non-image) position of every layer and head,
   the default of ``mmviz.trace``;
 * ``eager``: a deep copy of the model with ``set_attn_implementation({"text_config": "eager"})``, called with
-  ``output_attentions=True``: what existing tools do (every layer's full ``(B, H, N, N)`` matrix).
+  ``output_attentions=True``: what existing tools do (every layer's full ``(B, H, N, N)`` matrix);
+* ``trace``: ``mmviz.trace(model, processor, image, prompt, answer=...)`` with the default plan (preprocessing, the
+  same forward and building the ``Trace``), with its capture estimate (what the budget is checked against) in the
+  last column: its peak stays within the plain forward's peak + the estimate (``benchmarks/memory.py`` checks that
+  bound over more plans).
 
 Model: ``mmviz.zoo.tiny_llava`` (a real ``LlavaForConditionalGeneration`` with random weights and a real processor)
 with the language model scaled so that the whole run stays on a CPU budget: hidden size 512, 8 decoder layers,
@@ -35,51 +39,44 @@ thread and of re-faulting pages after ``malloc_trim`` (both measured at a few pe
 every mode).
 Other load on the machine shows up directly in the times: run it on an otherwise idle machine.
 
-Memory: peak resident set size above the pre-run baseline. Before every run: ``gc.collect()`` and glibc's
-``malloc_trim(0)`` (so freed heap pages of the previous run are returned to the OS and the next run's allocations
-show up in RSS again), then the baseline RSS is read. During the run a background thread reads ``/proc/self/statm``
-every ~1 ms and keeps the maximum; the peak is that maximum minus the baseline, measured while the run's outputs
-(logits, recorded rows, ``out.attentions``) are still alive, since a caller holds them. When the kernel allows it the
-sampled maximum is cross-checked against the kernel's exact high-water mark (``VmHWM`` in ``/proc/self/status``,
-reset by writing ``5`` to ``/proc/self/clear_refs``), and the larger of the two is used; the footnote prints how much
-sampling alone missed. Models (and the eager copy) are built before any measurement, so their weights are part of
-the baseline. The table reports the largest peak over the measured runs of a mode. MB = 10⁶ bytes.
+Memory: peak resident set size above the pre-run baseline, measured by ``benchmarks/memory.py``'s ``measured``
+(``malloc_trim`` before, 1 ms RSS sampling cross-checked against the kernel's ``VmHWM``; the footnote prints how much
+sampling alone missed), while the run's outputs (logits, recorded rows, ``out.attentions``, the trace) are still
+alive, since a caller holds them. Models (and the eager copy) are built before any measurement, so their weights are
+part of the baseline. The table reports the largest peak over the measured runs of a mode. MB = 10⁶ bytes.
 
-Captured data: the sum of ``nbytes`` of ``recorder.rows`` (capture) and of ``out.attentions`` (eager).
+Captured data: the sum of ``nbytes`` of ``recorder.rows`` (capture), of ``out.attentions`` (eager) and of the trace's
+attention rows (trace).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import ctypes
 import gc
 import os
 import statistics
-import threading
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
+from memory import MB, Peak, measured  # benchmarks/memory.py: peak RSS
+from memory import SLACK as MEMORY_SLACK
 from PIL import Image
 from tqdm.auto import tqdm
 
+import mmviz
 from mmviz.adapters import adapter_for
-from mmviz.capture import AttentionRecorder, recording
+from mmviz.capture import AttentionRecorder, CapturePlan, recording
 from mmviz.zoo import tiny_llava
 
-MODES: tuple[str, ...] = ("plain", "capture", "eager")
+MODES: tuple[str, ...] = ("plain", "capture", "eager", "trace")
 PROMPT = "What is in the picture? Describe the shapes and colors."
 ANSWER = "There is a yellow square above a purple circle on a white background, and the cat sits on the left."
 TIME_TARGET = 1.3  # capture time ÷ plain time at 576 image tokens, at most
 MEMORY_TARGET = 4.0  # eager peak ÷ capture peak at ~2.9k tokens, at least
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-MB = 1e6
 
 
 @dataclass(frozen=True)
@@ -114,6 +111,12 @@ class Measurement:
     peak_bytes: list[int] = field(default_factory=list)
     missed_by_sampling: list[int] = field(default_factory=list)
     captured_bytes: int = 0
+    estimate_bytes: int = 0
+
+    def add(self, peak: Peak) -> None:
+        self.seconds.append(peak.seconds)
+        self.peak_bytes.append(peak.bytes)
+        self.missed_by_sampling.append(peak.missed_by_sampling)
 
     @property
     def median_seconds(self) -> float:
@@ -124,109 +127,19 @@ class Measurement:
         return max(self.peak_bytes)
 
 
-# -- memory ----------------------------------------------------------------------------------------------------------
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> None:
-    """``gc.collect()``, then glibc's ``malloc_trim(0)``: give freed heap pages back to the OS (no-op elsewhere)."""
-    gc.collect()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def rss_bytes(fd: int) -> int:
-    """Resident set size of this process, from the already open ``/proc/self/statm``."""
-    return int(os.pread(fd, 128, 0).split()[1]) * PAGE_SIZE
-
-
-def reset_high_water_mark() -> bool:
-    """Reset the kernel's peak-RSS counter (``VmHWM``); False when the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as file:
-            file.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def high_water_mark() -> int:
-    """``VmHWM`` (peak RSS since the last reset) in bytes."""
-    with open("/proc/self/status") as file:
-        for line in file:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0  # pragma: no cover
-
-
-class RssSampler:
-    """Background thread reading the RSS every ``interval`` seconds and keeping the maximum.
-
-    Example:
-        >>> with RssSampler() as sampler:
-        ...     work()                                  # doctest: +SKIP
-        >>> sampler.peak - sampler.baseline            # doctest: +SKIP
-    """
-
-    def __init__(self, interval: float = 0.001) -> None:
-        self.interval = interval
-        self.fd = os.open("/proc/self/statm", os.O_RDONLY)
-        self.baseline = 0
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes(self.fd))
-            time.sleep(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self.baseline = self.peak = rss_bytes(self.fd)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.fd))
-        os.close(self.fd)
-
-
-@contextlib.contextmanager
-def measured(into: Measurement) -> Iterator[None]:
-    """Time the block and record its peak RSS above the baseline taken just before it."""
-    release_free_memory()
-    exact = reset_high_water_mark()
-    with RssSampler() as sampler:
-        start = time.perf_counter()
-        yield
-        seconds = time.perf_counter() - start
-    peak = max(sampler.peak, high_water_mark()) if exact else sampler.peak
-    into.seconds.append(seconds)
-    into.peak_bytes.append(peak - sampler.baseline)
-    into.missed_by_sampling.append(peak - sampler.peak)
-
-
-# -- the three modes -------------------------------------------------------------------------------------------------
+# -- the modes -------------------------------------------------------------------------------------------------------
 @dataclass
 class Case:
     """One shape's models and inputs, built before anything is measured."""
 
     model: torch.nn.Module
     eager: torch.nn.Module
+    processor: Any
+    image: Image.Image
     inputs: dict[str, Any]
     query_positions: np.ndarray
     sequence_length: int
+    estimate_bytes: int
 
 
 def build_case(shape: Shape, size: ModelSize, seed: int = 0) -> Case:
@@ -256,7 +169,9 @@ def build_case(shape: Shape, size: ModelSize, seed: int = 0) -> Case:
         "use_cache": False,
         "logits_to_keep": len(answer) + 1,
     }
-    return Case(model, eager, inputs, layout.text_positions, int(input_ids.shape[1]))
+    n_positions, n_queries = int(input_ids.shape[1]), len(layout.text_positions)
+    estimate = CapturePlan().estimate(adapter.model_shape(1), n_positions, n_queries, n_logits=len(answer) + 1)
+    return Case(model, eager, processor, image, inputs, layout.text_positions, n_positions, sum(estimate.values()))
 
 
 def run(case: Case, mode: str) -> tuple[Any, int]:
@@ -271,6 +186,9 @@ def run(case: Case, mode: str) -> tuple[Any, int]:
     if mode == "eager":
         output = case.eager(**case.inputs, output_attentions=True)
         return output, sum(attention.nbytes for attention in output.attentions)
+    if mode == "trace":
+        trace = mmviz.trace(case.model, case.processor, case.image, PROMPT, answer=ANSWER)
+        return trace, trace.attention_rows.nbytes
     raise ValueError(f"unknown mode {mode!r}")
 
 
@@ -291,8 +209,10 @@ def benchmark(shapes: list[Shape], size: ModelSize) -> dict[tuple[str, str], Mea
                 for mode in MODES:
                     progress.set_postfix_str(f"{shape.name} {mode}")
                     measurement = results[shape.name, mode]
-                    with measured(measurement):
+                    with measured() as peak:
                         kept, measurement.captured_bytes = run(case, mode)
+                    measurement.add(peak)
+                    measurement.estimate_bytes = case.estimate_bytes if mode == "trace" else 0
                     del kept  # freed after the measured window: a caller holds the outputs
                     progress.update()
             tqdm.write(
@@ -306,16 +226,17 @@ def benchmark(shapes: list[Shape], size: ModelSize) -> dict[tuple[str, str], Mea
 
 def report(shapes: list[Shape], results: dict[tuple[str, str], Measurement]) -> None:
     """Print the markdown table, the PASS/FAIL lines of the two targets and a footnote on the memory sampling."""
-    print("| shape | mode | time (s) | time ÷ plain | peak MB | peak ÷ capture | captured MB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| shape | mode | time (s) | time ÷ plain | peak MB | peak ÷ capture | captured MB | estimate MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for shape in shapes:
         plain, capture = results[shape.name, "plain"], results[shape.name, "capture"]
         for mode in MODES:
             m = results[shape.name, mode]
             captured = f"{m.captured_bytes / MB:.2f}" if mode != "plain" else "—"
+            estimate = f"{m.estimate_bytes / MB:.2f}" if m.estimate_bytes else "—"
             print(
                 f"| {shape.name} | {mode} | {m.median_seconds:.3f} | {m.median_seconds / plain.median_seconds:.2f}× "
-                f"| {m.peak / MB:.1f} | {m.peak / max(capture.peak, 1):.2f}× | {captured} |"
+                f"| {m.peak / MB:.1f} | {m.peak / max(capture.peak, 1):.2f}× | {captured} | {estimate} |"
             )
     small, large = shapes[0].name, shapes[-1].name
     time_ratio = results[small, "capture"].median_seconds / results[small, "plain"].median_seconds
@@ -328,6 +249,14 @@ def report(shapes: list[Shape], results: dict[tuple[str, str], Measurement]) -> 
     print(
         f"{'PASS' if memory_ratio >= MEMORY_TARGET else 'FAIL'}: eager peak memory at {large} = {memory_ratio:.1f}× "
         f"capture's (target ≥ {MEMORY_TARGET:.0f}×)"
+    )
+    bound = max(
+        results[s.name, "trace"].peak - results[s.name, "plain"].peak - results[s.name, "trace"].estimate_bytes
+        for s in shapes
+    )
+    print(
+        f"{'PASS' if bound <= MEMORY_SLACK else 'FAIL'}: trace peak − (plain peak + estimate) = {bound / MB:.1f} MB at "
+        f"most (target ≤ {MEMORY_SLACK / MB:.1f} MB: the estimate bounds what a trace adds)"
     )
     missed = max(max(m.missed_by_sampling) for m in results.values())
     print(f"\nmemory: largest peak missed by 1 ms RSS sampling alone (vs VmHWM) = {missed / MB:.1f} MB")

@@ -154,3 +154,23 @@ def test_recording_only_the_chosen_positions(llava_small, photo):
     for layer, rows in recorder.rows.items():
         assert rows.shape[2] == 1
         assert (rows[0, :, 0] - reference.attentions[layer][0][:, last]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("head_mean", [False, True])
+def test_rows_written_into_a_final_array_are_the_rows_recorded_per_layer(llava_small, photo, head_mean):
+    """``into``: the one-copy path ``mmviz.trace`` uses gives bit-identical rows, in the array it was handed."""
+    model, processor = llava_small
+    inputs = processor(images=[photo], text="USER: <image>\nWhat is it? ASSISTANT:", return_tensors="pt")
+    n = inputs["input_ids"].shape[1]
+    queries, layers = [3, n - 2, n - 1], [2, 0]
+    per_layer = AttentionRecorder(queries, layers=layers, head_mean=head_mean)
+    heads = 1 if head_mean else model.config.text_config.num_attention_heads
+    into = torch.full((len(layers), heads, len(queries), n), float("nan"))
+    in_place = AttentionRecorder(queries, layers=layers, head_mean=head_mean, into=into)
+    for recorder in (per_layer, in_place):
+        with torch.no_grad(), recording(model, {"text_config": recorder}):
+            model(**inputs)
+    for slot, layer in enumerate(layers):
+        assert torch.equal(into[slot], per_layer.rows[layer][0])
+        assert in_place.rows[layer].data_ptr() == into[slot].data_ptr()
+    assert torch.allclose(into.sum(-1), torch.ones(()))

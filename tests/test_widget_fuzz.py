@@ -180,3 +180,20 @@ def test_the_reported_cases_get_one_reply_each(hostile, caplog):
         _handle(inspector, {"method": "update", "state": state, "buffer_paths": []})
     assert inspector.maps == maps and inspector.meta == meta and inspector.busy == "" and inspector.layer == 0
     _assert_nothing_uncaught(caplog)
+
+
+def test_an_accepted_update_is_echoed_once_and_a_refused_one_is_answered_with_the_kernels_values(small_trace):
+    """ipywidgets answers an accepted update with one ``echo_update`` and nothing else (the value is not sent back a
+    second time as an ``update``); a refused one gets one ``update`` holding the kernel's values."""
+    inspector = mmviz.Inspector(dataclasses.replace(small_trace, maps={}, run=None))
+    sent: list[dict] = []
+    inspector._send = lambda message, buffers=None: sent.append(json.loads(_wire(message)))
+    for state in ({"layer": 1}, {"layer": "mean", "head": 2}, {"pinned": 3}, {"method": "attention"}):
+        sent.clear()
+        _handle(inspector, {"method": "update", "state": state, "buffer_paths": []})
+        assert [message["method"] for message in sent] == ["echo_update"], (state, sent)
+        assert sent[0]["state"] == state
+    sent.clear()
+    _handle(inspector, {"method": "update", "state": {"layer": 99}, "buffer_paths": []})
+    assert [message["method"] for message in sent] == ["update"]
+    assert sent[-1]["state"] == {"layer": "mean"} and inspector.layer == "mean"

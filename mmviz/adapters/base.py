@@ -32,6 +32,7 @@ class ModelShape:
     vision_heads: int = 0
     vision_tokens: int = 0
     num_images: int = 1
+    vocab_size: int = 0
 
 
 class Adapter:

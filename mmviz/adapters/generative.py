@@ -71,6 +71,7 @@ class GenerativeAdapter(Adapter):
             vision_heads=int(getattr(vision, "num_attention_heads", 0)),
             vision_tokens=self.vision_tokens_per_image(),
             num_images=num_images,
+            vocab_size=int(self.text_config.vocab_size),
         )
 
     # -- prompt and inputs -----------------------------------------------------------------------------------
@@ -116,13 +117,17 @@ class GenerativeAdapter(Adapter):
         """The vision tower's recorded attention as float32 ``(L_v, images, H_v, N_v, N_v)``, in the tower's token
         order per image (CLIP: ``[CLS]`` + patches in raster order).
 
-        ``calls`` holds, per vision layer, every call of its attention function in order (each ``(B, H, n, n)``).
-        The default expects one call per layer over a batch of images; towers that attend in chunks override it.
+        ``calls`` holds, per vision layer, every call of its attention function in order (each ``(B, H, n, n)``);
+        it is consumed (each layer's recording is freed once copied, so only one layer ever exists twice). The
+        default expects one call per layer over a batch of images; towers that attend in chunks override it.
         """
         layers = sorted(calls)
         if any(len(calls[layer]) != 1 for layer in layers):
             raise NotImplementedError(f"{type(self).__name__} does not know how to join a vision layer's chunks")
-        return torch.stack([calls[layer][0] for layer in layers]).numpy()
+        joined = torch.empty(len(layers), *calls[layers[0]][0].shape)
+        for slot, layer in enumerate(layers):
+            joined[slot] = calls.pop(layer)[0]
+        return joined.numpy()
 
     def vision_token_index(self, layout: TokenLayout) -> np.ndarray | None:
         """For each image column of ``layout``: ``(image, token index in the vision tower's sequence)``, when every
@@ -162,4 +167,3 @@ class GenerativeAdapter(Adapter):
                 f"the processor's image token {self.image_token!r} has id {processor_id} but the model expects "
                 f"{self.image_token_id}; load the processor from the same checkpoint as the model"
             )
-

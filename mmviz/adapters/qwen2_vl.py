@@ -188,10 +188,15 @@ class Qwen2VLAdapter(GenerativeAdapter):
             )
         order = self._internal_to_raster(grids)  # tower token i → (image, raster patch)
         n_images, n = len(sizes), sizes[0]
-        layers = []
-        for layer in sorted(calls):
-            chunks = [call[0] for call in calls[layer]]  # (H, n_i, n_i) each, in the tower's order
-            heads, total = chunks[0].shape[0], sum(chunk.shape[-1] for chunk in chunks)
+        image, patch = order[:, 0], order[:, 1]
+        # Chunks never span two images, so every nonzero entry lands in its own image's block.
+        rows, cols = torch.nonzero(image[:, None] == image[None, :], as_tuple=True)
+        layers = sorted(calls)
+        heads = calls[layers[0]][0].shape[1]
+        result = torch.zeros(len(layers), n_images, heads, n, n)
+        for slot, layer in enumerate(layers):
+            chunks = [call[0] for call in calls.pop(layer)]  # (H, n_i, n_i) each, in the tower's order; freed after
+            total = sum(chunk.shape[-1] for chunk in chunks)
             if total != n_images * n:
                 raise ProcessorMismatchError(f"vision layer {layer} attended over {total} patches, not {n_images * n}")
             joined = torch.zeros(heads, total, total)
@@ -200,14 +205,8 @@ class Qwen2VLAdapter(GenerativeAdapter):
                 end = start + chunk.shape[-1]
                 joined[:, start:end, start:end] = chunk
                 start = end
-            out = torch.zeros(n_images, heads, n, n)
-            image, patch = order[:, 0], order[:, 1]
-            # Chunks never span two images, so every nonzero entry lands in its own image's block.
-            same = image[:, None] == image[None, :]
-            rows, cols = torch.nonzero(same, as_tuple=True)
-            out[image[rows], :, patch[rows], patch[cols]] = joined[:, rows, cols].T
-            layers.append(out)
-        return torch.stack(layers).numpy()
+            result[slot][image[rows], :, patch[rows], patch[cols]] = joined[:, rows, cols].T
+        return result.numpy()
 
     def _window_index(self, grids: torch.Tensor) -> torch.Tensor | None:
         """Merge blocks in the tower's internal order (None: the processor's order, no windows)."""

@@ -45,8 +45,12 @@ class AttentionRecorder:
         query_positions: absolute positions whose rows are kept (None: every query of the call).
         layers: layer indices to record (None: all).
         head_mean: keep only the mean over heads (``H`` becomes 1): ``H×`` less memory.
-        keep_calls: also keep every call of a layer in :attr:`calls` (vision towers that attend in chunks, such as
-            Qwen2-VL's per-image and Qwen2.5-VL's per-window calls, call a layer once per chunk).
+        keep_calls: keep every call of a layer in :attr:`calls` instead of the last one in :attr:`rows` (vision
+            towers that attend in chunks, such as Qwen2-VL's per-image and Qwen2.5-VL's per-window calls, call a
+            layer once per chunk).
+        into: a float32 CPU tensor ``(len(layers), H or 1, Q, K)`` that the rows of ``layers[i]`` (batch item 0)
+            are written into, in place: the recording is then the only copy, with no per-layer tensors to stack
+            afterwards (:attr:`rows` holds views of it).
 
     Example:
         >>> recorder = AttentionRecorder(query_positions=[10, 11])
@@ -64,6 +68,7 @@ class AttentionRecorder:
         head_mean: bool = False,
         on_layer: Callable[[int], None] | None = None,
         keep_calls: bool = False,
+        into: torch.Tensor | None = None,
     ) -> None:
         self.query_positions = None if query_positions is None else torch.as_tensor(query_positions, dtype=torch.long)
         self.layers = None if layers is None else frozenset(int(layer) for layer in layers)
@@ -72,6 +77,10 @@ class AttentionRecorder:
         self.rows: dict[int, torch.Tensor] = {}
         self.keep_calls = keep_calls
         self.calls: dict[int, list[torch.Tensor]] = {}
+        self.into = into
+        self._slots = {} if layers is None else {int(layer): slot for slot, layer in enumerate(layers)}
+        if into is not None and (layers is None or len(into) != len(self._slots)):
+            raise ValueError("into needs the recorded layers, one slot per layer")
 
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
@@ -101,10 +110,18 @@ class AttentionRecorder:
             rows = self.query_positions.to(query.device) - offset
             rows = rows[(rows >= 0) & (rows < n_query)]
         if rows.numel():
-            probabilities = row_probabilities(module, query, key, attention_mask, scaling, rows, kwargs)
-            self.rows[layer] = probabilities.mean(dim=1, keepdim=True) if self.head_mean else probabilities
+            out = None
+            if self.into is not None:  # batch item 0 only, straight into its slot
+                out = self.into[self._slots[layer]][None]
+                query, key = query[:1], key[:1]
+                attention_mask = None if attention_mask is None else attention_mask[:1]
+            probabilities = row_probabilities(
+                module, query, key, attention_mask, scaling, rows, kwargs, head_mean=self.head_mean, out=out
+            )
             if self.keep_calls:
-                self.calls.setdefault(layer, []).append(self.rows[layer])
+                self.calls.setdefault(layer, []).append(probabilities)
+            else:
+                self.rows[layer] = probabilities
         if self.on_layer is not None:
             self.on_layer(layer)
 
@@ -137,28 +154,35 @@ def row_scores(
     scaling: float | None,
     rows: torch.Tensor,
     kwargs: dict[str, Any],
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Masked float32 logits ``q·kᵀ·scaling`` (softcapped where the model caps) for query ``rows``, all keys.
 
     Honours every mask form the function can receive: ``None`` (causal with the KV-cache offset and the layer's
     sliding window, or no mask at all for a non-causal encoder), boolean (True = attend) and additive float; GQA
-    (keys repeated over query-head groups) and Gemma-2-style ``softcap``.
+    (keys repeated over query-head groups) and Gemma-2-style ``softcap``. ``out`` (float32 ``(B, H, Q, K)`` on
+    the query's device) receives the scores: they are computed in place there, with no other score-sized tensor.
     """
     n_query, n_key = query.shape[2], key.shape[2]
     group = query.shape[1] // key.shape[1]
     keys = key.float().repeat_interleave(group, dim=1) if group > 1 else key.float()
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = query[:, :, rows].float() @ keys.transpose(-1, -2) * scale
+    scores = torch.matmul(query[:, :, rows].float(), keys.transpose(-1, -2), out=out)
+    scores.mul_(scale)  # in place: matmul's backward needs its inputs, not its output
     softcap = kwargs.get("softcap")
     if softcap:
-        scores = softcap * torch.tanh(scores / softcap)
+        if scores.requires_grad:  # tanh's backward needs its output: nothing in place after it
+            scores = softcap * torch.tanh(scores / softcap)
+        else:
+            scores.div_(softcap).tanh_().mul_(softcap)
     if attention_mask is None:
         allowed = _allowed_without_mask(module, rows, n_query, n_key, kwargs)
-        return scores if allowed is None else scores.masked_fill(~allowed, float("-inf"))
+        return scores if allowed is None else scores.masked_fill_(~allowed, float("-inf"))
     mask = attention_mask[:, :, rows] if attention_mask.shape[2] > 1 else attention_mask
     mask = mask[..., :n_key]
     is_bool = mask.dtype == torch.bool  # bool: True = attend; float: additive
-    return scores.masked_fill(~mask, float("-inf")) if is_bool else scores + mask.float()
+    return scores.masked_fill_(~mask, float("-inf")) if is_bool else scores.add_(mask.float())
 
 
 def row_probabilities(
@@ -169,10 +193,27 @@ def row_probabilities(
     scaling: float | None,
     rows: torch.Tensor,
     kwargs: dict[str, Any],
+    *,
+    head_mean: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``softmax(q·kᵀ·scaling + mask)`` in float32 for query ``rows`` (indices within this call), on the CPU."""
+    """``softmax(q·kᵀ·scaling + mask)`` in float32 for query ``rows`` (indices within this call), on the CPU.
+
+    ``head_mean`` averages the heads (``H`` becomes 1). ``out`` (a float32 CPU tensor of the result's shape)
+    receives the rows; when the model runs on the CPU they are computed right there, so one layer's rows never
+    exist twice (on another device, or for the head mean, one layer's scores are the only transient).
+    """
     with torch.no_grad():
-        return torch.softmax(row_scores(module, query, key, attention_mask, scaling, rows, kwargs), dim=-1).cpu()
+        direct = out is not None and not head_mean and out.device == query.device and out.is_contiguous()
+        scores = row_scores(module, query, key, attention_mask, scaling, rows, kwargs, out=out if direct else None)
+        torch.softmax(scores, dim=-1, out=scores)  # in place: never a second score-sized tensor
+        if head_mean:
+            scores = scores.mean(dim=1, keepdim=True)
+        if out is None:
+            return scores.cpu()
+        if not direct:
+            out.copy_(scores)
+        return out
 
 
 def block_edges(

@@ -11,12 +11,17 @@ import torch
 
 @contextmanager
 def recording_hidden_states(
-    decoder_layers: Sequence[torch.nn.Module], layers: Sequence[int] | None = None
+    decoder_layers: Sequence[torch.nn.Module],
+    layers: Sequence[int] | None = None,
+    *,
+    into: torch.Tensor | None = None,
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Record ``h_ℓ`` (float32, CPU, ``(B, N, d)``) during the block; the hooks are removed afterwards.
 
     Index 0 is the input of the first decoder layer (the embeddings, with image features scattered in); index
     ``ℓ + 1`` is the output of layer ``ℓ``, before the final norm (apply it exactly once for a logit lens).
+    ``into`` (float32 CPU ``(len(recorded), N, d)``, recorded indices in increasing order) receives batch item 0
+    of each, in place, so that the recording is the only copy (the dict then holds ``(1, N, d)`` views of it).
 
     Example:
         >>> with recording_hidden_states(model.model.language_model.layers) as states:   # doctest: +SKIP
@@ -27,9 +32,14 @@ def recording_hidden_states(
     wanted = set(range(len(decoder_layers) + 1)) if layers is None else {int(layer) for layer in layers}
     states: dict[int, torch.Tensor] = {}
     handles = []
+    slots = {index: slot for slot, index in enumerate(sorted(wanted))}
 
     def keep(index: int, hidden: torch.Tensor) -> None:
-        states[index] = hidden.detach().float().cpu()
+        if into is None:
+            states[index] = hidden.detach().float().cpu()
+        else:
+            into[slots[index]].copy_(hidden.detach()[0])
+            states[index] = into[slots[index]][None]
 
     if 0 in wanted:
 

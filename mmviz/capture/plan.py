@@ -72,27 +72,43 @@ class CapturePlan:
         """The recorded decoder layers, checked against the model's ``num_layers`` (``InputError`` if out of range)."""
         return tuple(range(num_layers)) if self.layers is None else selection.layers(self.layers, num_layers)
 
-    def estimate(self, shape: ModelShape, n_positions: int, n_queries: int) -> dict[str, int]:
-        """Bytes each part of the capture keeps (and the largest transient per layer), before running."""
+    def estimate(self, shape: ModelShape, n_positions: int, n_queries: int, *, n_logits: int = 0) -> dict[str, int]:
+        """Bytes each part of the capture keeps, and the largest transient while it is recorded, before running.
+
+        Their sum bounds what a trace adds to the process's peak memory besides the model's own forward (its
+        activations, and the KV cache while generating): every part is written once, in place, into its final
+        array, so nothing here exists twice (measured in ``tests/test_memory.py`` and ``benchmarks/capture.py``).
+        ``n_logits`` is the number of logit rows the analysis forward keeps (the answer's, plus one).
+
+        Example:
+            >>> CapturePlan(head_mean=True).estimate(shape, n_positions=640, n_queries=64)   # doctest: +SKIP
+            {'attention rows': 5242880, 'transient per layer': ..., 'logits': 0}
+        """
         n_layers = len(self.layer_indices(shape.num_layers))
         heads = 1 if self.head_mean else shape.num_heads
-        parts = {
-            "attention rows": FLOAT_BYTES * n_layers * heads * n_queries * n_positions,
-            # scores of one layer for every head, alive while its rows are computed
-            "transient per layer": FLOAT_BYTES * shape.num_heads * n_queries * n_positions * 2,
-        }
+        # One layer at a time: the scores of every head (alive while they are averaged, or computed on another
+        # device) and float32 copies of its queries and of its keys repeated over the query-head groups.
+        transient = FLOAT_BYTES * (
+            shape.num_heads * n_queries * n_positions + (n_queries + 2 * n_positions) * shape.hidden_size
+        )
+        parts = {"attention rows": FLOAT_BYTES * n_layers * heads * n_queries * n_positions}
         if self.hidden_states:
             parts["hidden states"] = FLOAT_BYTES * (shape.num_layers + 1) * n_positions * shape.hidden_size
         if self.vision_attention:
-            parts["vision attention"] = (
-                FLOAT_BYTES * shape.vision_layers * shape.vision_heads * shape.vision_tokens**2 * shape.num_images
-            )
+            vision_layer = FLOAT_BYTES * shape.vision_heads * shape.vision_tokens**2 * shape.num_images
+            parts["vision attention"] = shape.vision_layers * vision_layer
+            # joining one layer's chunks over all images at once (Qwen2-VL's block-diagonal join)
+            transient = max(transient, vision_layer * (shape.num_images + 1))
+        parts["transient per layer"] = transient
+        parts["logits"] = 2 * FLOAT_BYTES * n_logits * shape.vocab_size  # the answer's logits and log-softmax
         return parts
 
-    def check(self, shape: ModelShape, n_positions: int, n_queries: int, *, longest: str = "") -> dict[str, int]:
+    def check(
+        self, shape: ModelShape, n_positions: int, n_queries: int, *, n_logits: int = 0, longest: str = ""
+    ) -> dict[str, int]:
         """Raise :class:`CaptureBudgetError` (saying how to shrink the plan) if the estimate exceeds the budget;
         ``longest`` names what made the sequence that long (it joins the advice)."""
-        parts = self.estimate(shape, n_positions, n_queries)
+        parts = self.estimate(shape, n_positions, n_queries, n_logits=n_logits)
         total = sum(parts.values())
         budget = self.budget_bytes if self.budget_bytes is not None else default_budget()
         if total > budget:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from mmviz.adapters import DualEncoderAdapter
 from mmviz.capture import AttentionRecorder, CapturePlan, preserved, recording
 from mmviz.capture.run import to_device
-from mmviz.errors import InputError
+from mmviz.errors import InputError, UnsupportedModelError
 from mmviz.methods.similarity import capturing_patch_source, similarity_map
 from mmviz.records import Trace, model_name
 
@@ -76,17 +76,26 @@ def trace_dual_encoder(
     plan.check(adapter.model_shape(1), len(layout), len(query_positions))
 
     keep_all = plan.vision_attention  # the full (L, H, N_v, N_v) tensor is wanted as well
-    n_recorded = adapter.num_layers if keep_all else len(layers)
+    # The final arrays, written layer by layer during the forward (one copy of each, no stacking afterwards).
+    heads = 1 if plan.head_mean else adapter.num_heads
+    attention_rows = np.zeros((len(layers), heads, len(query_positions), len(layout)), np.float32)
+    recorded_layers = list(range(adapter.num_layers)) if keep_all else layers.tolist()
+    recorded = (
+        torch.empty(adapter.num_layers, adapter.num_heads, len(vision), len(vision))
+        if keep_all
+        else torch.from_numpy(attention_rows)[..., n_caption:]
+    )
     with (
         preserved(model),
-        tqdm(total=n_recorded, desc="mmviz: vision tower", unit="layer", leave=False) as bar,
+        tqdm(total=len(recorded_layers), desc="mmviz: vision tower", unit="layer", leave=False) as bar,
     ):
         model.eval()
         recorder = AttentionRecorder(
             None if keep_all else query_positions - n_caption,
-            layers=None if keep_all else layers.tolist(),
+            layers=recorded_layers,
             head_mean=plan.head_mean and not keep_all,
             on_layer=lambda _: bar.update(),
+            into=recorded,
         )
         with (
             torch.no_grad(),
@@ -96,21 +105,18 @@ def trace_dual_encoder(
             output = model(**inputs)
         similarity = similarity_map(adapter, layout, text, caption_ids, output, store["source"])
 
-    missing = [int(layer) for layer in layers if int(layer) not in recorder.rows]
+    missing = [layer for layer in recorded_layers if layer not in recorder.rows]
     if missing:
-        raise RuntimeError(
+        raise UnsupportedModelError(
             f"the vision tower's attention of layers {missing} was not recorded: its attention modules did not go "
             f"through mmviz's attention function"
         )
-    rows = torch.stack([recorder.rows[int(layer)][0] for layer in layers]).float()  # (L, H, Q or N_v, N_v)
     vision_attention = None
     if keep_all:
-        vision_attention = torch.stack([recorder.rows[i] for i in sorted(recorder.rows)]).numpy()
-        rows = rows[:, :, query_positions - n_caption]
-        if plan.head_mean:
-            rows = rows.mean(dim=1, keepdim=True)
-    attention_rows = np.zeros((*rows.shape[:3], len(layout)), np.float32)
-    attention_rows[..., n_caption:] = rows.numpy()
+        vision_attention = recorded[:, None].numpy()  # (L, images = 1, H, N_v, N_v)
+        for slot, layer in enumerate(layers.tolist()):  # one layer's selection at a time
+            selected = recorded[layer][:, query_positions - n_caption]
+            attention_rows[slot, ..., n_caption:] = selected.mean(0, keepdim=True) if plan.head_mean else selected
     return Trace(
         tokens=layout.tokens,
         token_ids=np.concatenate([caption_ids, np.full(len(vision), -1)]).astype(np.int64),

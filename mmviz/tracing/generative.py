@@ -13,7 +13,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from mmviz.adapters import GenerativeAdapter, TokenLayout
 from mmviz.capture import AttentionRecorder, CapturePlan, preserved, recording, recording_hidden_states
 from mmviz.capture.run import ModelRun, to_device
-from mmviz.errors import InputError
+from mmviz.errors import InputError, UnsupportedModelError
 from mmviz.progress import progress
 from mmviz.records import Trace, model_name
 
@@ -47,7 +47,10 @@ def trace_generative(
     n_image = len(prompt_layout.positions("image", "image_newline", "image_sep"))
     planned_queries = _n_queries(plan, planned_length, planned_length - n_image)
     longest = f"max_new_tokens={max_new_tokens} (lower it)" if answer_ids is None else ""
-    plan.check(adapter.model_shape(len(images)), planned_length, planned_queries, longest=longest)
+    planned_logits = planned_length - prompt_ids.shape[1] + 1
+    plan.check(
+        adapter.model_shape(len(images)), planned_length, planned_queries, n_logits=planned_logits, longest=longest
+    )
 
     with preserved(model):
         model.eval()
@@ -57,9 +60,19 @@ def trace_generative(
         ids = input_ids[0].cpu().numpy()
         layout = adapter.layout(ids, images, inputs)
         query_positions = _query_positions(plan, layout)
+        # The final arrays, written layer by layer during the forward: the recording is the only copy.
+        heads = 1 if plan.head_mean else adapter.num_heads
+        rows = torch.empty(len(layers), heads, len(query_positions), len(ids))
+        states = None
+        if plan.hidden_states:
+            states = torch.empty(adapter.num_layers + 1, len(ids), adapter.model_shape(len(images)).hidden_size)
         with progress(total=len(layers), desc="mmviz: analysis forward", unit="layer") as bar:
             recorder = AttentionRecorder(
-                query_positions, layers=layers.tolist(), head_mean=plan.head_mean, on_layer=lambda _: bar.update()
+                query_positions,
+                layers=layers.tolist(),
+                head_mean=plan.head_mean,
+                on_layer=lambda _: bar.update(),
+                into=rows,
             )
             recorders: dict[str, AttentionRecorder | None] = {adapter.text_config_key: recorder}
             vision = AttentionRecorder(keep_calls=True) if plan.vision_attention else None
@@ -72,7 +85,9 @@ def trace_generative(
             with (
                 torch.no_grad(),
                 recording(model, recorders),
-                recording_hidden_states(adapter.decoder_layers(), None if plan.hidden_states else []) as hidden,
+                recording_hidden_states(
+                    adapter.decoder_layers(), None if plan.hidden_states else [], into=states
+                ) as hidden,
             ):
                 output = model(
                     input_ids=input_ids,
@@ -81,7 +96,12 @@ def trace_generative(
                     logits_to_keep=len(ids) - answer_start + 1,
                     **forward_inputs,
                 )
-    rows = torch.stack([recorder.rows[int(layer)][0] for layer in layers])
+    missing = sorted(set(layers.tolist()) - set(recorder.rows))
+    if missing or (states is not None and len(hidden) != len(states)):
+        raise UnsupportedModelError(
+            f"decoder layers {missing or 'hidden states'} were not recorded: the language model did not run "
+            f"through mmviz's attention function or its decoder layers"
+        )
     result = Trace(
         tokens=layout.tokens,
         token_ids=ids,
@@ -96,15 +116,14 @@ def trace_generative(
         num_layers=adapter.num_layers,
         num_heads=adapter.num_heads,
         query_positions=np.asarray(query_positions),
-        attention_rows=rows.numpy().astype(np.float32),
+        attention_rows=rows.numpy(),
         layers=layers,
         head_mean=plan.head_mean,
-        hidden_states=torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy() if plan.hidden_states else None,
+        hidden_states=None if states is None else states.numpy(),
         vision_attention=None if vision is None else adapter.vision_attention(vision.calls, inputs),
         run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(images)),
     )
     return result
-
 
 
 def _query_positions(plan: CapturePlan, layout: TokenLayout) -> np.ndarray:

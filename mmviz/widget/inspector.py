@@ -196,8 +196,9 @@ class Inspector(anywidget.AnyWidget):
             if refused:
                 raise traitlets.TraitError(f"the browser may not change {refused}: they belong to the kernel")
             checked = {name: self._checked(name, sync_data[name]) for name in names}
-            with self.hold_trait_notifications():
-                super().set_state(checked)
+            # ipywidgets holds the notifications inside its property lock; holding them here as well would fire
+            # them after the lock is released, sending every accepted value back as an extra update.
+            super().set_state(checked)
         except (traitlets.TraitError, TypeError, ValueError, RecursionError) as error:
             log.error("mmviz: rejected a widget update from the browser: %s", _printable(str(error)))
             if names:
