@@ -1,6 +1,6 @@
 """The Inspector against a real kernel, in JupyterLab 4 and in Notebook 7: displayed twice (independent views),
-per-head maps fetched through the comm, a method computed on request; no console errors, no request leaving
-localhost."""
+per-head maps fetched through the comm, a method computed on request, hostile messages sent from the page answered
+once each while the views keep working; no console errors, no request leaving localhost."""
 
 from __future__ import annotations
 
@@ -21,6 +21,69 @@ CELLS = [
 
 # Notebook 7's own start-up race (jupyter/notebook#7862), seen on an empty notebook without mmviz too.
 NOTEBOOK7_UPSTREAM = "Cannot read properties of undefined (reading 'schema')"
+
+
+# Sent from the page on the widget's comm, as a hostile page could: JavaScript strings carry lone surrogates (sent as
+# JSON "\ud800" escapes) and any depth of nesting. Each must get exactly one well-formed error reply.
+HOSTILE_JS = """async () => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const kernel = panel.sessionContext.session.kernel;
+    const output = panel.content.widgets  // the Inspector's view (progress bars are widgets too)
+        .flatMap((cell) => (cell.model.outputs ? cell.model.outputs.toJSON() : []))
+        .find((o) => o.data && String(o.data['text/plain']).startsWith('<mmviz.Inspector'));
+    const commId = output.data['application/vnd.jupyter.widget-view+json'].model_id;
+    const deep = (n) => { let v = []; for (let i = 0; i < n; i++) v = [v]; return v; };
+    const lone = '\ud800';
+    const messages = [
+        { type: 'fetch', what: lone, request: lone },
+        { type: 'compute', method: 'relevancy' + lone, request: 'hostile-1' },
+        { type: 'fetch', what: deep(900), layer: deep(900), request: 'hostile-2' },
+        deep(900),
+    ];
+    const replies = [];
+    const listen = (_, msg) => {
+        const data = msg.header.msg_type === 'comm_msg' && msg.content.comm_id === commId ? msg.content.data : null;
+        const ours = data && data.method === 'custom' && !String(data.content.request).startsWith('mmviz-');
+        if (ours) replies.push(data.content);  // not the replies to the views' own requests still in flight
+    };
+    kernel.iopubMessage.connect(listen);
+    const send = (data) => kernel.sendShellMessage({
+        header: { msg_id: crypto.randomUUID(), msg_type: 'comm_msg', username: '', session: kernel.clientId,
+                  date: new Date().toISOString(), version: '5.3' },
+        parent_header: {}, metadata: {}, channel: 'shell', buffers: [],
+        content: { comm_id: commId, data },
+    }, false, true);
+    for (const content of messages) send({ method: 'custom', content });
+    // Trait updates too: a lone surrogate and deep nesting in browser-owned traits are refused, not applied.
+    send({ method: 'update', state: { method: lone }, buffer_paths: [] });
+    send({ method: 'update', state: { layer: deep(900) }, buffer_paths: [] });
+    const deadline = Date.now() + 60000;
+    while (replies.length < messages.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 1000));  // a second reply to any of them would arrive by now
+    kernel.iopubMessage.disconnect(listen);
+    return replies;
+}"""
+
+
+def send_hostile_messages(page, view) -> None:
+    replies = page.evaluate(HOSTILE_JS)
+    assert len(replies) == 4, replies
+    assert all(reply["ok"] is False and reply["type"] in {"error", "fetched", "computed"} for reply in replies)
+    assert replies[1]["request"] == "hostile-1", f"a well-formed request id is answered under that id: {replies}"
+    # The refused method update left the view's method as it was, and the view still works: back to attention,
+    # a layer switch paints.
+    assert view.get_attribute("data-method") == "gradient_x_input"
+    view.query_selector("select.mmviz-method").select_option("attention")
+    page.wait_for_function("(r) => r.dataset.method === 'attention'", arg=view)
+    view.eval_on_selector(
+        ".mmviz-layer", "el => { el.value = '0'; el.dispatchEvent(new Event('input', {bubbles: true})); }"
+    )
+    view.query_selector(".mmviz-token.mmviz-answer").hover()
+    page.wait_for_function(
+        "(r) => r.dataset.layer === '0' && r.dataset.waiting === '' "
+        "&& r.querySelector('.mmviz-heat').dataset.row !== '-1'",
+        arg=view,
+    )
 
 
 def drive(page, watch: PageWatch) -> None:
@@ -72,6 +135,7 @@ def drive(page, watch: PageWatch) -> None:
     second.query_selector(".mmviz-tab[data-panel='lens']").click()
     second.query_selector(".mmviz-token.mmviz-answer").hover()
     page.wait_for_function("(r) => r.querySelectorAll('tr.mmviz-lens-row').length === 4", arg=second, timeout=60_000)
+    send_hostile_messages(page, first)
     watch.assert_clean()
 
 
