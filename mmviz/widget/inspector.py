@@ -183,6 +183,9 @@ class Inspector(anywidget.AnyWidget):
         except Exception as error:  # reported to the browser, never raised into the comm
             log.error("mmviz: %s", error)
             self.send({**reply, "ok": False, "error": _printable(str(error))})
+        except BaseException:  # the user stopped the kernel: the browser still gets its one reply, then it stops
+            self.send({**reply, "ok": False, "error": "interrupted: the kernel was stopped"})
+            raise
 
     def set_state(self, sync_data: dict[str, Any]) -> None:
         """Apply a state update from the browser. Only :data:`BROWSER_OWNED` traits may change, and each value is
