@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from mmviz.widget import wire
+from mmviz import wire
 
 LAYERS, HEADS, ROWS, PATCHES = 32, 32, 64, 576
 

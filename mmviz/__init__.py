@@ -13,12 +13,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mmviz._version import __version__
-from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, UnsupportedModelError
+from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, TraceFormatError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from mmviz import adapters, evaluation, methods, selection, zoo
     from mmviz.adapters import register_adapter, supported_families
     from mmviz.capture import CaptureBudgetError, CapturePlan
+    from mmviz.records import load
     from mmviz.tracing import Trace, trace
     from mmviz.widget.inspector import Inspector, inspect
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "trace": "mmviz.tracing",
     "Trace": "mmviz.tracing",
+    "load": "mmviz.records",
     "inspect": "mmviz.widget.inspector",
     "Inspector": "mmviz.widget.inspector",
     "register_adapter": "mmviz.adapters",
@@ -65,11 +67,13 @@ __all__ = [
     "MmvizError",
     "ProcessorMismatchError",
     "Trace",
+    "TraceFormatError",
     "UnsupportedModelError",
     "__version__",
     "adapters",
     "evaluation",
     "inspect",
+    "load",
     "methods",
     "register_adapter",
     "selection",

@@ -17,3 +17,7 @@ class ProcessorMismatchError(MmvizError, ValueError):
 
 class InputError(MmvizError, ValueError):
     """The image or prompt cannot be used as given."""
+
+
+class TraceFormatError(MmvizError, ValueError):
+    """A trace file that cannot be read: damaged, hostile, or written by a newer mmviz. Says what is wrong."""

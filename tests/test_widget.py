@@ -13,7 +13,8 @@ import traitlets
 from ipywidgets.widgets.widget import _remove_buffers
 
 import mmviz
-from mmviz.widget import bundle, wire
+from mmviz import wire
+from mmviz.widget import bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import pytest
 import traitlets
 
 import mmviz
+from mmviz import wire
 from mmviz.methods import CATALOGUE
-from mmviz.widget import wire
 
 
 class Recorder:
@@ -94,7 +94,10 @@ def test_method_trait_is_validated(inspector):
 def test_a_trace_without_its_model_cannot_compute(inspector):
     orphan = dataclasses.replace(inspector.trace, run=None, maps={})
     widget = mmviz.Inspector(orphan)
-    assert not any(entry["available"] for entry in widget.methods)
+    available = {entry["name"] for entry in widget.methods if entry["available"]}
+    assert available == {name for name, spec in CATALOGUE.items() if spec.cost == "instant"}, "only the rows' own"
     sent = Recorder(widget).sent
     widget._on_message(widget, {"type": "compute", "method": "relevancy", "request": 1}, [])
-    assert sent[0]["ok"] is False and "no model attached" in sent[0]["error"]
+    assert sent[0]["ok"] is False and "no model attached" in sent[0]["error"] and "attach(model" in sent[0]["error"]
+    widget._on_message(widget, {"type": "compute", "method": "attention_max", "request": 2}, [])
+    assert sent[1]["ok"] is True and "attention_max" in widget.maps, "computed from the recorded rows alone"

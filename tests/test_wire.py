@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mmviz.widget import wire
+from mmviz import wire
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

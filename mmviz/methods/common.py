@@ -41,8 +41,8 @@ def model_run(trace: Trace) -> ModelRun:
     if trace.run is None:
         raise InputError(
             f"this {trace.family} trace has no model attached to run again: it comes from a dual encoder (CLIP, "
-            f"SigLIP: use its 'similarity' map and mmviz.methods.similarity), or it was rebuilt without its model "
-            f"(run mmviz.trace(model, processor, ...) again)"
+            f"SigLIP: use its 'similarity' map and mmviz.methods.similarity), or it was loaded from a file without "
+            f"its model (re-link it: trace = trace.attach(model, processor))"
         )
     return trace.run
 

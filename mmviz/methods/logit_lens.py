@@ -15,7 +15,7 @@ import torch
 from mmviz.capture.hidden import recording_hidden_states
 from mmviz.methods.common import inference_context, model_run
 from mmviz.progress import progress
-from mmviz.records import Map, Trace, method
+from mmviz.records import Map, Trace, kept_result, method
 
 LABEL = "Logit lens (answer word at image tokens)"
 MEANING = (
@@ -24,6 +24,7 @@ MEANING = (
 )
 
 
+@kept_result("logit_lens")
 @dataclass(frozen=True, repr=False)
 class LogitLens:
     """Top-k decodings of every position at every depth.
@@ -70,7 +71,12 @@ def logit_lens(trace: Trace, *, k: int = 5) -> LogitLens:
         >>> lens.top_tokens[-1][trace.answer_start - 1][0]     # the next-token guess   # doctest: +SKIP
         ' red'
     """
-    return trace.computed(f"logit_lens:k={k}", lambda: _decode(trace, k))
+    return trace.computed(lens_key(k), lambda: _decode(trace, k))
+
+
+def lens_key(k: int) -> str:
+    """The key under which :func:`logit_lens` keeps its result in ``trace.results`` (and trace files keep it)."""
+    return f"logit_lens:k={k}"
 
 
 def _decode(trace: Trace, k: int) -> LogitLens:

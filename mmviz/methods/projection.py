@@ -17,9 +17,10 @@ from mmviz.adapters.layout import IMAGE, QUERY
 from mmviz.capture.hidden import recording_hidden_states
 from mmviz.errors import InputError
 from mmviz.methods.common import inference_context, model_run
-from mmviz.records import Trace
+from mmviz.records import Trace, kept_result
 
 
+@kept_result("projection")
 @dataclass(frozen=True)
 class Projection:
     """2-D coordinates of every position at every depth, in one shared frame.
@@ -50,7 +51,12 @@ def projection(trace: Trace, *, method: Literal["pca", "umap"] = "pca", seed: in
         >>> p.coords.shape                                               # (depths, positions, 2)   # doctest: +SKIP
         (33, 620, 2)
     """
-    return trace.computed(f"projection:{method}:{seed}", lambda: _project(trace, method, seed))
+    return trace.computed(projection_key(method, seed), lambda: _project(trace, method, seed))
+
+
+def projection_key(method: str = "pca", seed: int = 0) -> str:
+    """The key under which :func:`projection` keeps its result in ``trace.results`` (and trace files keep it)."""
+    return f"projection:{method}:{seed}"
 
 
 def _project(trace: Trace, method: str, seed: int) -> Projection:

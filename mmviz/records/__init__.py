@@ -3,6 +3,20 @@ returns, and the :class:`MethodSpec` every method declares (the catalogue ``Trac
 
 from mmviz.records.map import Map
 from mmviz.records.spec import CATALOGUE, MethodSpec, method, variant
-from mmviz.records.trace import Trace, model_name
+from mmviz.records.trace import Trace, load, model_name, register_attach
+from mmviz.records.trace_file import StoredArray, kept_result, model_fingerprint
 
-__all__ = ["CATALOGUE", "Map", "MethodSpec", "Trace", "method", "model_name", "variant"]
+__all__ = [
+    "CATALOGUE",
+    "Map",
+    "MethodSpec",
+    "StoredArray",
+    "Trace",
+    "kept_result",
+    "load",
+    "method",
+    "model_fingerprint",
+    "model_name",
+    "register_attach",
+    "variant",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,11 +20,33 @@ from mmviz import selection
 from mmviz.adapters import TokenLayout
 from mmviz.capture.run import ModelRun
 from mmviz.errors import InputError
+from mmviz.records import trace_file
 from mmviz.records.map import Map
 from mmviz.records.spec import lookup
 from mmviz.selection import HeadChoice, LayerChoice
 
 _T = TypeVar("_T")
+
+_ATTACH: Callable[[Trace, torch.nn.Module, Any], Trace] | None = None
+
+
+def register_attach(attach: Callable[[Trace, torch.nn.Module, Any], Trace]) -> None:
+    """Called by :mod:`mmviz.tracing`, which knows how to rebuild a model run (this layer does not)."""
+    global _ATTACH
+    _ATTACH = attach
+
+
+def load(path: str | Path) -> Trace:
+    """Read a trace file written by :meth:`Trace.save`; the big arrays are read lazily, a layer at a time.
+
+    Raises :class:`~mmviz.records.trace_file.TraceFormatError` for a damaged or hostile file (nothing in a file is
+    unpickled or run).
+
+    Example:
+        >>> trace = mmviz.load("cat.mmviz")                           # doctest: +SKIP
+        >>> mmviz.inspect(trace)                                      # the widget, without the model   # doctest: +SKIP
+    """
+    return trace_file.load(path, Trace)
 
 
 @dataclass(frozen=True, repr=False)
@@ -78,9 +101,36 @@ class Trace:
     vision_attention: np.ndarray | None = None
     maps: dict[str, Map] = field(default_factory=dict)
     run: ModelRun | None = field(default=None, compare=False)
+    word_starts: np.ndarray | None = field(default=None, compare=False)
+    """Whether each position starts a word (for merging sub-word pieces); None: asked of the tokenizer."""
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False)
+    """For a trace loaded from a file: the model that made it (name, revision, dtype, fingerprint) and the versions
+    that wrote the file."""
     results: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     """Derived results that several consumers share (the widget's lens panel and ``mmviz.plots``), see
     :meth:`computed`."""
+
+    def save(self, path: str | Path) -> Path:
+        """Write this trace to ``path`` (a directory, or one zip when the name ends in ``.mmviz``): safetensors
+        arrays, a JSON sidecar and the original images as PNG. :func:`mmviz.load` reads it back without the model.
+
+        Example:
+            >>> trace.save("cat.mmviz")                                   # doctest: +SKIP
+            PosixPath('cat.mmviz')
+        """
+        return trace_file.save(self, path)
+
+    def attach(self, model: torch.nn.Module, processor: Any) -> Trace:
+        """This trace re-linked to ``model`` (which must be the model that made it, checked by its fingerprint and
+        by encoding the prompt again), so that methods which run the model work on a loaded trace.
+
+        Example:
+            >>> linked = mmviz.load("cat.mmviz").attach(model, processor)     # doctest: +SKIP
+            >>> linked.compute("relevancy")                                   # doctest: +SKIP
+        """
+        if _ATTACH is None:  # pragma: no cover - mmviz.tracing registers it on import
+            raise RuntimeError("import mmviz.tracing first")
+        return _ATTACH(self, model, processor)
 
     def computed(self, key: str, compute: Callable[[], _T]) -> _T:
         """``compute()`` the first time ``key`` is asked for, the cached result afterwards.

@@ -15,6 +15,7 @@ from mmviz.errors import InputError
 from mmviz.inputs import ImageLike, check_prompt, load_images
 from mmviz.methods import CATALOGUE  # importing the methods fills the catalogue Trace.compute looks names up in
 from mmviz.records import Trace
+from mmviz.tracing.attach import attach  # registers Trace.attach
 from mmviz.tracing.dual_encoder import trace_dual_encoder
 from mmviz.tracing.generative import trace_generative
 
@@ -81,4 +82,4 @@ def trace(
     return result
 
 
-__all__ = ["Trace", "trace"]
+__all__ = ["Trace", "attach", "trace"]

@@ -17,6 +17,7 @@ from mmviz import selection
 from mmviz.errors import InputError, MmvizError
 from mmviz.inputs import ImageLike
 from mmviz.methods import CATALOGUE, Map
+from mmviz.records import load
 from mmviz.selection import HeadChoice, LayerChoice
 from mmviz.tracing import Trace, trace
 from mmviz.widget import bundle, export, payloads
@@ -242,7 +243,6 @@ class Inspector(anywidget.AnyWidget):
         return _selected(selection.index, value, len(self._trace.tokens), "pinned", unit="position (or -1: none)")
 
     def _send_trace(self, trace: Trace) -> None:
-        language_model = trace.run is not None  # a dual encoder's trace has no model run: no lens, no projection
         self.tokens = list(trace.tokens)
         self.token_layout = payloads.layout_payload(trace)
         self.images = [payloads.png_bytes(image) for image in trace.images]
@@ -255,7 +255,7 @@ class Inspector(anywidget.AnyWidget):
             "n_heads": trace.num_heads,
             "map_label": MAP_LABEL,
             "map_description": MAP_DESCRIPTION + indirect_note(trace.layout),
-            "extras": {"heads": True, "lens": language_model, "projection": language_model},
+            "extras": payloads.available_extras(trace),
         }
         self.methods = payloads.method_catalogue(trace)
         self.maps = {name: payloads.map_payload(result, trace.layout) for name, result in trace.maps.items()}
@@ -356,24 +356,35 @@ def _selected(check: Callable[..., Any], value: Any, count: int, *args: Any, **o
 
 
 def inspect(
-    model: torch.nn.Module,
-    processor: Any,
-    image: ImageLike | Sequence[ImageLike],
-    prompt: str,
+    model: torch.nn.Module | Trace | str | Path,
+    processor: Any = None,
+    image: ImageLike | Sequence[ImageLike] | None = None,
+    prompt: str | None = None,
     *,
     answer: str | Sequence[int] | None = None,
     max_new_tokens: int = 32,
     methods: Sequence[str] = (),
 ) -> Inspector:
-    """Trace ``model`` on ``image`` and ``prompt`` (see :func:`mmviz.trace`) and return an :class:`Inspector`.
+    """Trace ``model`` on ``image`` and ``prompt`` (see :func:`mmviz.trace`) and return an :class:`Inspector`; or
+    show a trace that exists already: a :class:`~mmviz.Trace`, or the path of a trace file (:func:`mmviz.load`).
 
     ``methods`` are computed right away (e.g. ``("relevancy",)``); the widget's method switcher computes the others
-    on request.
+    on request (those that run the model only while the trace has it).
 
     Example:
         >>> model, processor = mmviz.zoo.tiny_llava()
         >>> mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> mmviz.inspect("cat.mmviz")                     # a saved trace, no model needed   # doctest: +SKIP
     """
+    if isinstance(model, Trace | str | Path):
+        if processor is not None or image is not None or prompt is not None or answer is not None:
+            raise InputError("a trace (or trace file) is shown as it is: pass it alone, mmviz.inspect(trace)")
+        shown = load(model) if isinstance(model, str | Path) else model
+        for name in methods:
+            shown.compute(name)
+        return Inspector(shown)
+    if processor is None or image is None or prompt is None:
+        raise InputError("mmviz.inspect(model, processor, image, prompt) needs all four (or one trace: inspect(trace))")
     return Inspector(
         trace(model, processor, image, prompt, answer=answer, max_new_tokens=max_new_tokens, methods=methods)
     )

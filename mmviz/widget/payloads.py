@@ -1,6 +1,6 @@
 """What crosses to the browser: the Inspector's traits and the lazily fetched extras, built from a Trace.
 
-Every tensor travels as a binary envelope (:mod:`mmviz.widget.wire`) or as raw little-endian bytes; the contract
+Every tensor travels as a binary envelope (:mod:`mmviz.wire`) or as raw little-endian bytes; the contract
 is ``docs/widget-protocol.md``. The first render needs :func:`layout_payload`, the head-mean attention and
 :func:`head_stats`; per-head maps (:func:`heads_payload`), the logit lens (:func:`lens_payload`) and the
 projection (:func:`projection_payload`) are fetched when a view needs them.
@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmviz import wire
 from mmviz.adapters.layout import TEXT, VIEWS, TokenLayout
 from mmviz.adapters.tokens import word_starts
 from mmviz.methods import CATALOGUE, Map, image_share, logit_lens, projection
+from mmviz.methods.logit_lens import lens_key
+from mmviz.methods.projection import projection_key
 from mmviz.records import Trace
 from mmviz.selection import LayerChoice
-from mmviz.widget import wire
 
 MAX_DISPLAY_SIDE = 1024
 """Images are shipped downscaled to this long side; boxes stay in original pixels (the browser rescales)."""
@@ -57,7 +59,7 @@ def layout_payload(trace: Trace) -> dict[str, Any]:
         "view": layout.view[columns].astype(np.uint8).tobytes(),
         "view_names": list(VIEWS),
         "images": [geometry.to_dict() for geometry in layout.images],
-        "word_start": np.array(word_starts(tokenizer, layout.tokens, layout.kinds == TEXT), np.uint8).tobytes(),
+        "word_start": np.asarray(_word_starts(trace, tokenizer), np.uint8).tobytes(),
         "logprobs": logprobs.astype("<f4").tobytes(),
     }
     soft = layout.soft
@@ -163,11 +165,33 @@ def projection_payload(trace: Trace) -> dict[str, Any]:
     }
 
 
+def _word_starts(trace: Trace, tokenizer: object) -> Any:
+    """The trace's own word starts (a loaded trace keeps them), else the tokenizer's."""
+    if trace.word_starts is not None:
+        return trace.word_starts
+    return word_starts(tokenizer, trace.layout.tokens, trace.layout.kinds == TEXT)
+
+
+def available_extras(trace: Trace) -> dict[str, bool]:
+    """What the browser may fetch: per-head maps always; the logit lens and the projection with the model, or when
+    they were kept (a trace loaded from a file); the projection also from captured hidden states."""
+    model = trace.run is not None
+    return {
+        "heads": True,
+        "lens": model or lens_key(LENS_TOP_K) in trace.results,
+        "projection": model or trace.hidden_states is not None or projection_key() in trace.results,
+    }
+
+
 def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
     """The ``methods`` trait: every catalogue method (computed? computable: needs the model?), then any other map
     the trace carries (e.g. a dual encoder's patch–text similarity), each described by its map's own spec."""
     entries = [
-        {**spec.describe(), "computed": name == "attention" or name in trace.maps, "available": trace.run is not None}
+        {
+            **spec.describe(),
+            "computed": name == "attention" or name in trace.maps,
+            "available": trace.run is not None or spec.cost == "instant",  # instant: from the recorded rows alone
+        }
         for name, spec in CATALOGUE.items()
     ]
     for name, result in trace.maps.items():

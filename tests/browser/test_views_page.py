@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import mmviz
+from mmviz import wire
 from mmviz.adapters.layout import VIEWS
-from mmviz.widget import wire
 from tests.browser.conftest import heat_values, open_inspector
 
 PROMPT = "What is in the picture?"

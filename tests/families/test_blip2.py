@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import mmviz
+from mmviz import wire
 from mmviz.adapters import Blip2Adapter, SoftCells, TokenLayout, adapter_for
 from mmviz.adapters.layout import IMAGE, QUERY, VIEWS
 from mmviz.capture import recording_hidden_states
 from mmviz.errors import InputError, ProcessorMismatchError
 from mmviz.methods import CATALOGUE
-from mmviz.widget import wire
 from mmviz.widget.payloads import display_cells, map_payload
 from tests.families.build_gemma_blip import BLIP2_PATCH, BLIP2_QUERIES, BLIP2_SIZE, blip2_processor, build_blip2
 from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import mmviz
+from mmviz import wire
 from mmviz.adapters import CLIPAdapter, DualEncoderAdapter, GenerativeAdapter, SiglipAdapter, adapter_for
 from mmviz.capture import CaptureBudgetError, CapturePlan, attention_modules, snapshot
 from mmviz.errors import InputError, ProcessorMismatchError, UnsupportedModelError
 from mmviz.methods.similarity import Similarity, similarity
-from mmviz.widget import wire
 from tests.families.build_clip import build_clip, build_siglip
 from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image
 
