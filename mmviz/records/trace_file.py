@@ -93,12 +93,11 @@ def kept_result(name: str) -> Callable[[type[_T]], type[_T]]:
 
 # -- lazily read arrays ------------------------------------------------------------------------------------------
 class _Arrays:
-    """The file's safetensors, opened once (memory-mapped); counts the bytes copied out of it."""
+    """The file's safetensors, opened once (memory-mapped)."""
 
     def __init__(self, path: Path, keep_alive: Any = None) -> None:
         self.path = path
         self.keep_alive = keep_alive  # the temporary directory a zip was unpacked into
-        self.bytes_read = 0
         try:
             self.handle = safe_open(str(path), framework="numpy")
         except (SafetensorError, OSError, ValueError) as error:
@@ -112,7 +111,6 @@ class _Arrays:
             values = self.handle.get_tensor(name) if index is None else self.handle.get_slice(name)[index]
         except (SafetensorError, OSError, ValueError, TypeError, IndexError) as error:
             raise TraceFormatError(f"tensor {name!r} cannot be read: {error}") from error
-        self.bytes_read += values.nbytes
         return values
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -130,7 +128,8 @@ class StoredArray:
     """A float32 array in a trace file, read one leading-axis slice at a time.
 
     Indexing reads only the leading-axis entries the index asks for (``rows[3]`` reads layer 3) and returns a NumPy
-    array; anything else (``np.asarray``, ``.mean()``) reads the whole array. :attr:`bytes_read` counts what was read.
+    array; anything else (``np.asarray``, ``.mean()``) reads the whole array. :attr:`bytes_read` counts the bytes
+    read for it (the per-row scales of a quantised array, one float each, are read when the file is opened).
 
     Example:
         >>> loaded = mmviz.load("cat.mmviz")                          # doctest: +SKIP
@@ -138,31 +137,34 @@ class StoredArray:
         (32, 64, 640)
     """
 
-    def __init__(self, arrays: _Arrays, name: str, shape: tuple[int, ...], encoding: str) -> None:
-        self._arrays, self._name, self._encoding = arrays, name, encoding
+    def __init__(
+        self, arrays: _Arrays, name: str, shape: tuple[int, ...], scales: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        self._arrays, self._name, self._scales = arrays, name, scales  # scales: None for float16
         self.shape = shape
         self.dtype = np.dtype(np.float32)
-        self._scale: tuple[np.ndarray, np.ndarray] | None = None
+        self.bytes_read = 0
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: math.prod(self.shape))
     nbytes = property(lambda self: 4 * self.size)
-    bytes_read = property(lambda self: self._arrays.bytes_read)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"<mmviz.StoredArray {self._name} {self.shape} ({self._encoding}), read on demand>"
+        encoding = "float16" if self._scales is None else "uint8 per row"
+        return f"<mmviz.StoredArray {self._name} {self.shape} ({encoding}), read on demand>"
 
-    def _read(self, first: Any) -> np.ndarray:
-        """Leading-axis entries ``first`` (an int or a slice), dequantised to float32."""
-        if self._encoding == "float16":
-            return self._arrays.read(self._name, first).astype(np.float32)
+    def _read(self, first: int | slice) -> np.ndarray:
+        """Leading-axis entries ``first``, as float32."""
+        if self._scales is None:
+            values = self._arrays.read(self._name, first)
+            self.bytes_read += values.nbytes
+            return values.astype(np.float32)
         codes = self._arrays.read(f"{self._name}.codes", first)
-        if self._scale is None:  # one float per row: small, read once
-            self._scale = (self._arrays.read(f"{self._name}.scale"), self._arrays.read(f"{self._name}.offset"))
-        scale, offset = (part[first] for part in self._scale)
+        self.bytes_read += codes.nbytes
+        scale, offset = (part[first] for part in self._scales)
         return offset[..., None] + codes.astype(np.float32) * scale[..., None]
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -540,9 +542,12 @@ def _stored(arrays: _Arrays, sidecar: dict[str, Any], name: str, shape: tuple[in
         if arrays.shape(tensor) != tuple(expected) or arrays.dtype(tensor) != dtype:
             raise TraceFormatError(f"tensor {tensor!r} is {arrays.dtype(tensor)} {arrays.shape(tensor)}, expected "
                                    f"{dtype} {tuple(expected)}")  # fmt: skip
-        if suffix in (".scale", ".offset") and not np.isfinite(arrays.read(tensor)).all():
-            raise TraceFormatError(f"tensor {tensor!r} holds non-finite values")
-    return StoredArray(arrays, name, tuple(declared), entry["encoding"])
+    if entry["encoding"] == "float16":
+        return StoredArray(arrays, name, tuple(declared))
+    scales = (arrays.read(f"{name}.scale"), arrays.read(f"{name}.offset"))
+    if not all(np.isfinite(part).all() for part in scales):
+        raise TraceFormatError(f"the scales of {name!r} hold non-finite values")
+    return StoredArray(arrays, name, tuple(declared), scales)
 
 
 def _decode(value: Any, arrays: _Arrays, depth: int = 0) -> Any:

@@ -134,7 +134,7 @@ def lens_payload(trace: Trace) -> dict[str, Any]:
     used, inverse = np.unique(np.concatenate([lens.top_ids.ravel(), lens.target_ids]), return_inverse=True)
     top = inverse[: lens.top_ids.size].reshape(lens.top_ids.shape)
     target = inverse[lens.top_ids.size :]
-    vocab = trace.run.adapter.display_tokens(used.tolist())
+    vocab = _display_strings(trace, lens, used.tolist())
     depths, n, k = lens.top_ids.shape
     return {
         "depths": depths,
@@ -147,6 +147,17 @@ def lens_payload(trace: Trace) -> dict[str, Any]:
         "target_ranks": lens.target_ranks.astype("<i4").tobytes(),
         "entropy": wire.encode(lens.entropy, dtype="float16"),
     }
+
+
+def _display_strings(trace: Trace, lens: Any, ids: list[int]) -> list[str]:
+    """Display strings of token ``ids``: the tokenizer's, or without the model (a loaded trace) the strings the lens
+    and the trace kept (every target is a token of the sequence)."""
+    if trace.run is not None:
+        return trace.run.adapter.display_tokens(ids)
+    known = dict(zip(np.asarray(trace.token_ids).tolist(), trace.tokens, strict=True))
+    flat = (token for layer in lens.top_tokens for row in layer for token in row)
+    known.update(zip(lens.top_ids.ravel().tolist(), flat, strict=True))
+    return [known.get(token_id, f"<{token_id}>") for token_id in ids]
 
 
 def projection_payload(trace: Trace) -> dict[str, Any]:

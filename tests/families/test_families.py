@@ -102,3 +102,32 @@ def test_gradient_methods(case):
     for result in (mmviz.methods.gradient_x_input(trace), mmviz.methods.relevancy(trace)):
         assert result.values.shape == (len(trace.tokens) - trace.answer_start, len(trace.image_positions))
         assert np.isfinite(result.values).all() and np.abs(result.values).max() > 0
+
+
+def test_trace_file_round_trip(case, tmp_path):
+    """save → load, without the model: equal tokens, layout, answer and maps; attention rows within the stated
+    quantisation bound (half a step of each row); the loaded trace builds the widget and exports its page."""
+    model, processor = case.build()
+    images = [WIDE, TALL] if case.multi_image else [WIDE]
+    answer = None if case.kind == "dual" else "red"
+    trace = mmviz.trace(model, processor, images, "What is in the picture?", answer=answer)
+    path = trace.save(tmp_path / "trace.mmviz")
+    del model
+    loaded = mmviz.load(path)
+    assert loaded.run is None and (loaded.family, loaded.model_name) == (trace.family, trace.model_name)
+    assert (loaded.tokens, loaded.answer, loaded.prompt, loaded.answer_start) == (
+        trace.tokens, trace.answer, trace.prompt, trace.answer_start
+    )  # fmt: skip
+    for name in ("kinds", "image_index", "view", "grid", "grid_shape"):
+        np.testing.assert_array_equal(getattr(loaded.layout, name), getattr(trace.layout, name), err_msg=name)
+    np.testing.assert_array_equal(loaded.layout.boxes, trace.layout.boxes)
+    assert loaded.layout.images == trace.layout.images
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.images, trace.images, strict=True))
+    rows = trace.attention_rows
+    step = (rows.max(-1, keepdims=True) - rows.min(-1, keepdims=True)) / 255
+    assert (np.abs(np.asarray(loaded.attention_rows) - rows) <= step / 2 + 1e-7).all()
+    assert loaded.maps.keys() == trace.maps.keys()
+    for name, result in trace.maps.items():
+        np.testing.assert_array_equal(loaded.maps[name].values, result.values)
+    html = mmviz.Inspector(loaded).to_html()
+    assert "mmviz-payload" in html
