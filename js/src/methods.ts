@@ -136,11 +136,11 @@ export function costHint(cost: Cost): string {
   return "many passes, may take minutes";
 }
 
-/** Menu text of a method: its label, plus what selecting it does when it is not computed. */
+/** Menu text of a method: its label, plus what selecting it does when it is not computed (or why it cannot be). */
 export function optionText(m: MethodInfo, state: { computed: boolean; pending: boolean; canCompute: boolean }): string {
   if (state.computed) return m.label;
   if (state.pending) return `${m.label} (computing…)`;
-  if (!state.canCompute) return `${m.label} (not computed)`;
+  if (!state.canCompute) return m.available ? `${m.label} (not computed)` : `${m.label} (needs the model)`;
   return `${m.label} (compute · ${costHint(m.cost)})`;
 }
 

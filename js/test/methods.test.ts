@@ -127,7 +127,7 @@ describe("switcher entries", () => {
     expect(optionText(by.relevancy!.info, by.relevancy!)).toBe("Relevancy");
     expect(optionText(by.signed!.info, by.signed!)).toBe("Signed (computing…)");
     expect(optionText(by.layered!.info, by.layered!)).toBe(`Layered (compute · ${costHint("fast")})`);
-    expect(optionText(by.missing!.info, by.missing!)).toBe("Missing (not computed)");
+    expect(optionText(by.missing!.info, by.missing!)).toBe("Missing (needs the model)");
   });
 
   it("offers nothing to compute without a kernel, and lists maps the catalogue lacks", () => {

@@ -85,7 +85,7 @@ describe("method switcher", () => {
       catalogue.map((m) => {
         const label = String(m.label);
         if (m.computed === true) return [m.name, label, false];
-        if (m.available !== true) return [m.name, `${label} (not computed)`, true];
+        if (m.available !== true) return [m.name, `${label} (needs the model)`, true];
         return [m.name, `${label} (compute · ${costHint(m.cost as MethodInfo["cost"])})`, false];
       }),
     );

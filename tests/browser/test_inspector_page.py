@@ -230,3 +230,35 @@ def test_hundreds_of_hostile_token_strings_render_as_inert_text(page_watch, llav
     injected = ", ".join(f".mmviz-root {tag}" for tag in ("img", "svg", "script", "iframe", "a", "style", "details"))
     assert page.query_selector(injected) is None
     watch.assert_clean()
+
+
+def test_a_trace_loaded_from_a_file_renders_and_hovers_without_its_model(page_watch, photo, tmp_path):
+    """The model is deleted before the file is read: the page comes from the file alone, and the brightest patch
+    under a hovered token is where the saved trace's own attention is largest."""
+    import gc
+    import weakref
+
+    model, processor = mmviz.zoo.tiny_llava(image_size=112, patch_size=14, num_layers=2, seed=7)
+    saved = mmviz.trace(model, processor, photo, "What is it?", answer="A red square.", methods=["relevancy"])
+    path = saved.save(tmp_path / "saved.mmviz")
+    gone = weakref.ref(model)
+    del model, processor, saved
+    gc.collect()
+    assert gone() is None, "the model is really gone"
+
+    loaded = mmviz.load(path)
+    page, watch = page_watch
+    inspector = mmviz.inspect(loaded)
+    maps = loaded.attention(layer=loaded.num_layers - 1, head="mean")
+    row = clear_argmax_row(maps, np.flatnonzero(loaded.query_positions >= loaded.answer_start))
+    open_inspector(page, inspector, tmp_path)
+    hover_token(page, int(loaded.query_positions[row]))
+    pixels = heat_pixels(page, loaded.layout.boxes[loaded.image_positions], loaded.images[0].width)
+    assert (pixels[:, 3] == 255).all()
+    assert (pixels[:, :3] @ LUMA).argmax() == maps[row].argmax()
+    page.select_option(".mmviz-method", "relevancy")  # the saved map, shown without recomputing
+    page.wait_for_selector(".mmviz-root[data-method='relevancy']")
+    options = dict(page.eval_on_selector_all(".mmviz-method option", "os => os.map(o => [o.value, o.textContent])"))
+    assert options["integrated_gradients"].endswith("(needs the model)"), "what needs the model says so"
+    assert options["attention_max"].endswith("(not computed)") and options["relevancy"] == "Relevancy (Chefer)"
+    watch.assert_clean()
