@@ -22,6 +22,7 @@ COLUMNS = {
     "widget_payload": "widget",
     "model_left_untouched": "model untouched",
     "gradient_methods": "gradient methods",
+    "trace_file_round_trip": "trace file (save → load, no model)",
 }
 MARK = {"passed": "✅", "failed": "❌", "skipped": "—"}
 

@@ -14,7 +14,14 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "script, args",
-    [("wire.py", []), ("capture.py", ["--quick"]), ("methods.py", ["--quick"]), ("widget.py", ["--quick"])],
+    [
+        ("wire.py", []),
+        ("capture.py", ["--quick"]),
+        ("methods.py", ["--quick"]),
+        ("widget.py", ["--quick"]),
+        ("trace_file.py", ["--quick"]),
+        ("memory.py", []),
+    ],
 )
 def test_benchmark_runs_and_prints_its_table(script, args):
     result = subprocess.run(
