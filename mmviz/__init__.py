@@ -16,11 +16,14 @@ from mmviz._version import __version__
 from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, TraceFormatError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from mmviz import adapters, evaluation, methods, selection, zoo
+    from mmviz import adapters, evaluation, methods, selection, sweeps, zoo
     from mmviz.adapters import register_adapter, supported_families
     from mmviz.capture import CaptureBudgetError, CapturePlan
+    from mmviz.evaluation.comparison import Comparison, compare
     from mmviz.records import load
+    from mmviz.sweeps import sweep
     from mmviz.tracing import Trace, trace
+    from mmviz.widget.comparison import ComparisonWidget
     from mmviz.widget.inspector import Inspector, inspect
 
 # torch and transformers load on first use, so `import mmviz` stays fast.
@@ -28,7 +31,12 @@ _LAZY = {
     "trace": "mmviz.tracing",
     "Trace": "mmviz.tracing",
     "load": "mmviz.records",
+    "sweep": "mmviz.sweeps",
+    "sweeps": "mmviz.sweeps",
     "inspect": "mmviz.widget.inspector",
+    "compare": "mmviz.evaluation.comparison",
+    "Comparison": "mmviz.evaluation.comparison",
+    "ComparisonWidget": "mmviz.widget.comparison",
     "Inspector": "mmviz.widget.inspector",
     "register_adapter": "mmviz.adapters",
     "supported_families": "mmviz.adapters",
@@ -48,7 +56,8 @@ def __getattr__(name: str) -> Any:
     module = importlib.import_module(_LAZY[name])
     value = (
         module
-        if module.__name__ == f"mmviz.{name}" and name in ("adapters", "evaluation", "methods", "selection", "zoo")
+        if module.__name__ == f"mmviz.{name}"
+        and name in ("adapters", "evaluation", "methods", "selection", "sweeps", "zoo")
         else getattr(module, name)
     )
     globals()[name] = value
@@ -62,6 +71,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "CaptureBudgetError",
     "CapturePlan",
+    "Comparison",
+    "ComparisonWidget",
     "InputError",
     "Inspector",
     "MmvizError",
@@ -71,6 +82,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "adapters",
+    "compare",
     "evaluation",
     "inspect",
     "load",
@@ -78,6 +90,8 @@ __all__ = [
     "register_adapter",
     "selection",
     "supported_families",
+    "sweep",
+    "sweeps",
     "trace",
     "zoo",
 ]

@@ -33,6 +33,7 @@ from bokeh.models import (
     BasicTicker,
     CDSView,
     ColumnDataSource,
+    CustomJS,
     HoverTool,
     IndexFilter,
     LayoutDOM,
@@ -49,6 +50,7 @@ from bokeh.resources import INLINE
 from jupyter_bokeh import BokehModel
 
 from mmviz import selection
+from mmviz.evaluation.comparison import Comparison
 from mmviz.methods import LogitLens, Projection, logit_lens
 from mmviz.methods import image_share as compute_image_share
 from mmviz.methods import projection as compute_projection
@@ -401,6 +403,73 @@ def faithfulness_curves(result: Evaluation) -> LayoutDOM:
         plot.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"), "right")
         panels.append(plot)
     return row(*panels)
+
+
+def divergence(source: Comparison | Any, *, metric: Literal["js", "spearman", "iou_topk"] = "js") -> figure:
+    """Per layer, how far two traces' maps differ: the mean over answer-token pairs of ``metric`` (Jensen–Shannon
+    divergence by default; ``"spearman"`` or ``"iou_topk"``) of every compared method, against A's layer. A map that
+    does not depend on the layer is a dashed horizontal line.
+
+    ``source`` is a :class:`~mmviz.evaluation.comparison.Comparison` (from :func:`mmviz.compare`) or an
+    ``mmviz.ComparisonWidget``: then the plot is linked to it (a click on a layer moves both panes there, the
+    marker follows pane A's layer). In a page exported by ``ComparisonWidget.to_html(plots=[...])`` a click moves
+    the panes too.
+
+    Example:
+        >>> show(divergence(mmviz.compare(a, b)))                       # doctest: +SKIP
+    """
+    comparison, linked = _resolve_comparison(source)
+    if metric not in ("js", "spearman", "iou_topk"):
+        raise ValueError(f"metric must be 'js', 'spearman' or 'iou_topk', not {metric!r}")
+    names = {"js": "Jensen–Shannon divergence (bits)", "spearman": "Spearman correlation", "iou_topk": "top-k IoU"}
+    a, b = comparison.a, comparison.b
+    title = f"A vs B per layer: {names[metric]}" + (" (B by relative depth)" if a.num_layers != b.num_layers else "")
+    plot = _layer_figure(title, y_axis_label=names[metric])
+    lines = []
+    for colour, name in zip(Category10_10 * 2, comparison.methods, strict=False):
+        summary = comparison.per_layer(name)
+        layered = comparison.methods[name].layered
+        x = summary["layer"] if layered else np.array([0, max(0, a.num_layers - 1)])
+        y = summary[metric] if layered else np.repeat(summary[metric], 2)
+        data = ColumnDataSource({"x": x, "y": y.astype(float), "layer_b": summary["layer_b"] if layered else [-1, -1]})
+        line = plot.line(
+            "x",
+            "y",
+            source=data,
+            color=colour,
+            line_width=2,
+            legend_label=name,
+            name=f"divergence:{name}",
+            line_dash="solid" if layered else "dashed",
+        )
+        if layered:
+            plot.scatter("x", "y", source=data, color=colour, size=6)
+        lines.append(line)
+    plot.add_tools(HoverTool(renderers=lines, tooltips=[("layer A", "@x"), ("layer B", "@layer_b"), (metric, "@y")]))
+    plot.legend.click_policy = "hide"
+    plot.add_layout(plot.legend[0], "right")
+    # In an exported comparison page the panes listen to clicks through the page's mmvizView.
+    plot.js_on_event(Tap, CustomJS(code=_SET_LAYER_ON_PAGE))
+    if linked is not None:
+        _link(linked, plot, layer_axes=[plot])
+    return plot
+
+
+_SET_LAYER_ON_PAGE = (
+    "if (window.mmvizView && window.mmvizView.setLayer) window.mmvizView.setLayer(Math.round(cb_obj.x));"
+)
+
+
+def _resolve_comparison(source: Any) -> tuple[Comparison, Inspector | None]:
+    if isinstance(source, Comparison):
+        return source, None
+    found = getattr(source, "comparison", None)
+    if isinstance(found, Comparison) and callable(getattr(source, "observe", None)):
+        return found, source
+    raise TypeError(
+        "divergence takes an mmviz.Comparison (from mmviz.compare(a, b)) or an mmviz.ComparisonWidget, "
+        f"not {type(source).__name__}"
+    )
 
 
 def widget(plot: LayoutDOM) -> BokehModel:

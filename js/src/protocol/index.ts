@@ -16,6 +16,7 @@
  * - `Inspector` itself     → `tokens`, `images`, `meta`, `busy`, `error`, `prefetched` → inspector-traits.ts
  * - `Inspector` selection  → `layer`, `head`, `pinned`, `method` (both ways)          → selection.ts
  * - `Inspector._on_message` → fetch / compute requests and replies                     → messages.ts
+ * - `comparison_payload`   → `comparison_data` trait of a ComparisonWidget  → comparison.ts `parseComparison`
  */
 
 import type { TensorReader } from "../codec";
@@ -66,6 +67,7 @@ export {
   type ReplyType,
   type Request,
 } from "./messages";
+export { parseComparison, type ComparedMethod, type ComparisonData } from "./comparison";
 export { parseProjection, type ProjectionData } from "./projection";
 export {
   ATTENTION,
