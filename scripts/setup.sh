@@ -29,5 +29,5 @@ npm --prefix js ci --no-audit --no-fund --loglevel=error
 npm --prefix js run build --silent
 
 echo "== installing mmviz (editable, with test extras)"
-python -m pip install -q -e ".[test,plots]"
+python -m pip install -q -e ".[test,plots,ray]"
 python -c "import mmviz.widget.bundle as b; assert b.bundle_built(), 'JS bundle missing after the build'"

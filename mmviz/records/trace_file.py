@@ -210,6 +210,7 @@ def save(trace: Any, path: str | Path) -> Path:
         tensors = Path(scratch) / ARRAYS
         save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()}, str(tensors))
         if target.suffix == ".mmviz":
+            target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
             with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
                 for name, data in files.items():
