@@ -17,6 +17,7 @@ import torch
 
 from mmviz.errors import InputError
 from mmviz.sweeps import table
+from mmviz.sweeps.per_example import run_example
 from mmviz.sweeps.statistics import Example, Statistic
 
 
@@ -43,8 +44,6 @@ class _SweepActor:
         self.stats, self.options, self.out, self.keep = stats, options, Path(out), keep
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        from mmviz.sweeps.runner import run_example
-
         rows = []
         for example in batch["example"]:
             row, traced = run_example(self.model, self.processor, example, self.stats, self.options)

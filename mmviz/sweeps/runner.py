@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -12,11 +11,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmviz.errors import InputError, MmvizError
+from mmviz.errors import InputError
 from mmviz.progress import progress, quiet
-from mmviz.records import Trace
 from mmviz.sweeps import table
-from mmviz.sweeps.statistics import Example, Statistic, resolve, thumbnail
+from mmviz.sweeps.per_example import run_example
+from mmviz.sweeps.statistics import Example, Statistic, resolve
 from mmviz.tracing import trace as run_trace
 
 if TYPE_CHECKING:
@@ -64,35 +63,6 @@ def examples_from(rows: Iterable[Any]) -> Iterator[Example]:
             mask=row.get("mask"),
             fields=fields,
         )
-
-
-def run_example(
-    model: torch.nn.Module,
-    processor: Any,
-    example: Example,
-    stats: list[tuple[Statistic, dict[str, Any]]],
-    trace_options: dict[str, Any],
-) -> tuple[dict[str, Any], Trace | None]:
-    """One example's row (``status`` ``"error"`` with the message when anything fails) and its trace."""
-    start = time.perf_counter()
-    row: dict[str, Any] = {"id": example.id, **example.fields}
-    try:
-        with quiet():
-            traced = run_trace(model, processor, example.image, example.prompt, answer=example.answer, **trace_options)
-            for spec, settings in stats:
-                for name, value in spec.function(traced, example, **settings).items():
-                    row[name] = value
-    except (MmvizError, ValueError, RuntimeError, TypeError, IndexError, KeyError, OSError) as error:
-        row.update(status="error", error=f"{type(error).__name__}: {error}", seconds=time.perf_counter() - start)
-        return row, None
-    row.update(
-        status="ok",
-        error=None,
-        seconds=time.perf_counter() - start,
-        answer=traced.answer,
-        thumbnail=thumbnail(traced.images[0]),
-    )
-    return row, traced
 
 
 def sweep(
