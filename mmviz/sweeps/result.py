@@ -83,6 +83,16 @@ class SweepResult:
                 names.append(field.name)
         return names
 
+    def per_layer_columns(self) -> list[str]:
+        """Columns with one list of numbers per example (per layer, per window): what :meth:`per_layer` averages."""
+        return [
+            field.name
+            for field in self.table.schema
+            if pa.types.is_list(field.type)
+            and (pa.types.is_floating(field.type.value_type) or pa.types.is_integer(field.type.value_type)
+                 or pa.types.is_boolean(field.type.value_type))
+        ]  # fmt: skip
+
     def per_layer(
         self,
         name: str,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -175,3 +176,31 @@ def scene(seed: int, *, size: int = DEFAULT_SIZE, num_objects: int | None = None
         questions.append(Question(COLOR_QUESTION.format(shape=obj.shape), obj.color, index))
         questions.append(Question(SHAPE_QUESTION.format(color=obj.color), obj.shape, index))
     return Scene(seed=seed, image=Image.fromarray(array), objects=tuple(objects), questions=tuple(questions))
+
+
+def sweep_examples(count: int, *, start: int = 0) -> list[dict[str, Any]]:
+    """``count`` held-out scenes as sweep examples: image, one question each (colour and shape questions in turn),
+    its answer, the queried object's mask, and ``asks_for`` (``"color"`` / ``"shape"``) to group by.
+
+    Example:
+        >>> rows = sweep_examples(3)
+        >>> rows[0]["id"], rows[0]["prompt"], rows[0]["asks_for"]
+        ('scene-0', 'What color is the square?', 'color')
+    """
+    rows = []
+    for seed in range(start, start + count):
+        if is_training_seed(seed):
+            raise ValueError(f"seed {seed} is a training scene; sweep held-out scenes (below {TRAIN_SEED_START})")
+        scene_ = scene(seed)
+        question = scene_.questions[seed % len(scene_.questions)]
+        rows.append(
+            {
+                "id": f"scene-{seed}",
+                "image": scene_.image,
+                "prompt": question.text,
+                "answer": question.answer,
+                "mask": scene_.objects[question.object_index].mask,
+                "asks_for": "color" if question.text.startswith("What color") else "shape",
+            }
+        )
+    return rows
