@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("methods.py", ["--quick"]),
         ("widget.py", ["--quick"]),
         ("trace_file.py", ["--quick"]),
+        ("sweep.py", ["--quick"]),
         ("memory.py", []),
     ],
 )
