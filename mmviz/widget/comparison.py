@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import html
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,14 @@ import numpy as np
 import traitlets
 
 from mmviz import selection, wire
-from mmviz.errors import InputError, MmvizError
+from mmviz.errors import InputError
 from mmviz.evaluation.comparison import Comparison, TokenPair, position_links
 from mmviz.methods import CATALOGUE
 from mmviz.records import Trace
 from mmviz.selection import LayerChoice
 from mmviz.widget import bundle, export, payloads
+from mmviz.widget.browser_state import BrowserOwned, checked, whole
 from mmviz.widget.payloads import MAP_DESCRIPTION, MAP_LABEL, indirect_note
-
-log = logging.getLogger("mmviz")
 
 HEADS_LIMIT = 16 * 2**20
 """Each pane carries every layer's per-head maps when they take at most this many bytes (there is no kernel to
@@ -70,7 +68,7 @@ window.mmvizView = await mod.mountComparisonStatic(document.getElementById("mmvi
 """
 
 
-class ComparisonWidget(anywidget.AnyWidget):
+class ComparisonWidget(BrowserOwned, anywidget.AnyWidget):
     """Two traces side by side with the signed A − B map on the shared image, linked (see the module docstring).
 
     Args:
@@ -87,6 +85,7 @@ class ComparisonWidget(anywidget.AnyWidget):
     _esm = bundle.esm()
     _css = bundle.css()
 
+    BROWSER_OWNED = BROWSER_OWNED
     revision = traitlets.Int(0).tag(sync=True)
     kind = traitlets.Unicode("comparison").tag(sync=True)
     side_a = traitlets.Dict().tag(sync=True)
@@ -134,18 +133,18 @@ class ComparisonWidget(anywidget.AnyWidget):
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal: dict[str, Any]) -> LayerChoice:
-        return _selected(selection.layer, _integral(proposal["value"]), self._comparison.a.num_layers)
+        return checked(selection.layer, whole(proposal["value"]), self._comparison.a.num_layers)
 
     @traitlets.validate("head")
     def _check_head(self, proposal: dict[str, Any]) -> int | str:
-        return _selected(selection.head, _integral(proposal["value"]), self._comparison.a.num_heads)
+        return checked(selection.head, whole(proposal["value"]), self._comparison.a.num_heads)
 
     @traitlets.validate("pinned")
     def _check_pinned(self, proposal: dict[str, Any]) -> int:
-        value = _integral(proposal["value"])
+        value = whole(proposal["value"])
         if value == -1 and not isinstance(value, bool):
             return -1
-        return _selected(selection.index, value, len(self._comparison.a.tokens), "pinned", unit="position (or -1)")
+        return checked(selection.index, value, len(self._comparison.a.tokens), "pinned", unit="position (or -1)")
 
     @traitlets.validate("method")
     def _check_method(self, proposal: dict[str, Any]) -> str:
@@ -154,28 +153,6 @@ class ComparisonWidget(anywidget.AnyWidget):
         if not isinstance(value, str) or value not in names:
             raise traitlets.TraitError(f"method must be one of the compared methods {sorted(names)}, got {value!r}")
         return value
-
-    def set_state(self, sync_data: dict[str, Any]) -> None:
-        """Apply a browser update: only :data:`BROWSER_OWNED` traits, each validated; otherwise it is logged and the
-        kernel's values are sent back."""
-        names = [name for name in sync_data if name in self.keys] if isinstance(sync_data, dict) else []
-        try:
-            if not isinstance(sync_data, dict):
-                raise TypeError(f"a widget update must map trait names to values, not {type(sync_data).__name__}")
-            refused = [name for name in names if name not in BROWSER_OWNED]
-            if refused:
-                raise traitlets.TraitError(f"the browser may not change {refused}: they belong to the kernel")
-            validators = {
-                "layer": self._check_layer,
-                "head": self._check_head,
-                "pinned": self._check_pinned,
-                "method": self._check_method,
-            }
-            super().set_state({name: validators[name]({"value": sync_data[name]}) for name in names})
-        except (traitlets.TraitError, TypeError, ValueError, RecursionError) as error:
-            log.error("mmviz: rejected a comparison update from the browser: %s", error)
-            if names:
-                self.send_state(names)
 
     def to_html(self, path: str | Path | None = None, *, plots: Sequence[Any] = ()) -> str:
         """A standalone HTML page of this comparison (no server, no CDN); written to ``path`` when given.
@@ -322,14 +299,3 @@ def _bokeh_parts(plots: Sequence[Any]) -> tuple[str, str]:
     return INLINE.render_js(), body
 
 
-def _integral(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _selected(check: Any, value: Any, count: int, *args: Any, **options: Any) -> Any:
-    try:
-        return check(value, count, *args, **options)
-    except MmvizError as error:
-        raise traitlets.TraitError(str(error)) from None

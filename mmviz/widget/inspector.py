@@ -14,13 +14,14 @@ import traitlets
 from ipywidgets.widgets.widget import _remove_buffers
 
 from mmviz import selection
-from mmviz.errors import InputError, MmvizError
+from mmviz.errors import InputError
 from mmviz.inputs import ImageLike
 from mmviz.methods import CATALOGUE, Map
 from mmviz.records import load
 from mmviz.selection import HeadChoice, LayerChoice
 from mmviz.tracing import Trace, trace
 from mmviz.widget import bundle, export, payloads
+from mmviz.widget.browser_state import BrowserOwned, checked, printable, whole
 from mmviz.widget.payloads import MAP_DESCRIPTION, MAP_LABEL, indirect_note
 
 log = logging.getLogger("mmviz")
@@ -33,7 +34,7 @@ EXPORT_HEADS_LIMIT = 64 * 2**20
 """A standalone page embeds every layer's per-head maps when they take at most this many bytes."""
 
 
-class Inspector(anywidget.AnyWidget):
+class Inspector(BrowserOwned, anywidget.AnyWidget):
     """Linked views of a trace: hover a token to see where it looked, hover a patch to see who looked at it.
 
     The first render ships what every hover and layer change needs (the head-mean attention of every layer and
@@ -50,6 +51,7 @@ class Inspector(anywidget.AnyWidget):
     _esm = bundle.esm()
     _css = bundle.css()
 
+    BROWSER_OWNED = BROWSER_OWNED
     revision = traitlets.Int(0).tag(sync=True)
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
     token_layout = traitlets.Dict().tag(sync=True)
@@ -183,49 +185,18 @@ class Inspector(anywidget.AnyWidget):
             self.send({**reply, "ok": True, **answer}, buffers=data or None)
         except Exception as error:  # reported to the browser, never raised into the comm
             log.error("mmviz: %s", error)
-            self.send({**reply, "ok": False, "error": _printable(str(error))})
+            self.send({**reply, "ok": False, "error": printable(str(error))})
         except BaseException:  # the user stopped the kernel: the browser still gets its one reply, then it stops
             self.send({**reply, "ok": False, "error": "interrupted: the kernel was stopped"})
             raise
 
-    def set_state(self, sync_data: dict[str, Any]) -> None:
-        """Apply a state update from the browser. Only :data:`BROWSER_OWNED` traits may change, and each value is
-        validated, type included, before anything is applied; otherwise the update is logged, nothing of it is
-        applied, and the browser is sent the current values back."""
-        names = [name for name in sync_data if name in self.keys] if isinstance(sync_data, dict) else []
-        try:
-            if not isinstance(sync_data, dict):
-                raise TypeError(f"a widget update must map trait names to values, not {type(sync_data).__name__}")
-            refused = [name for name in names if name not in BROWSER_OWNED]
-            if refused:
-                raise traitlets.TraitError(f"the browser may not change {refused}: they belong to the kernel")
-            checked = {name: self._checked(name, sync_data[name]) for name in names}
-            # ipywidgets holds the notifications inside its property lock; holding them here as well would fire
-            # them after the lock is released, sending every accepted value back as an extra update.
-            super().set_state(checked)
-        except (traitlets.TraitError, TypeError, ValueError, RecursionError) as error:
-            log.error("mmviz: rejected a widget update from the browser: %s", _printable(str(error)))
-            if names:
-                self.send_state(names)
-
-    def _checked(self, name: str, value: Any) -> Any:
-        """``value`` for the browser-owned trait ``name``, validated as the trait's own validator does (also when it
-        equals the current value, where traitlets would not validate: ``False == 0``)."""
-        validators = {
-            "layer": self._check_layer,
-            "head": self._check_head,
-            "pinned": self._check_pinned,
-            "method": self._check_method,
-        }
-        return validators[name]({"value": value})
-
     @traitlets.validate("layer")
     def _check_layer(self, proposal: dict[str, Any]) -> LayerChoice:
-        return _selected(selection.layer, _integral(proposal["value"]), self._trace.num_layers)
+        return checked(selection.layer, whole(proposal["value"]), self._trace.num_layers)
 
     @traitlets.validate("head")
     def _check_head(self, proposal: dict[str, Any]) -> int | str:
-        return _selected(selection.head, _integral(proposal["value"]), self._trace.num_heads)
+        return checked(selection.head, whole(proposal["value"]), self._trace.num_heads)
 
     @traitlets.validate("method")
     def _check_method(self, proposal: dict[str, Any]) -> str:
@@ -237,10 +208,10 @@ class Inspector(anywidget.AnyWidget):
 
     @traitlets.validate("pinned")
     def _check_pinned(self, proposal: dict[str, Any]) -> int:
-        value = _integral(proposal["value"])
+        value = whole(proposal["value"])
         if value == -1 and not isinstance(value, bool):  # nothing pinned
             return -1
-        return _selected(selection.index, value, len(self._trace.tokens), "pinned", unit="position (or -1: none)")
+        return checked(selection.index, value, len(self._trace.tokens), "pinned", unit="position (or -1: none)")
 
     def _send_trace(self, trace: Trace) -> None:
         self.tokens = list(trace.tokens)
@@ -333,26 +304,6 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:  # a lone surrogate
         return False
     return True
-
-
-def _printable(text: str) -> str:
-    """``text`` without what UTF-8 cannot carry, at most 2,000 characters (an error message sent to the browser)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
-
-
-def _integral(value: Any) -> Any:
-    """A whole float from the browser (JSON numbers may arrive as floats) as an int; anything else unchanged."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _selected(check: Callable[..., Any], value: Any, count: int, *args: Any, **options: Any) -> Any:
-    """``check(value, count, ...)`` of :mod:`mmviz.selection`, its :class:`InputError` as a trait error."""
-    try:
-        return check(value, count, *args, **options)
-    except MmvizError as error:
-        raise traitlets.TraitError(str(error)) from None
 
 
 def inspect(
