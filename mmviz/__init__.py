@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mmviz.tracing import Trace, trace
     from mmviz.widget.comparison import ComparisonWidget
     from mmviz.widget.inspector import Inspector, inspect
+    from mmviz.widget.sweep import SweepWidget
 
 # torch and transformers load on first use, so `import mmviz` stays fast.
 _LAZY = {
@@ -37,6 +38,7 @@ _LAZY = {
     "compare": "mmviz.evaluation.comparison",
     "Comparison": "mmviz.evaluation.comparison",
     "ComparisonWidget": "mmviz.widget.comparison",
+    "SweepWidget": "mmviz.widget.sweep",
     "Inspector": "mmviz.widget.inspector",
     "register_adapter": "mmviz.adapters",
     "supported_families": "mmviz.adapters",
@@ -77,6 +79,7 @@ __all__ = [
     "Inspector",
     "MmvizError",
     "ProcessorMismatchError",
+    "SweepWidget",
     "Trace",
     "TraceFormatError",
     "UnsupportedModelError",

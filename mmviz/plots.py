@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from bokeh.core.templates import AUTOLOAD_NB_JS
 from bokeh.embed.bundle import Bundle, bundle_for_objs_and_resources
-from bokeh.events import Tap
+from bokeh.events import Reset, SelectionGeometry, Tap
 from bokeh.io.notebook import LOAD_MIME_TYPE
 from bokeh.layouts import row
 from bokeh.models import (
     BasicTicker,
+    BoxAnnotation,
     CDSView,
+    ColorBar,
     ColumnDataSource,
     CustomJS,
     HoverTool,
@@ -39,22 +41,25 @@ from bokeh.models import (
     LayoutDOM,
     Legend,
     LegendItem,
+    LinearColorMapper,
     NumeralTickFormatter,
     Range1d,
     Span,
     TapTool,
 )
-from bokeh.palettes import Category10_10, Category20_20, Colorblind8
+from bokeh.palettes import Category10_10, Category20_20, Colorblind8, Viridis256
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 from jupyter_bokeh import BokehModel
 
 from mmviz import selection
+from mmviz.errors import InputError
 from mmviz.evaluation.comparison import Comparison
 from mmviz.methods import LogitLens, Projection, logit_lens
 from mmviz.methods import image_share as compute_image_share
 from mmviz.methods import projection as compute_projection
 from mmviz.records import Trace
+from mmviz.sweeps import SweepResult, bootstrap_mean
 
 if TYPE_CHECKING:
     from mmviz.evaluation import Evaluation
@@ -693,3 +698,245 @@ def _projection_title(result: Projection, depth: int) -> str:
     where = "embeddings" if depth == 0 else f"after layer {depth - 1}"
     explained = "" if np.isnan(result.explained) else f", {result.explained:.0%} of variance"
     return f"Aligned {result.method.upper()} of hidden states: {where}{explained}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sweeps: many examples (mmviz.sweep). Each plot takes a SweepResult or an mmviz.SweepWidget (linked through its
+# traits, the widget is not imported).
+
+
+def sweep_layers(
+    source: Any, name: str, *, by: str | None = None, confidence: float = 0.95, resamples: int = 1000
+) -> figure:
+    """A per-layer statistic of a sweep: its mean over examples per layer as a line, with a percentile bootstrap
+    confidence band; with ``by`` (a column such as ``"asks_for"``) one line and band per group.
+
+    ``name`` is an array statistic: per layer (``image_share``, ``pointing_game``, ``energy_in_box``), per depth
+    (``lens_rank``: the embeddings are drawn at ``emb``), per layer window (``knockout_delta``) or per layer and head
+    (``image_share_heads``, ``head_entropy``: each example's mean over heads first). Failed examples and examples
+    without a value are left out; the legend says how many examples entered each line.
+
+    Example:
+        >>> show(sweep_layers(mmviz.sweeps.load("runs/a"), "image_share", by="asks_for"))   # doctest: +SKIP
+    """
+    result, _ = _resolve_sweep(source)
+    values = result.column(name)
+    if values.ndim < 2:
+        raise InputError(f"sweep_layers draws an array statistic per layer; {name!r} has one number per example")
+    if values.ndim > 2:  # (examples, L, H, ...): each example's mean over heads
+        finite = np.isfinite(values).all(axis=tuple(range(2, values.ndim)))
+        values = np.where(finite, values.reshape(*values.shape[:2], -1).mean(axis=2), np.nan)
+    groups: dict[str, np.ndarray] = {"all examples": np.ones(len(values), dtype=bool)}
+    if by is not None:
+        if by not in result.table.column_names:
+            raise InputError(f"the sweep has no column {by!r} to group by; it has {result.table.column_names}")
+        labels = np.array(result.table.column(by).to_pylist(), dtype=object)
+        groups = {
+            f"{by} = {group}": labels == group for group in sorted({g for g in labels if g is not None}, key=str)
+        }
+    depth = name == "lens_rank"
+    axis = {"knockout_delta": "layer window knocked out"}.get(name)
+    over = "heads, then examples" if result.column(name).ndim > 2 else "examples"
+    plot = _layer_figure(
+        f"{name}: mean over {over} with a {confidence:.0%} bootstrap interval", y_axis_label=name, embeddings=depth
+    )
+    if axis is not None:
+        plot.xaxis.axis_label = axis
+    if name == "lens_rank":
+        plot.yaxis.axis_label = "rank of the answer token (logit lens)"
+    items, lines = [], []
+    for colour, (label, members) in zip(Category10_10 * 3, groups.items(), strict=False):
+        curve = bootstrap_mean(values[members], confidence=confidence, resamples=resamples)
+        x = np.arange(len(curve.mean)) - (1 if depth else 0)
+        data = ColumnDataSource({"x": x, "y": curve.mean, "low": curve.low, "high": curve.high})
+        band = plot.varea("x", "low", "high", source=data, fill_color=colour, fill_alpha=0.2, name=f"band:{label}")
+        line = plot.line("x", "y", source=data, color=colour, line_width=2, name=f"mean:{label}")
+        lines.append(line)
+        items.append(LegendItem(label=f"{label} (n = {curve.count})", renderers=[line, band]))
+    plot.add_layout(Legend(items=items, click_policy="hide", label_text_font_size="8pt"), "below")
+    plot.add_tools(
+        HoverTool(
+            renderers=lines,
+            tooltips=[("x", "@x"), ("mean", "@y{0.000}"), (f"{confidence:.0%} interval", "@low{0.000} … @high{0.000}")],
+        )
+    )
+    return plot
+
+
+def sweep_histogram(source: Any, column: str, *, bins: int = 20) -> figure:
+    """A histogram of a sweep's column over examples: a scalar statistic (``answer_logprob``) or field, or an array
+    statistic's mean per example (the number the sweep widget shows). Failed examples and missing values are left
+    out (the title counts them).
+
+    Given an ``mmviz.SweepWidget`` the plot is **linked**: a box select (drag along x) sets the widget's range of
+    that column, so the table shows only the examples in it; reset clears the range; the range is shaded. In a page
+    exported by ``SweepWidget.to_html(plots=[...])`` the box select filters the page's table too.
+
+    Example:
+        >>> view = mmviz.SweepWidget(result)                                                  # doctest: +SKIP
+        >>> ipywidgets.VBox([view, mmviz.plots.widget(mmviz.plots.sweep_histogram(view, "answer_logprob"))])
+        ... # doctest: +SKIP
+    """
+    result, linked = _resolve_sweep(source)
+    values = _per_example(result, column)
+    finite = values[np.isfinite(values)]
+    if bins < 1:
+        raise InputError(f"bins must be at least 1, not {bins}")
+    counts, edges = np.histogram(finite, bins=bins) if len(finite) else (np.zeros(0, int), np.zeros(1))
+    missing = len(values) - len(finite)
+    described = column if result.column(column).ndim == 1 else f"{column} (mean over its entries)"
+    title = f"{described}: {len(finite)} examples" + (
+        f" ({missing} failed or without a value left out)" if missing else ""
+    )
+    plot = figure(
+        title=title,
+        width=520,
+        height=300,
+        x_axis_label=described,
+        y_axis_label="examples",
+        tools="xbox_select,reset,save",
+    )
+    plot.toolbar.logo = None
+    data = ColumnDataSource({"left": edges[:-1], "right": edges[1:], "count": counts})
+    bars = plot.quad(
+        left="left", right="right", top="count", bottom=0, source=data, fill_color=Category10_10[0], line_color="white"
+    )
+    bars.name = f"histogram:{column}"
+    plot.add_tools(
+        HoverTool(renderers=[bars], tooltips=[("range", "@left{0.000} … @right{0.000}"), ("examples", "@count")])
+    )
+    shade = BoxAnnotation(fill_color="#ff7f0e", fill_alpha=0.15, visible=False, name=SWEEP_RANGE)
+    plot.add_layout(shade)
+    code = (
+        "if (window.mmvizView && window.mmvizView.setRange) "
+        "window.mmvizView.setRange(column, kind === 'reset' ? null : Math.min(cb_obj.geometry.x0, cb_obj.geometry.x1), "
+        "kind === 'reset' ? null : Math.max(cb_obj.geometry.x0, cb_obj.geometry.x1));"
+    )
+    plot.js_on_event(SelectionGeometry, CustomJS(args={"column": column, "kind": "select"}, code=code))
+    plot.js_on_event(Reset, CustomJS(args={"column": column, "kind": "reset"}, code=code))
+    if linked is not None:
+        _link_sweep_range(linked, plot, column, shade)
+    return plot
+
+
+def sweep_heads(source: Any, name: str = "image_share_heads") -> figure:
+    """A layer × head grid of a per-head statistic of a sweep (``image_share_heads``, ``head_entropy``): each cell
+    coloured by the statistic's mean over examples (failed ones left out); hover a cell for its mean and the
+    examples it averages.
+
+    Example:
+        >>> show(sweep_heads(mmviz.sweeps.load("runs/a"), "head_entropy"))   # doctest: +SKIP
+    """
+    result, _ = _resolve_sweep(source)
+    values = result.column(name)
+    if values.ndim != 3:
+        raise InputError(f"sweep_heads draws a (layers, heads) statistic; {name!r} has shape {values.shape[1:]}")
+    kept = values[np.isfinite(values).all(axis=(1, 2))]
+    mean = kept.mean(axis=0) if len(kept) else np.full(values.shape[1:], np.nan)
+    layers, heads = mean.shape
+    plot = figure(
+        title=f"{name}: mean over {len(kept)} examples per layer and head",
+        width=min(900, 120 + 28 * heads),
+        height=min(900, 80 + 22 * layers),
+        x_axis_label="head",
+        y_axis_label="layer",
+        x_range=Range1d(-0.5, heads - 0.5),
+        y_range=Range1d(layers - 0.5, -0.5),
+        tools="hover,save",
+        tooltips=[("layer", "@layer"), ("head", "@head"), ("mean", "@value{0.000}"), ("examples", str(len(kept)))],
+    )
+    plot.toolbar.logo = None
+    finite = mean[np.isfinite(mean)]
+    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    mapper = LinearColorMapper(
+        palette=Viridis256, low=low, high=high if high > low else low + 1e-9, nan_color="#cccccc"
+    )
+    data = ColumnDataSource(
+        {
+            "layer": np.repeat(np.arange(layers), heads),
+            "head": np.tile(np.arange(heads), layers),
+            "value": mean.ravel(),
+        }
+    )
+    plot.rect("head", "layer", 1, 1, source=data, fill_color={"field": "value", "transform": mapper}, line_color=None)
+    plot.add_layout(ColorBar(color_mapper=mapper, title=f"mean {name}", width=10), "right")
+    plot.xaxis.ticker = BasicTicker(min_interval=1)
+    plot.yaxis.ticker = BasicTicker(min_interval=1)
+    return plot
+
+
+SWEEP_RANGE = "mmviz-sweep-range"
+"""Name of the ``BoxAnnotation`` shading the linked sweep widget's range in :func:`sweep_histogram`."""
+
+
+def _resolve_sweep(source: Any) -> tuple[SweepResult, Any]:
+    if isinstance(source, SweepResult):
+        return source, None
+    found = getattr(source, "result", None)
+    if isinstance(found, SweepResult) and callable(getattr(source, "observe", None)):
+        return found, source
+    raise TypeError(
+        "the sweep plots take an mmviz.sweeps.SweepResult (from mmviz.sweep or mmviz.sweeps.load) or an "
+        f"mmviz.SweepWidget, not {type(source).__name__}"
+    )
+
+
+def _per_example(result: SweepResult, column: str) -> np.ndarray:
+    """One number per example: the column's value, or an array statistic's mean over its entries (NaN: none)."""
+    values = result.column(column)
+    if values.ndim == 1:
+        return values.astype(float)
+    flat = values.reshape(len(values), -1)
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(flat)
+        counts = finite.sum(axis=1)
+        sums = np.where(finite, flat, 0).sum(axis=1)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+class _SweepLink:
+    """Keeps a histogram's shaded range in step with a sweep widget's ``ranges`` and its box select setting them."""
+
+    def __init__(self, widget: Any, plot: figure, column: str, shade: BoxAnnotation) -> None:
+        self.widget = widget
+        self.column = column
+        self.shade = shade
+        self.open = True
+        plot.on_event(SelectionGeometry, self._on_select)
+        plot.on_event(Reset, self._on_reset)
+        reference = weakref.ref(self)
+
+        def handler(change: dict[str, Any]) -> None:
+            live = reference()
+            if live is not None and live.open:
+                live.show(change["new"])
+
+        widget.observe(handler, names=["ranges"])
+        self._stop_observing = weakref.finalize(self, _unobserve, weakref.ref(widget), handler, ["ranges"])
+        self.show(widget.ranges)
+
+    def show(self, ranges: dict[str, Any]) -> None:
+        bounds = ranges.get(self.column)
+        self.shade.visible = bounds is not None
+        if bounds is not None:
+            self.shade.left, self.shade.right = bounds[0], bounds[1]
+
+    def _on_select(self, event: SelectionGeometry) -> None:
+        geometry = event.geometry or {}
+        if not self.open or not event.final or geometry.get("x0") is None or geometry.get("x1") is None:
+            return
+        low, high = sorted((float(geometry["x0"]), float(geometry["x1"])))
+        self.widget.ranges = {**self.widget.ranges, self.column: [low, high]}
+
+    def _on_reset(self, event: Reset) -> None:
+        if self.open:
+            self.widget.ranges = {k: v for k, v in self.widget.ranges.items() if k != self.column}
+
+    def close(self) -> None:
+        self.open = False
+        self._stop_observing()
+
+
+def _link_sweep_range(widget: Any, plot: figure, column: str, shade: BoxAnnotation) -> None:
+    link = _SweepLink(widget, plot, column, shade)
+    plot._mmviz_links = [*getattr(plot, "_mmviz_links", []), link]

@@ -115,12 +115,15 @@ class SweepResult:
             for group in sorted({g for g in groups.tolist() if g is not None}, key=str)
         }
 
+    def has_trace(self, example_id: str) -> bool:
+        """Whether the sweep kept the trace of ``example_id``."""
+        return table.trace_path(self.directory, example_id).exists()
+
     def trace(self, example_id: str) -> Trace:
         """The kept trace of an example (``keep=`` in :func:`mmviz.sweep`)."""
-        path = table.trace_path(self.directory, example_id)
-        if not path.exists():
+        if not self.has_trace(example_id):
             raise InputError(f"no kept trace for example {example_id!r}: sweep with keep='all' (or a predicate)")
-        return load(path)
+        return load(table.trace_path(self.directory, example_id))
 
 
 def bootstrap_mean(values: np.ndarray, *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> LayerCurve:

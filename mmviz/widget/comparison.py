@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,29 +42,6 @@ fetch them from: the panes are drawn from what the comparison shipped)."""
 BROWSER_OWNED = ("layer", "head", "pinned", "method")
 """The traits the browser may change (A's layer, head and pinned token, and the method both panes show)."""
 
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<style>body {{ margin: 16px; font-family: system-ui, sans-serif; }}</style>
-<style>{css}</style>
-{plot_head}
-</head>
-<body>
-<div id="mmviz-root"></div>
-{plot_body}
-<script type="application/json" id="mmviz-payload">{payload}</script>
-<script type="application/json" id="mmviz-bundle">{bundle}</script>
-<script type="module">
-const read = (id) => JSON.parse(document.getElementById(id).textContent);
-const url = URL.createObjectURL(new Blob([read("mmviz-bundle")], {{ type: "text/javascript" }}));
-const mod = await import(url);
-window.mmvizView = await mod.mountComparisonStatic(document.getElementById("mmviz-root"), read("mmviz-payload"));
-</script>
-</body>
-</html>
-"""
 
 
 class ComparisonWidget(BrowserOwned, anywidget.AnyWidget):
@@ -165,17 +141,9 @@ class ComparisonWidget(BrowserOwned, anywidget.AnyWidget):
         Example:
             >>> view.to_html("comparison.html", plots=[mmviz.plots.divergence(view)])   # doctest: +SKIP
         """
-        javascript, css = bundle.read_bundle()
-        plot_head, plot_body = _bokeh_parts(plots)
         a, b = self._comparison.a, self._comparison.b
-        page = _PAGE.format(
-            title=html.escape(f"mmviz · {a.model_name} vs {b.model_name}"),
-            css=css.replace("</", "<\\/"),
-            plot_head=plot_head,
-            plot_body=plot_body,
-            payload=export._script_json(export.widget_payload(self)),
-            bundle=export._script_json(javascript),
-        )
+        title = f"mmviz · {a.model_name} vs {b.model_name}"
+        page = export.to_html(self, title, mount="mountComparisonStatic", plots=plots)
         if path is not None:
             Path(path).write_text(page, encoding="utf-8")
         return page
@@ -281,21 +249,5 @@ def _swapped(comparison: Comparison) -> list[TokenPair]:
 
 def _floats(values: np.ndarray) -> bytes:
     return np.asarray(values, dtype="<f4").tobytes()
-
-
-def _bokeh_parts(plots: Sequence[Any]) -> tuple[str, str]:
-    """The ``<head>`` scripts (BokehJS, inline) and the ``<body>`` markup of ``plots``; empty without plots."""
-    if not plots:
-        return "", ""
-    from bokeh.embed import components
-    from bokeh.models import LayoutDOM
-    from bokeh.resources import INLINE
-
-    for plot in plots:
-        if not isinstance(plot, LayoutDOM):
-            raise InputError(f"plots takes bokeh plots (e.g. mmviz.plots.divergence(...)), not {type(plot).__name__}")
-    script, divs = components(list(plots))
-    body = '<div class="mmviz-comparison-plots">' + "".join(divs) + "</div>\n" + script
-    return INLINE.render_js(), body
 
 

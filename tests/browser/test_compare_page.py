@@ -181,5 +181,5 @@ def test_the_layer_scrubber_drives_both_panes_by_relative_depth(page_watch, llav
     page.evaluate("() => window.mmvizView.setLayer(1)")
     page.wait_for_selector('.mmviz-pane[data-side="a"][data-layer="1"]')
     assert pane(page, "b", "layer") == "2"
-    assert page.query_selector(".mmviz-comparison-plots .bk-Figure, .mmviz-comparison-plots div") is not None
+    assert page.query_selector(".mmviz-plots .bk-Figure, .mmviz-plots div") is not None
     watch.assert_clean()

@@ -17,6 +17,7 @@
  * - `Inspector` selection  → `layer`, `head`, `pinned`, `method` (both ways)          → selection.ts
  * - `Inspector._on_message` → fetch / compute requests and replies                     → messages.ts
  * - `comparison_payload`   → `comparison_data` trait of a ComparisonWidget  → comparison.ts `parseComparison`
+ * - `sweep_payload`        → `table_data` trait of a SweepWidget (+ `sort`, `text_filter`, `ranges`, `open`) → sweep.ts
  */
 
 import type { TensorReader } from "../codec";
@@ -69,6 +70,7 @@ export {
 } from "./messages";
 export { parseComparison, type ComparedMethod, type ComparisonData } from "./comparison";
 export { parseProjection, type ProjectionData } from "./projection";
+export { parseSweepControls, parseSweepTable, type SweepColumn, type SweepControls, type SweepTable } from "./sweep";
 export {
   ATTENTION,
   MEAN,
