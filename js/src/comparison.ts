@@ -14,7 +14,7 @@ import { Channel } from "./channel";
 import { base64ToBytes, putAtPath } from "./codec";
 import { DIVERGING, scaleColor, type ColorScale, VIRIDIS } from "./colormap";
 import { buildData, type WidgetData } from "./data";
-import { button, h, Listeners } from "./dom";
+import { button, h, Listeners, rebuildOnRevision } from "./dom";
 import { Extras } from "./extras";
 import type { Frame } from "./frame";
 import { createStaticModel, type StaticModel, type StaticPayload } from "./host/static-host";
@@ -601,27 +601,7 @@ export function buildComparison(model: ComparisonModel, el: HTMLElement): Compar
 
 /** anywidget `render` of a ComparisonWidget: rebuilt when the kernel bumps `revision`. */
 export function renderComparison({ model, el }: { model: ComparisonModel; el: HTMLElement }): () => void {
-  let view: ComparisonView | null = null;
-  const errorBox = h("div", { className: "mmviz-error", attrs: { role: "alert" }, hidden: true });
-  el.append(errorBox);
-  const build = (): void => {
-    view?.dispose();
-    view = null;
-    try {
-      view = buildComparison(model, el);
-      errorBox.hidden = true;
-    } catch (err) {
-      errorBox.textContent = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
-      errorBox.hidden = false;
-    }
-  };
-  model.on("change:revision", build);
-  build();
-  return () => {
-    model.off("change:revision", build);
-    view?.dispose();
-    errorBox.remove();
-  };
+  return rebuildOnRevision(model, el, () => buildComparison(model, el));
 }
 
 export interface MountedComparison {

@@ -73,3 +73,35 @@ export class Listeners {
     while (this.disposers.length > 0) this.disposers.pop()!();
   }
 }
+
+/**
+ * Build a view in `el` now and again whenever the kernel bumps `revision`; a build that throws shows its message in
+ * an alert instead of a broken view. Returns the cleanup anywidget's `render` returns.
+ */
+export function rebuildOnRevision(
+  model: { on(name: string, callback: () => void): void; off(name: string, callback: () => void): void },
+  el: HTMLElement,
+  build: () => { dispose(): void } | null,
+): () => void {
+  let view: { dispose(): void } | null = null;
+  const errorBox = h("div", { className: "mmviz-error", attrs: { role: "alert" }, hidden: true });
+  el.append(errorBox);
+  const rebuild = (): void => {
+    view?.dispose();
+    view = null;
+    try {
+      view = build();
+      errorBox.hidden = true;
+    } catch (err) {
+      errorBox.textContent = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
+      errorBox.hidden = false;
+    }
+  };
+  model.on("change:revision", rebuild);
+  rebuild();
+  return () => {
+    model.off("change:revision", rebuild);
+    view?.dispose();
+    errorBox.remove();
+  };
+}

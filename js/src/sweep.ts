@@ -11,7 +11,7 @@
 
 import { newRequestId } from "./channel";
 import { base64ToBytes, putAtPath } from "./codec";
-import { button, h, Listeners } from "./dom";
+import { button, h, Listeners, rebuildOnRevision } from "./dom";
 import { createStaticModel, type StaticModel, type StaticPayload } from "./host/static-host";
 import type { Model } from "./host/model";
 import type { ComparisonModel } from "./comparison";
@@ -361,27 +361,10 @@ function parseBound(text: string): number | null {
 /** anywidget `render` of a SweepWidget: rebuilt when the kernel bumps `revision`. */
 export function renderSweep({ model, el }: { model: SweepModel; el: HTMLElement }): () => void {
   const opener = kernelOpener(model);
-  let view: SweepView | null = null;
-  const errorBox = h("div", { className: "mmviz-error", attrs: { role: "alert" }, hidden: true });
-  el.append(errorBox);
-  const build = (): void => {
-    view?.dispose();
-    view = null;
-    try {
-      view = buildSweep(model, el, opener.open);
-      errorBox.hidden = true;
-    } catch (err) {
-      errorBox.textContent = `mmviz: ${err instanceof Error ? err.message : String(err)}`;
-      errorBox.hidden = false;
-    }
-  };
-  model.on("change:revision", build);
-  build();
+  const cleanup = rebuildOnRevision(model, el, () => buildSweep(model, el, opener.open));
   return () => {
-    model.off("change:revision", build);
-    view?.dispose();
+    cleanup();
     opener.dispose();
-    errorBox.remove();
   };
 }
 
