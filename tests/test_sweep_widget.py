@@ -4,6 +4,7 @@ re-traced with the model, or a clear refusal), and the bokeh plots' labels and l
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -158,6 +159,10 @@ def test_refusals_say_why(kept_sweep, bare_sweep):
     assert content["ok"] is False and "no trace was kept" in content["error"] and "model" in content["error"]
     content, _ = _ask(view, {"type": "open", "id": ["x"], "request": "r4"})
     assert content["ok"] is False and content["id"] is None
+    lone = "\ud800"  # a JavaScript string may carry a lone surrogate; the reply must still serialise
+    content, _ = _ask(view, {"type": "open", "id": lone, "request": lone})
+    assert content["ok"] is False and content["id"] is None and content["request"] is None
+    json.dumps(content, ensure_ascii=False).encode("utf-8")
     content, _ = _ask(view, {"type": "jump", "request": "r5"})
     assert content["ok"] is False and content["type"] == "error" and "'open'" in content["error"]
     bare = mmviz.SweepWidget(bare_sweep)

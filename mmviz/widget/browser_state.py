@@ -9,6 +9,7 @@ browser is sent the kernel's values back.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -70,3 +71,23 @@ def printable(text: str) -> str:
     """``text`` without what UTF-8 cannot carry (a browser string may hold lone surrogates), at most 2,000
     characters: an error message that can be logged and sent to the browser."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
+
+
+def echo(value: Any) -> Any:
+    """``value`` if it can be echoed back to the browser as is (a short encodable string, a finite number, a bool or
+    None), else None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    if isinstance(value, str) and len(value) <= 200 and encodable(value):
+        return value
+    return None
+
+
+def encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from mmviz.records import load
 from mmviz.selection import HeadChoice, LayerChoice
 from mmviz.tracing import Trace, trace
 from mmviz.widget import bundle, export, payloads
-from mmviz.widget.browser_state import BrowserOwned, checked, printable, whole
+from mmviz.widget.browser_state import BrowserOwned, checked, echo, printable, whole
 from mmviz.widget.payloads import MAP_DESCRIPTION, MAP_LABEL, indirect_note
 
 log = logging.getLogger("mmviz")
@@ -169,14 +168,14 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         ``{"type": <command>ed, "request", "ok", ...}``. Anything malformed or failing is logged and answered with
         an error; the widget and the kernel keep working."""
         fields = content if isinstance(content, dict) else {}
-        kind = _echo(fields.get("type"))
+        kind = echo(fields.get("type"))
         # Only plain scalars are echoed back: a string the kernel cannot encode (a lone surrogate) or a deeply nested
         # value would make the reply itself fail, and the browser would wait for its timeout.
-        reply: dict[str, Any] = {"type": _REPLIES.get(kind, "error"), "request": _echo(fields.get("request"))}
+        reply: dict[str, Any] = {"type": _REPLIES.get(kind, "error"), "request": echo(fields.get("request"))}
         if kind == "compute":
-            reply["method"] = _echo(fields.get("method"))
+            reply["method"] = echo(fields.get("method"))
         elif kind == "fetch":
-            reply.update(what=_echo(fields.get("what")), layer=_echo(fields.get("layer", 0)))
+            reply.update(what=echo(fields.get("what")), layer=echo(fields.get("layer", 0)))
         try:
             if kind not in self._commands:
                 known = " or ".join(repr(name) for name in self._commands)
@@ -284,26 +283,6 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
 
 _REPLIES = {"compute": "computed", "fetch": "fetched"}
 """The reply type of each browser command."""
-
-
-def _echo(value: Any) -> Any:
-    """``value`` if it can be echoed back to the browser as is (a short encodable string, a finite number, a bool or
-    None), else None."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
-        return value
-    if isinstance(value, str) and len(value) <= 200 and _encodable(value):
-        return value
-    return None
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
 
 
 def inspect(

@@ -44,7 +44,7 @@ from mmviz.errors import InputError
 from mmviz.sweeps import Example, SweepResult, examples_from
 from mmviz.tracing import trace as run_trace
 from mmviz.widget import bundle, export
-from mmviz.widget.browser_state import BrowserOwned
+from mmviz.widget.browser_state import BrowserOwned, echo, printable
 from mmviz.widget.inspector import Inspector
 
 log = logging.getLogger("mmviz")
@@ -205,8 +205,8 @@ class SweepWidget(BrowserOwned, anywidget.AnyWidget):
         request = fields.get("request")
         reply: dict[str, Any] = {
             "type": "opened" if fields.get("type") == "open" else "error",
-            "request": request if isinstance(request, str) and len(request) <= 200 else None,
-            "id": fields.get("id") if isinstance(fields.get("id"), str) else None,
+            "request": echo(request),  # only what the reply can carry back (no lone surrogates, no nesting)
+            "id": echo(fields.get("id")),
         }
         try:
             if fields.get("type") != "open":
@@ -216,7 +216,7 @@ class SweepWidget(BrowserOwned, anywidget.AnyWidget):
             self.send({**reply, "ok": True, "payload": stripped, "buffer_paths": paths}, buffers=data or None)
         except Exception as error:  # answered to the browser, never raised into the comm
             log.error("mmviz: %s", error)
-            self.send({**reply, "ok": False, "error": str(error).encode("utf-8", "replace").decode("utf-8")})
+            self.send({**reply, "ok": False, "error": printable(str(error))})
         except BaseException:
             self.send({**reply, "ok": False, "error": "interrupted: the kernel was stopped"})
             raise
