@@ -203,7 +203,8 @@ def row_probabilities(
     receives the rows; when the model runs on the CPU they are computed right there, so one layer's rows never
     exist twice (on another device, or for the head mean, one layer's scores are the only transient).
     """
-    with torch.no_grad():
+    # fp32 whatever the context: under torch.autocast the matmul would otherwise run at autocast precision
+    with torch.no_grad(), torch.autocast(query.device.type, enabled=False):
         direct = out is not None and not head_mean and out.device == query.device and out.is_contiguous()
         scores = row_scores(module, query, key, attention_mask, scaling, rows, kwargs, out=out if direct else None)
         torch.softmax(scores, dim=-1, out=scores)  # in place: never a second score-sized tensor

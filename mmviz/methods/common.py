@@ -57,7 +57,16 @@ def inference_context(run: ModelRun) -> Iterator[None]:
 
 @contextmanager
 def gradient_context(run: ModelRun) -> Iterator[None]:
-    """Eval mode, every parameter frozen (gradients reach only the chosen leaf), autograd on; all restored after."""
+    """Eval mode, every parameter frozen (gradients reach only the chosen leaf), autograd on; all restored after.
+
+    ``torch.no_grad()`` around the call is fine (autograd is switched on here); ``torch.inference_mode()`` is not:
+    the tensors it makes can never take part in autograd, so the methods that need gradients refuse it clearly.
+    """
+    if torch.is_inference_mode_enabled():
+        raise InputError(
+            "this method needs gradients, which torch.inference_mode() forbids: call it outside inference mode "
+            "(torch.no_grad() is fine, mmviz switches gradients on where it needs them)"
+        )
     with preserved(run.model):
         run.model.eval()
         run.model.requires_grad_(False)

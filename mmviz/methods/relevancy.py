@@ -50,13 +50,14 @@ class AttentionStash(AttentionRecorder):
         one = slice(item, item + 1)
         if mask is not None and mask.shape[0] > 1:
             mask = mask[one]
-        scores = row_scores(module, query[one], key[one], mask, scaling, torch.arange(n), kwargs)
-        probabilities = torch.softmax(scores, dim=-1)[0]
-        heads = query.shape[1]
-        values = value[item].float().repeat_interleave(heads // value.shape[1], dim=0)  # GQA: V shared in a group
-        output_grad = self.grads[layer][item].float().transpose(0, 1)  # (H, N, d)
-        attention_grad = output_grad @ values.transpose(-1, -2)
-        return (attention_grad * probabilities).clamp(min=0).nan_to_num().mean(dim=0)
+        with torch.autocast(query.device.type, enabled=False):  # fp32 head terms, also under torch.autocast
+            scores = row_scores(module, query[one], key[one], mask, scaling, torch.arange(n), kwargs)
+            probabilities = torch.softmax(scores, dim=-1)[0]
+            heads = query.shape[1]
+            values = value[item].float().repeat_interleave(heads // value.shape[1], dim=0)  # GQA: V shared in a group
+            output_grad = self.grads[layer][item].float().transpose(0, 1)  # (H, N, d)
+            attention_grad = output_grad @ values.transpose(-1, -2)
+            return (attention_grad * probabilities).clamp(min=0).nan_to_num().mean(dim=0)
 
 
 @method("relevancy", label=LABEL, meaning=MEANING)

@@ -290,24 +290,24 @@ def inspect(
     processor: Any = None,
     image: ImageLike | Sequence[ImageLike] | None = None,
     prompt: str | None = None,
-    *,
-    answer: str | Sequence[int] | None = None,
-    max_new_tokens: int = 32,
-    methods: Sequence[str] = (),
+    **options: Any,
 ) -> Inspector:
-    """Trace ``model`` on ``image`` and ``prompt`` (see :func:`mmviz.trace`) and return an :class:`Inspector`; or
-    show a trace that exists already: a :class:`~mmviz.Trace`, or the path of a trace file (:func:`mmviz.load`).
+    """Trace ``model`` on ``image`` and ``prompt`` and return an :class:`Inspector`; ``options`` are
+    :func:`mmviz.trace`'s (``answer``, ``max_new_tokens``, ``capture``, ``methods``). Or show a trace that exists
+    already: a :class:`~mmviz.Trace`, or the path of a trace file (:func:`mmviz.load`), with ``methods`` only.
 
     ``methods`` are computed right away (e.g. ``("relevancy",)``); the widget's method switcher computes the others
     on request (those that run the model only while the trace has it).
 
     Example:
         >>> model, processor = mmviz.zoo.tiny_llava()
-        >>> mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> mmviz.inspect(model, processor, "cat.png", "Why?", capture=mmviz.CapturePlan(hidden_states=True))
+        ... # doctest: +SKIP
         >>> mmviz.inspect("cat.mmviz")                     # a saved trace, no model needed   # doctest: +SKIP
     """
     if isinstance(model, Trace | str | Path):
-        if processor is not None or image is not None or prompt is not None or answer is not None:
+        methods = options.pop("methods", ())
+        if processor is not None or image is not None or prompt is not None or options:
             raise InputError("a trace (or trace file) is shown as it is: pass it alone, mmviz.inspect(trace)")
         shown = load(model) if isinstance(model, str | Path) else model
         for name in methods:
@@ -315,6 +315,4 @@ def inspect(
         return Inspector(shown)
     if processor is None or image is None or prompt is None:
         raise InputError("mmviz.inspect(model, processor, image, prompt) needs all four (or one trace: inspect(trace))")
-    return Inspector(
-        trace(model, processor, image, prompt, answer=answer, max_new_tokens=max_new_tokens, methods=methods)
-    )
+    return Inspector(trace(model, processor, image, prompt, **options))
