@@ -53,3 +53,22 @@ def test_inspect_takes_every_argument_trace_takes(llava_small, photo):
     assert inspector.trace.hidden_states is not None and inspector.meta["extras"]["projection"]
     with pytest.raises(TypeError):
         mmviz.inspect(model, processor, photo, "What?", max_tokens=3)  # an unknown option, as trace() says
+
+
+def test_a_vision_tower_offloaded_to_disk_traces_like_the_model_in_memory(photo, tmp_path):
+    """accelerate's disk offload leaves the vision tower's parameters on the meta device (loaded only for its own
+    forward): inputs go where the model really runs them, and the rows and maps are those of the model in memory."""
+    accelerate = pytest.importorskip("accelerate")
+    model, processor = mmviz.zoo.tiny_llava(image_size=56, patch_size=14, num_layers=3, seed=9)
+    options = {"answer": "A red square.", "methods": ["gradient_x_input"]}
+    reference = mmviz.trace(model, processor, photo, "What is it?", **options)
+    device_map = {"model.vision_tower": "disk", "model.multi_modal_projector": "cpu", "model.language_model": "cpu",
+                  "lm_head": "cpu"}  # fmt: skip
+    offloaded = accelerate.dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
+    assert next(offloaded.model.vision_tower.parameters()).device.type == "meta"
+    before = snapshot(offloaded)
+    traced = mmviz.trace(offloaded, processor, photo, "What is it?", **options)
+    np.testing.assert_allclose(traced.attention_rows, reference.attention_rows, atol=1e-6)
+    np.testing.assert_allclose(traced.maps["gradient_x_input"].values, reference.maps["gradient_x_input"].values,
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
+    assert snapshot(offloaded) == before

@@ -114,17 +114,32 @@ class ModelRun:
 
 
 def to_device(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Processor outputs on the model's device; floating-point ones (pixels) in the model's dtype.
+    """Processor outputs on the device the model runs its inputs on; floating-point ones (pixels) in its dtype.
 
     Example:
         >>> to_device({"pixel_values": torch.zeros(1, 3, 4, 4)}, model)["pixel_values"].dtype   # doctest: +SKIP
         torch.bfloat16
     """
-    device, dtype = model.device, model.dtype
+    device, dtype = execution_device(model), model.dtype
     return {
         key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
         for key, value in inputs.items()
     }
+
+
+def execution_device(model: torch.nn.Module) -> torch.device:
+    """Where the model takes its inputs: the device its input embeddings run on.
+
+    Not the first parameter's device: with accelerate's offloading (``device_map`` with ``"disk"`` or ``"cpu"``
+    offload) a parameter may live on the ``meta`` device and be loaded only for its module's forward; the hook of
+    the offloaded module names the device it runs on.
+    """
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)  # type: ignore[union-attr]
+    candidates = [embeddings.weight, *model.parameters()]
+    return next((p.device for p in candidates if p.device.type != "meta"), torch.device("cpu"))
 
 
 def replacing_columns(columns: torch.Tensor, values: torch.Tensor) -> EmbeddingEdit:
