@@ -134,11 +134,14 @@ def execution_device(model: torch.nn.Module) -> torch.device:
     offload) a parameter may live on the ``meta`` device and be loaded only for its module's forward; the hook of
     the offloaded module names the device it runs on.
     """
-    embeddings = model.get_input_embeddings()
+    try:
+        embeddings: torch.nn.Module | None = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):  # a dual encoder (CLIP) has two towers and no one input embedding
+        embeddings = None
     hook = getattr(embeddings, "_hf_hook", None)
     if getattr(hook, "execution_device", None) is not None:
         return torch.device(hook.execution_device)  # type: ignore[union-attr]
-    candidates = [embeddings.weight, *model.parameters()]
+    candidates = [*(embeddings.parameters() if embeddings is not None else ()), *model.parameters()]
     return next((p.device for p in candidates if p.device.type != "meta"), torch.device("cpu"))
 
 
