@@ -423,7 +423,9 @@ def divergence(source: Comparison | Any, *, metric: Literal["js", "spearman", "i
     Example:
         >>> show(divergence(mmviz.compare(a, b)))                       # doctest: +SKIP
     """
-    comparison, linked = _resolve_comparison(source)
+    comparison, linked = _linked(
+        source, Comparison, "comparison", "an mmviz.Comparison (from mmviz.compare(a, b)) or an mmviz.ComparisonWidget"
+    )
     if metric not in ("js", "spearman", "iou_topk"):
         raise ValueError(f"metric must be 'js', 'spearman' or 'iou_topk', not {metric!r}")
     names = {"js": "Jensen–Shannon divergence (bits)", "spearman": "Spearman correlation", "iou_topk": "top-k IoU"}
@@ -463,18 +465,6 @@ def divergence(source: Comparison | Any, *, metric: Literal["js", "spearman", "i
 _SET_LAYER_ON_PAGE = (
     "if (window.mmvizView && window.mmvizView.setLayer) window.mmvizView.setLayer(Math.round(cb_obj.x));"
 )
-
-
-def _resolve_comparison(source: Any) -> tuple[Comparison, Inspector | None]:
-    if isinstance(source, Comparison):
-        return source, None
-    found = getattr(source, "comparison", None)
-    if isinstance(found, Comparison) and callable(getattr(source, "observe", None)):
-        return found, source
-    raise TypeError(
-        "divergence takes an mmviz.Comparison (from mmviz.compare(a, b)) or an mmviz.ComparisonWidget, "
-        f"not {type(source).__name__}"
-    )
 
 
 def widget(plot: LayoutDOM) -> BokehModel:
@@ -660,14 +650,23 @@ def _digest(code: str) -> str:
 
 
 def _resolve(source: Any) -> tuple[Trace, Inspector | None]:
-    if isinstance(source, Trace):
+    return _linked(source, Trace, "trace", "an mmviz.Trace (from mmviz.trace(...)) or an mmviz.Inspector")
+
+
+def _linked(source: Any, kind: type, attribute: str, accepted: str) -> tuple[Any, Any]:
+    """``(data, None)`` for the data itself (a trace, a comparison, a sweep), ``(data, widget)`` for a widget that
+    holds it in ``attribute`` and has observable traits to link to; else a TypeError naming what is accepted."""
+    if isinstance(source, kind):
         return source, None
-    if isinstance(getattr(source, "trace", None), Trace) and callable(getattr(source, "observe", None)):
-        return source.trace, source
-    raise TypeError(
-        f"mmviz.plots takes an mmviz.Trace (from mmviz.trace(...)) or an mmviz.Inspector (from mmviz.inspect(...)), "
-        f"not {type(source).__name__}"
-    )
+    found = getattr(source, attribute, None)
+    if isinstance(found, kind) and callable(getattr(source, "observe", None)):
+        return found, source
+    raise TypeError(f"mmviz.plots takes {accepted}, not {type(source).__name__}")
+
+
+def _sweep_source(source: Any) -> tuple[SweepResult, Any]:
+    accepted = "an mmviz.sweeps.SweepResult (from mmviz.sweep or mmviz.sweeps.load) or an mmviz.SweepWidget"
+    return _linked(source, SweepResult, "result", accepted)
 
 
 def _image_share(trace: Trace, rows: Literal["all", "answer"]) -> ImageShare:
@@ -719,7 +718,7 @@ def sweep_layers(
     Example:
         >>> show(sweep_layers(mmviz.sweeps.load("runs/a"), "image_share", by="asks_for"))   # doctest: +SKIP
     """
-    result, _ = _resolve_sweep(source)
+    result, _ = _sweep_source(source)
     values = result.column(name)
     if values.ndim < 2:
         raise InputError(f"sweep_layers draws an array statistic per layer; {name!r} has one number per example")
@@ -777,7 +776,7 @@ def sweep_histogram(source: Any, column: str, *, bins: int = 20) -> figure:
         >>> ipywidgets.VBox([view, mmviz.plots.widget(mmviz.plots.sweep_histogram(view, "answer_logprob"))])
         ... # doctest: +SKIP
     """
-    result, linked = _resolve_sweep(source)
+    result, linked = _sweep_source(source)
     values = _per_example(result, column)
     finite = values[np.isfinite(values)]
     if bins < 1:
@@ -827,7 +826,7 @@ def sweep_heads(source: Any, name: str = "image_share_heads") -> figure:
     Example:
         >>> show(sweep_heads(mmviz.sweeps.load("runs/a"), "head_entropy"))   # doctest: +SKIP
     """
-    result, _ = _resolve_sweep(source)
+    result, _ = _sweep_source(source)
     values = result.column(name)
     if values.ndim != 3:
         raise InputError(f"sweep_heads draws a (layers, heads) statistic; {name!r} has shape {values.shape[1:]}")
@@ -867,18 +866,6 @@ def sweep_heads(source: Any, name: str = "image_share_heads") -> figure:
 
 SWEEP_RANGE = "mmviz-sweep-range"
 """Name of the ``BoxAnnotation`` shading the linked sweep widget's range in :func:`sweep_histogram`."""
-
-
-def _resolve_sweep(source: Any) -> tuple[SweepResult, Any]:
-    if isinstance(source, SweepResult):
-        return source, None
-    found = getattr(source, "result", None)
-    if isinstance(found, SweepResult) and callable(getattr(source, "observe", None)):
-        return found, source
-    raise TypeError(
-        "the sweep plots take an mmviz.sweeps.SweepResult (from mmviz.sweep or mmviz.sweeps.load) or an "
-        f"mmviz.SweepWidget, not {type(source).__name__}"
-    )
 
 
 def _per_example(result: SweepResult, column: str) -> np.ndarray:

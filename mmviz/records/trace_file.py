@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -291,9 +292,9 @@ def _quantised(arrays: dict[str, np.ndarray], name: str, values: Any) -> dict[st
 
 
 def _word_starts(trace: Any) -> np.ndarray:
-    tokenizer = trace.run.adapter.tokenizer if trace.run is not None else None
     if trace.word_starts is not None:
         return np.asarray(trace.word_starts, np.uint8)
+    tokenizer = trace.run.adapter.tokenizer if trace.run is not None else None
     text = trace.layout.kinds == KINDS.index("text")
     return np.asarray(word_starts(tokenizer, trace.layout.tokens, text), np.uint8)
 
@@ -417,7 +418,7 @@ def load(path: str | Path, trace_type: type[_T]) -> _T:
 
 def _load(source: Path, trace_type: type[_T]) -> _T:
     if source.is_dir():
-        files: Callable[[str], bytes] = lambda name: _member(source, name)  # noqa: E731
+        files: Callable[[str], bytes] = functools.partial(_member, source)
         arrays = _Arrays(_member_path(source, ARRAYS))
     elif source.is_file():
         files, arrays = _open_zip(source)

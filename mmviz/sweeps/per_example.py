@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from mmviz.errors import MmvizError
 from mmviz.progress import quiet
 from mmviz.records import Trace
+from mmviz.sweeps import table
 from mmviz.sweeps.statistics import Example, Statistic, thumbnail
 from mmviz.tracing import trace as run_trace
 
@@ -41,3 +43,10 @@ def run_example(
         thumbnail=thumbnail(traced.images[0]),
     )
     return row, traced
+
+
+def keep_trace(keep: Any, row: dict[str, Any], traced: Trace | None, out: Path) -> None:
+    """Save ``traced`` under ``out/traces`` when ``keep`` asks for it during the sweep (``"all"`` or a predicate of
+    the row; ``"outliers"`` are chosen once the table is complete)."""
+    if traced is not None and (keep == "all" or (callable(keep) and keep(row))):
+        traced.save(table.trace_path(out, row["id"]))

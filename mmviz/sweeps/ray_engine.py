@@ -17,7 +17,7 @@ import torch
 
 from mmviz.errors import InputError
 from mmviz.sweeps import table
-from mmviz.sweeps.per_example import run_example
+from mmviz.sweeps.per_example import keep_trace, run_example
 from mmviz.sweeps.statistics import Example, Statistic
 
 
@@ -47,8 +47,7 @@ class _SweepActor:
         rows = []
         for example in batch["example"]:
             row, traced = run_example(self.model, self.processor, example, self.stats, self.options)
-            if traced is not None and (self.keep == "all" or (callable(self.keep) and self.keep(row))):
-                traced.save(table.trace_path(self.out, example.id))
+            keep_trace(self.keep, row, traced, self.out)
             rows.append(row)
         return table.rows_to_table(rows)  # plain Arrow columns: nothing Ray would have to pickle into the file
 

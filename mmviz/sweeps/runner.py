@@ -14,7 +14,7 @@ from PIL import Image
 from mmviz.errors import InputError
 from mmviz.progress import progress, quiet
 from mmviz.sweeps import table
-from mmviz.sweeps.per_example import run_example
+from mmviz.sweeps.per_example import keep_trace, run_example
 from mmviz.sweeps.statistics import Example, Statistic, resolve
 from mmviz.tracing import trace as run_trace
 
@@ -148,8 +148,7 @@ def _run_locally(
     with progress(total=len(todo), desc="mmviz: sweep", unit="example", leave=True) as bar:  # rate and ETA
         for example in todo:
             row, traced = run_example(model, processor, example, stats, options)
-            if traced is not None and (keep == "all" or (callable(keep) and keep(row))):
-                traced.save(table.trace_path(out, example.id))
+            keep_trace(keep, row, traced, out)
             pending.append(row)
             failed += row["status"] == "error"
             bar.set_postfix(failed=failed, refresh=False)
