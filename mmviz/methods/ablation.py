@@ -40,7 +40,7 @@ def ablate(
     index = torch.as_tensor(columns, dtype=torch.long)
     clean_embeddings = run.embeddings()[:, index]
     replacement = baseline_embeddings(run, clean_embeddings, index, baseline)
-    chosen = torch.as_tensor(np.isin(columns, wanted))
+    chosen = torch.as_tensor(np.isin(columns, wanted), device=clean_embeddings.device)
     edited = torch.where(chosen[None, :, None], replacement, clean_embeddings)
     changed = scores(run, resolved, edit=replacing_columns(index, edited))
     return effect(run, resolved, changed, f"{len(wanted)} image tokens replaced by the {baseline} baseline")

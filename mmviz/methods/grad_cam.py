@@ -54,7 +54,7 @@ def grad_cam(trace: Trace, targets: TargetLike = None) -> Map:
     def collect(row: int, _: Any) -> None:
         for index in range(len(layers)):
             weights = grads[index].mean(dim=0)
-            maps[index, row] = torch.relu(outputs[index] @ weights).numpy()
+            maps[index, row] = torch.relu(outputs[index] @ weights).cpu().numpy()
 
     leaf = EmbeddingLeaf()
     handles = [layer.register_forward_hook(keep(index)) for index, layer in enumerate(layers)]

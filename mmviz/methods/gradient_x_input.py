@@ -51,7 +51,7 @@ def gradient_x_input(trace: Trace, targets: TargetLike = None, *, baseline: Base
 
     def collect(row: int, _: Any) -> None:
         assert leaf.tensor is not None and leaf.tensor.grad is not None
-        rows[row] = ((x - reference) * leaf.tensor.grad[0, columns]).sum(dim=-1).numpy()
+        rows[row] = ((x - reference) * leaf.tensor.grad[0, columns]).sum(dim=-1).cpu().numpy()
 
     first = first_logit_of(resolved)
     with gradient_context(run):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mmviz.capture.hidden import recording_hidden_states
-from mmviz.methods.common import inference_context, model_run
+from mmviz.methods.common import inference_context, model_run, module_device
 from mmviz.progress import progress
 from mmviz.records import Map, Trace, kept_result, method
 
@@ -88,9 +88,11 @@ def _decode(trace: Trace, k: int) -> LogitLens:
         with inference_context(run), recording_hidden_states(adapter.decoder_layers()) as hidden:
             run.forward(first_logit=run.length - 1)
         states = torch.stack([hidden[i][0] for i in sorted(hidden)])
-    ids = run.input_ids[0]
-    answer = torch.arange(trace.answer_start, run.length)
-    columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
+    unembedding = adapter.unembedding()
+    device, dtype = module_device(unembedding), next(unembedding.parameters()).dtype
+    ids = run.input_ids[0].to(device)  # everything read against the lens logits lives where the head runs
+    answer = torch.arange(trace.answer_start, run.length, device=device)
+    columns = torch.as_tensor(trace.image_positions, dtype=torch.long, device=device)
     depths, n = states.shape[0], states.shape[1]
     top_ids = np.zeros((depths, n, k), np.int64)
     top_probs = np.zeros((depths, n, k), np.float32)
@@ -99,25 +101,24 @@ def _decode(trace: Trace, k: int) -> LogitLens:
     entropy = np.zeros((depths, n), np.float32)
     image_probs = np.zeros((depths, len(answer), len(columns)), np.float32)
     target_ranks = np.zeros((depths, n), np.int64)
-    dtype = next(adapter.unembedding().parameters()).dtype
     with torch.no_grad():
-        final_guess = int(adapter.lens_logits(states[-1, -1:].to(dtype)).argmax())
+        final_guess = int(adapter.lens_logits(states[-1, -1:].to(device, dtype)).argmax())
     targets = _lens_targets(ids, trace, final_guess)
     with torch.no_grad():
         for depth in progress(range(depths), desc="mmviz: logit lens", unit="layer"):
-            logits = adapter.lens_logits(states[depth].to(dtype)).float()  # (N, V)
+            logits = adapter.lens_logits(states[depth].to(device, dtype)).float()  # (N, V)
             log_probs = torch.log_softmax(logits, dim=-1)
             probs = log_probs.exp()
             best = probs.topk(k, dim=-1)
-            top_ids[depth], top_probs[depth] = best.indices.numpy(), best.values.numpy()
-            entropy[depth] = -(probs * log_probs).sum(dim=-1).numpy()
+            top_ids[depth], top_probs[depth] = best.indices.cpu().numpy(), best.values.cpu().numpy()
+            entropy[depth] = -(probs * log_probs).sum(dim=-1).cpu().numpy()
             predicting = log_probs[answer - 1]
             picked = predicting.gather(1, ids[answer][:, None])
-            ranks[depth] = (predicting > picked).sum(dim=-1).numpy()
-            answer_probs[depth] = picked[:, 0].exp().numpy()
-            image_probs[depth] = probs[columns][:, ids[answer]].T.numpy()
+            ranks[depth] = (predicting > picked).sum(dim=-1).cpu().numpy()
+            answer_probs[depth] = picked[:, 0].exp().cpu().numpy()
+            image_probs[depth] = probs[columns][:, ids[answer]].T.cpu().numpy()
             target = log_probs.gather(1, targets[:, None])
-            target_ranks[depth] = (log_probs > target).sum(dim=-1).numpy()
+            target_ranks[depth] = (log_probs > target).sum(dim=-1).cpu().numpy()
     top_tokens = [[adapter.display_tokens(row.tolist()) for row in layer] for layer in top_ids]
     return LogitLens(
         top_ids=top_ids,
@@ -126,11 +127,11 @@ def _decode(trace: Trace, k: int) -> LogitLens:
         answer_ranks=ranks,
         answer_probs=answer_probs,
         entropy=entropy,
-        target_ids=targets.numpy(),
+        target_ids=targets.cpu().numpy(),
         target_ranks=target_ranks,
         map=logit_lens_map.spec.map(  # type: ignore[attr-defined]
             values=image_probs[1:],  # like Grad-CAM: slice ℓ = after decoder layer ℓ
-            positions=answer.numpy(),
+            positions=answer.cpu().numpy(),
             columns=trace.image_positions,
             layers=np.arange(depths - 1),
             info={"k": k, "final_norm": "applied once"},
@@ -148,7 +149,7 @@ def _lens_targets(ids: torch.Tensor, trace: Trace, final_guess: int) -> torch.Te
     """The token every position is read against (see :class:`LogitLens`)."""
     targets = torch.full_like(ids, final_guess)
     targets[:-1] = ids[1:]
-    columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
+    columns = torch.as_tensor(trace.image_positions, dtype=torch.long, device=ids.device)
     if trace.answer_start < len(ids):
         targets[columns] = ids[trace.answer_start]
     return targets

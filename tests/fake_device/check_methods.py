@@ -1,0 +1,126 @@
+"""Every method on an accelerator, without one: the model on a fake device that refuses to meet CPU tensors (run
+in its own interpreter by ``tests/test_devices.py``).
+
+A CPU tensor multiplied with a device tensor, ``.numpy()`` on a device tensor, a CPU mask against device scores:
+each raises under :mod:`tests.fake_device.accelerator` as it would on CUDA, and the values must equal a CPU run of
+the same weights (the fake device computes on the CPU). A model dispatched by accelerate over both devices runs
+every method too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import mmviz
+from mmviz.capture import snapshot
+from mmviz.methods import CATALOGUE
+from mmviz.zoo import tiny_llava
+from tests.fake_device.accelerator import FakeAcceleratorTensor, fake_accelerator
+
+QUICK = {"integrated_gradients": {"steps": 4}, "rise": {"n_masks": 8}, "occlusion": {"window": 2}}
+"""Cheap settings: the question is where tensors live, not how good the maps are."""
+
+PROMPT, ANSWER = "What is in the picture?", "A red square."
+
+
+def test_the_fake_device_refuses_what_cuda_refuses():
+    """The harness itself: mixed devices and NumPy views raise; copies, scalars, CPU indices and autograd work."""
+    with fake_accelerator() as device:
+        on_device = torch.arange(4.0, device=device)
+        assert on_device.device.type == "fakegpu" and isinstance(on_device, FakeAcceleratorTensor)
+        with pytest.raises(RuntimeError, match="same device"):
+            on_device * torch.ones(4)
+        with pytest.raises((TypeError, RuntimeError), match="numpy"):  # CUDA: TypeError
+            on_device.numpy()
+        assert torch.equal(on_device.cpu(), torch.arange(4.0)) and (on_device * torch.tensor(2.0)).sum().item() == 12
+        assert torch.equal(on_device[torch.tensor([1, 3])].cpu(), torch.tensor([1.0, 3.0]))
+        leaf = torch.ones(3).to(device).requires_grad_(True)
+        (leaf * 3).sum().backward()
+        assert torch.equal(leaf.grad.cpu(), torch.full((3,), 3.0))
+
+
+@pytest.fixture(scope="module")
+def models(photo):
+    """The same tiny LLaVA on the CPU and on the fake accelerator, traced on both."""
+    model, processor = tiny_llava(image_size=56, patch_size=14, num_layers=2, seed=5)
+    on_device = copy.deepcopy(model)
+    with fake_accelerator() as device:
+        on_device.to(device)
+        device_trace = mmviz.trace(on_device, processor, photo, PROMPT, answer=ANSWER)
+    cpu_trace = mmviz.trace(model, processor, photo, PROMPT, answer=ANSWER)
+    return cpu_trace, device_trace
+
+
+def _fresh(trace: mmviz.Trace) -> mmviz.Trace:
+    return dataclasses.replace(trace, maps={})  # results start empty too
+
+
+def test_capture_on_the_device_matches_the_cpu(models):
+    cpu_trace, device_trace = models
+    np.testing.assert_allclose(device_trace.attention_rows, cpu_trace.attention_rows, atol=1e-6)
+    np.testing.assert_allclose(device_trace.answer_logprobs, cpu_trace.answer_logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_every_method_runs_on_the_device_and_matches_the_cpu(models, name):
+    cpu_trace, device_trace = _fresh(models[0]), _fresh(models[1])
+    model = device_trace.run.model
+    before = snapshot(model)
+    expected = cpu_trace.compute(name, **QUICK.get(name, {}))
+    with fake_accelerator():
+        result = device_trace.compute(name, **QUICK.get(name, {}))
+    assert snapshot(model) == before
+    assert all(isinstance(p, FakeAcceleratorTensor) for p in model.parameters()), "the model stays on its device"
+    assert isinstance(result.values, np.ndarray)
+    np.testing.assert_allclose(result.values, expected.values, rtol=1e-4, atol=1e-5)
+
+
+def test_interventions_lens_and_projection_run_on_the_device(models):
+    cpu_trace, device_trace = _fresh(models[0]), _fresh(models[1])
+    columns = cpu_trace.image_positions[:4]
+    with fake_accelerator():
+        results = (
+            mmviz.methods.ablate(device_trace, columns).delta,
+            mmviz.methods.knockout(device_trace).delta,
+            mmviz.methods.logit_lens(device_trace).answer_probs,
+            mmviz.methods.image_share(device_trace).share,
+        )
+    expected = (
+        mmviz.methods.ablate(cpu_trace, columns).delta,
+        mmviz.methods.knockout(cpu_trace).delta,
+        mmviz.methods.logit_lens(cpu_trace).answer_probs,
+        mmviz.methods.image_share(cpu_trace).share,
+    )
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_split_over_two_devices_runs_every_method(photo):
+    """accelerate's dispatch with a device map of ``cpu`` and the accelerator: the vision tower's weights stay on the
+    CPU and accelerate's hooks bring them to the accelerator for its forward (how ``device_map`` treats ``"cpu"``)."""
+    accelerate = pytest.importorskip("accelerate")
+    model, processor = tiny_llava(image_size=56, patch_size=14, num_layers=2, seed=6)
+    expected = mmviz.trace(model, processor, photo, PROMPT, answer=ANSWER)
+    with fake_accelerator() as device:
+        split = accelerate.dispatch_model(
+            copy.deepcopy(model),
+            device_map={
+                "model.vision_tower": "cpu",
+                "model.multi_modal_projector": device,
+                "model.language_model": device,
+                "lm_head": device,
+            },
+        )
+        assert not isinstance(next(split.model.vision_tower.parameters()), FakeAcceleratorTensor)
+        trace = mmviz.trace(split, processor, photo, PROMPT, answer=ANSWER)
+        maps = {name: trace.compute(name, **QUICK.get(name, {})) for name in CATALOGUE}
+    np.testing.assert_allclose(trace.answer_logprobs, expected.answer_logprobs, atol=1e-5)
+    for name, result in maps.items():
+        np.testing.assert_allclose(
+            result.values, expected.compute(name, **QUICK.get(name, {})).values, rtol=1e-4, atol=1e-5, err_msg=name
+        )
