@@ -29,6 +29,22 @@ _HOOK_DICTS = (
 )
 
 
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module behind a ``torch.compile`` wrapper (or ``model`` itself).
+
+    mmviz traces the original module: its hooks and attention switch then never reach the compiled graph, which
+    would otherwise be traced again (seconds to minutes) and kept in a slower variant. The wrapper shares the
+    module's parameters, so the trace describes the same model; the compiled model keeps its graph.
+
+    Example:
+        >>> uncompiled(torch.compile(model)) is model             # doctest: +SKIP
+        True
+    """
+    original = getattr(model, "_orig_mod", None)
+    compiled = type(model).__name__ == "OptimizedModule"  # torch._dynamo's wrapper, without importing dynamo
+    return original if compiled and isinstance(original, torch.nn.Module) else model
+
+
 def _configs(model: torch.nn.Module) -> list[object]:
     """Every config object reachable from the model's modules and its config's sub-configs (deduplicated)."""
     found: dict[int, object] = {}

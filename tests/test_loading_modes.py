@@ -72,3 +72,27 @@ def test_a_vision_tower_offloaded_to_disk_traces_like_the_model_in_memory(photo,
     np.testing.assert_allclose(traced.maps["gradient_x_input"].values, reference.maps["gradient_x_input"].values,
                                rtol=1e-4, atol=1e-6)  # fmt: skip
     assert snapshot(offloaded) == before
+
+
+def test_a_compiled_model_is_traced_through_its_original_module_and_keeps_its_graph(photo):
+    """``torch.compile(model)``: mmviz runs the module behind the wrapper; the compiled graph is neither rebuilt
+    during the trace nor afterwards, and the compiled model's logits stay bit-identical."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    model, processor = mmviz.zoo.tiny_llava(image_size=56, patch_size=14, num_layers=2, seed=7)
+    compiled = torch.compile(model, backend="eager")  # dynamo's guards and graphs, without a C++ build
+    inputs = processor(images=photo, text="<image>\nWhat is in the picture?", return_tensors="pt")
+    with torch.no_grad():
+        before = compiled(**inputs).logits
+    frames = dynamo.utils.counters["stats"]["unique_graphs"]
+    state = snapshot(model)
+    trace = mmviz.trace(compiled, processor, photo, "What is in the picture?", answer="A red square.")
+    relevancy = mmviz.methods.relevancy(trace)
+    assert trace.run.model is model, "the original module, not the wrapper"
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == frames, "nothing compiled while tracing"
+    with torch.no_grad():
+        after = compiled(**inputs).logits
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == frames, "the compiled graph is reused afterwards"
+    assert torch.equal(before, after) and snapshot(model) == state
+    expected = mmviz.trace(model, processor, photo, "What is in the picture?", answer="A red square.")
+    np.testing.assert_array_equal(trace.attention_rows, expected.attention_rows)
+    np.testing.assert_allclose(relevancy.values, mmviz.methods.relevancy(expected).values, atol=1e-6)

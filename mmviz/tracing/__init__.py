@@ -14,6 +14,7 @@ from mmviz.capture import CapturePlan
 from mmviz.errors import InputError
 from mmviz.inputs import ImageLike, check_prompt, load_images
 from mmviz.methods import CATALOGUE  # importing the methods fills the catalogue Trace.compute looks names up in
+from mmviz.model_state import uncompiled
 from mmviz.records import Trace
 from mmviz.tracing.attach import attach  # registers Trace.attach
 from mmviz.tracing.dual_encoder import trace_dual_encoder
@@ -38,7 +39,8 @@ def trace(
     exactly as found: attention implementation, train/eval and ``requires_grad`` flags, hooks.
 
     Args:
-        model: e.g. ``LlavaForConditionalGeneration.from_pretrained(...)``.
+        model: e.g. ``LlavaForConditionalGeneration.from_pretrained(...)``; a ``torch.compile(model)`` is traced
+            through the module behind it, so its compiled graph is neither rebuilt nor changed.
         processor: the model's processor (``AutoProcessor.from_pretrained`` of the same checkpoint).
         image: PIL image, ``H×W×3`` uint8 array or path; or a list of them for a multi-image prompt (each image
             gets its own grid, in prompt order).
@@ -73,6 +75,7 @@ def trace(
         raise InputError(f"answer must be text, a list of token ids or None (generate it), not {answer!r}")
     check_prompt(prompt)
     images = load_images(image)
+    model = uncompiled(model)
     adapter = adapter_for(model, processor)
     if isinstance(adapter, DualEncoderAdapter):  # CLIP-like: nothing to generate
         return trace_dual_encoder(model, images, prompt, adapter, plan, answer=answer, methods=methods)

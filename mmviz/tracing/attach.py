@@ -11,6 +11,7 @@ import torch
 from mmviz.adapters import DualEncoderAdapter, adapter_for
 from mmviz.capture.run import ModelRun, to_device
 from mmviz.errors import InputError, ProcessorMismatchError
+from mmviz.model_state import uncompiled
 from mmviz.records import Trace, model_fingerprint, model_name, register_attach
 
 
@@ -22,6 +23,7 @@ def attach(trace: Trace, model: torch.nn.Module, processor: Any) -> Trace:
         >>> linked = mmviz.load("cat.mmviz").attach(model, processor)   # doctest: +SKIP
         >>> linked.compute("integrated_gradients")                      # doctest: +SKIP
     """
+    model = uncompiled(model)
     adapter = adapter_for(model, processor)
     if isinstance(adapter, DualEncoderAdapter):
         raise InputError(f"a {trace.family} trace needs no model: its maps were all made in its one forward")
