@@ -16,7 +16,7 @@ from mmviz._version import __version__
 from mmviz.errors import InputError, MmvizError, ProcessorMismatchError, TraceFormatError, UnsupportedModelError
 
 if TYPE_CHECKING:
-    from mmviz import adapters, evaluation, methods, selection, sweeps, zoo
+    from mmviz import adapters, evaluation, features, methods, selection, sweeps, zoo
     from mmviz.adapters import register_adapter, supported_families
     from mmviz.capture import CaptureBudgetError, CapturePlan
     from mmviz.evaluation.comparison import Comparison, compare
@@ -47,6 +47,7 @@ _LAZY = {
     "CaptureBudgetError": "mmviz.capture",
     "zoo": "mmviz.zoo",
     "methods": "mmviz.methods",
+    "features": "mmviz.features",
     "evaluation": "mmviz.evaluation",
     "selection": "mmviz.selection",
 }
@@ -59,7 +60,7 @@ def __getattr__(name: str) -> Any:
     value = (
         module
         if module.__name__ == f"mmviz.{name}"
-        and name in ("adapters", "evaluation", "methods", "selection", "sweeps", "zoo")
+        and name in ("adapters", "evaluation", "features", "methods", "selection", "sweeps", "zoo")
         else getattr(module, name)
     )
     globals()[name] = value
@@ -87,6 +88,7 @@ __all__ = [
     "adapters",
     "compare",
     "evaluation",
+    "features",
     "inspect",
     "load",
     "methods",

@@ -4,6 +4,7 @@ positions and generates text, which mmviz's methods run again."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from PIL import Image
 
 from mmviz.adapters.base import Adapter, ModelShape
 from mmviz.adapters.layout import TokenLayout
-from mmviz.errors import ProcessorMismatchError
+from mmviz.errors import ProcessorMismatchError, UnsupportedModelError
 
 
 class GenerativeAdapter(Adapter):
@@ -45,6 +46,21 @@ class GenerativeAdapter(Adapter):
     def decoder_layers(self) -> Sequence[torch.nn.Module]:
         """The language model's decoder layers, in order (for residual-stream capture)."""
         return self.language_model().layers
+
+    def mlp_output_projection(self, layer: int) -> torch.nn.Linear:
+        """The linear map that turns decoder ``layer``'s MLP activations into its output (its input is what the
+        neuron view shows): ``mlp.down_proj`` in Llama-style layers, ``fc2`` in OPT-style ones."""
+        block = self.decoder_layers()[layer]
+        for path in ("mlp.down_proj", "mlp.fc2", "fc2", "mlp.c_proj", "feed_forward.down_proj"):
+            module: Any = block
+            for name in path.split("."):
+                module = getattr(module, name, None)
+            if isinstance(module, torch.nn.Linear):
+                return module
+        raise UnsupportedModelError(
+            f"{self.family}: no MLP output projection found in decoder layer {layer} ({type(block).__name__}); "
+            f"the neuron view needs one named mlp.down_proj or fc2"
+        )
 
     def final_norm(self) -> torch.nn.Module:
         """The norm applied once after the last decoder layer (the logit lens applies it exactly once)."""
