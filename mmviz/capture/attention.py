@@ -177,7 +177,8 @@ def row_scores(
         else:
             scores.div_(softcap).tanh_().mul_(softcap)
     if attention_mask is None:
-        allowed = _allowed_without_mask(module, rows, n_query, n_key, kwargs)
+        # built where the scores are: rows may come from the CPU while the model runs on an accelerator
+        allowed = _allowed_without_mask(module, rows.to(scores.device), n_query, n_key, kwargs)
         return scores if allowed is None else scores.masked_fill_(~allowed, float("-inf"))
     mask = attention_mask[:, :, rows] if attention_mask.shape[2] > 1 else attention_mask
     mask = mask[..., :n_key]

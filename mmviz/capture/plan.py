@@ -122,5 +122,54 @@ class CapturePlan:
         return parts
 
 
+def relevancy_transient_bytes(num_heads: int, n_positions: int, head_dim: int, rows_per_chunk: int) -> int:
+    """Peak bytes relevancy allocates for one layer's step ``R ← R + R·Ā_ℓ`` (besides the model and the stash).
+
+    Ā_ℓ is built ``rows_per_chunk`` query rows at a time (:mod:`mmviz.methods.relevancy`), so the bound is a fixed
+    part plus a part per row of the chunk; nothing in it is ``N × N``. Fixed (once per layer): float32 keys and values
+    repeated over the query-head groups, the float32 gradient at the attention output (``H·N·d`` each) and a few
+    ``N``-vectors (the relevance before and after the step, the indices of its non-zero rows). Per row: its scores
+    turned into probabilities in place and the gradient of those probabilities (``H·N`` each, the product and its
+    clamp are written in place), its head mean, its mask row (``2·N``), its query and output-gradient rows
+    (``3·H·d``). Not part of it: the stash the call keeps throughout (every layer's q, k, v, and the gradients at
+    the attention outputs of the current backward).
+
+    Example:
+        >>> relevancy_transient_bytes(num_heads=32, n_positions=2940, head_dim=128, rows_per_chunk=256) // 2**20
+        342
+    """
+    per_row = num_heads * (2 * n_positions + 3 * head_dim) + 3 * n_positions
+    fixed = 3 * num_heads * n_positions * head_dim + 5 * n_positions
+    return FLOAT_BYTES * (fixed + max(0, min(rows_per_chunk, n_positions)) * per_row)
+
+
+def relevancy_rows_per_chunk(num_heads: int, n_positions: int, head_dim: int, budget_bytes: int | None = None) -> int:
+    """Query rows per chunk that keep :func:`relevancy_transient_bytes` within ``budget_bytes`` (None:
+    :func:`default_budget`), at most ``n_positions``; :class:`CaptureBudgetError` if not even one row fits.
+
+    Example:
+        >>> relevancy_rows_per_chunk(num_heads=32, n_positions=2940, head_dim=128, budget_bytes=2**30)
+        1110
+    """
+    budget = default_budget() if budget_bytes is None else budget_bytes
+    fixed = relevancy_transient_bytes(num_heads, n_positions, head_dim, 0)
+    per_row = relevancy_transient_bytes(num_heads, n_positions, head_dim, 1) - fixed
+    rows = (budget - fixed) // per_row
+    if rows < 1:
+        raise CaptureBudgetError(
+            f"relevancy needs ≈{_bytes_text(fixed + per_row)} per layer even one query row at a time ({num_heads} "
+            f"heads × {n_positions} positions: {_bytes_text(fixed)} for the layer's keys, values and output gradient, "
+            f"{_bytes_text(per_row)} per row) but the budget is {_bytes_text(budget)}; raise it with "
+            f"relevancy(trace, budget_bytes=...) or shorten the sequence (a smaller image, fewer views or tiles, a "
+            f"shorter prompt or answer)"
+        )
+    return int(min(rows, n_positions))
+
+
+def _bytes_text(size: int) -> str:
+    """:func:`_gib` and the exact bytes (a need and a budget may round alike), or the bytes alone below a MiB."""
+    return f"{_gib(size)} ({size:,} bytes)" if size >= 2**20 else f"{size:,} bytes"
+
+
 def _gib(size: int) -> str:
     return f"{size / 1024**3:.2f} GiB" if size >= 1024**3 / 10 else f"{size / 1024**2:.1f} MiB"
