@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from mmviz.methods import ImageShare
 
 
-
 class Inspector(Protocol):
     """What a plot links to: an :class:`~mmviz.Inspector` (any widget with its trace and these observable traits)."""
 
@@ -730,9 +729,7 @@ def sweep_layers(
         if by not in result.table.column_names:
             raise InputError(f"the sweep has no column {by!r} to group by; it has {result.table.column_names}")
         labels = np.array(result.table.column(by).to_pylist(), dtype=object)
-        groups = {
-            f"{by} = {group}": labels == group for group in sorted({g for g in labels if g is not None}, key=str)
-        }
+        groups = {f"{by} = {group}": labels == group for group in sorted({g for g in labels if g is not None}, key=str)}
     depth = name == "lens_rank"
     axis = {"knockout_delta": "layer window knocked out"}.get(name)
     over = "heads, then examples" if result.column(name).ndim > 2 else "examples"

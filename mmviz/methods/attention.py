@@ -48,9 +48,7 @@ def sink_positions(trace: Trace, ratio: float = 8.0) -> np.ndarray:
     return np.array(sorted(sinks), dtype=np.int64)
 
 
-@method(
-    "attention", label="Attention", meaning=MEANING, per_layer=True, targeted=False, cost="instant", rows="queries"
-)
+@method("attention", label="Attention", meaning=MEANING, per_layer=True, targeted=False, cost="instant", rows="queries")
 def attention(
     trace: Trace,
     *,

@@ -60,8 +60,13 @@ def patch_cosines(adapter: DualEncoderAdapter, source: torch.Tensor, text_embeds
 
 
 SIMILARITY = MethodSpec(
-    "similarity", function=lambda trace: trace.maps["similarity"], label=LABEL, meaning=MEANING, signed=True,
-    targeted=False, cost="instant",
+    "similarity",
+    function=lambda trace: trace.maps["similarity"],
+    label=LABEL,
+    meaning=MEANING,
+    signed=True,
+    targeted=False,
+    cost="instant",
 )
 """The spec of a dual-encoder trace's own map. Not in the catalogue: it comes with the trace's one forward and is
 not computed afterwards."""

@@ -179,7 +179,7 @@ class StoredArray:
         if isinstance(first, slice):
             start, stop, step = first.indices(self.shape[0])
             block = self._read(slice(start, max(start, stop))) if step > 0 else self._read(slice(None))
-            stepped = block[:: step] if step > 0 else block[first]
+            stepped = block[::step] if step > 0 else block[first]
             return stepped[(slice(None), *rest)] if rest else stepped
         return self._read(slice(None))[key]  # Ellipsis, index arrays, masks: the whole array
 
@@ -509,8 +509,10 @@ def _field(sidecar: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> 
 def _array(arrays: _Arrays, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
     """A small array read whole, checked against its expected dtype and shape (None: any length)."""
     values = arrays.read(name)
-    if values.dtype != np.dtype(dtype) or values.ndim != len(shape) or any(
-        want is not None and got != want for got, want in zip(values.shape, shape, strict=True)
+    if (
+        values.dtype != np.dtype(dtype)
+        or values.ndim != len(shape)
+        or any(want is not None and got != want for got, want in zip(values.shape, shape, strict=True))
     ):
         raise TraceFormatError(
             f"tensor {name!r} is {values.dtype} {values.shape}, expected {dtype} "
@@ -560,7 +562,7 @@ def _decode(value: Any, arrays: _Arrays, depth: int = 0) -> Any:
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
-        (tag, inner), = value.items()
+        ((tag, inner),) = value.items()
         if tag == "$array":
             return arrays.read(_string(inner, tag))
         if tag == "$map":

@@ -148,9 +148,7 @@ def bootstrap_mean(values: np.ndarray, *, confidence: float = 0.95, resamples: i
     means = counts @ kept / n  # (resamples, entries), without materialising the resampled rows
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail], axis=0)
-    return LayerCurve(
-        kept.mean(axis=0).reshape(shape), low.reshape(shape), high.reshape(shape), len(kept), confidence
-    )
+    return LayerCurve(kept.mean(axis=0).reshape(shape), low.reshape(shape), high.reshape(shape), len(kept), confidence)
 
 
 def load_sweep(directory: str | Path) -> SweepResult:

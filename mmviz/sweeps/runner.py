@@ -194,4 +194,3 @@ def _keep_outliers(
         with quiet():
             traced = run_trace(model, processor, example.image, example.prompt, answer=example.answer, **options)
         traced.save(table.trace_path(out, example.id))
-

@@ -43,7 +43,6 @@ BROWSER_OWNED = ("layer", "head", "pinned", "method")
 """The traits the browser may change (A's layer, head and pinned token, and the method both panes show)."""
 
 
-
 class ComparisonWidget(BrowserOwned, anywidget.AnyWidget):
     """Two traces side by side with the signed A − B map on the shared image, linked (see the module docstring).
 
@@ -249,5 +248,3 @@ def _swapped(comparison: Comparison) -> list[TokenPair]:
 
 def _floats(values: np.ndarray) -> bytes:
     return np.asarray(values, dtype="<f4").tobytes()
-
-

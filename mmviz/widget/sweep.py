@@ -59,7 +59,6 @@ EXPORT_TRACES_LIMIT = 32 * 2**20
 """``to_html()`` embeds the inspectors of kept traces while they take at most this many bytes in all."""
 
 
-
 class SweepWidget(BrowserOwned, anywidget.AnyWidget):
     """The examples of a sweep in a table; clicking one opens it in an inspector (see the module docstring).
 
