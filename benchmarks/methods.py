@@ -17,11 +17,18 @@ Every method runs with its defaults on ONE target (the first answer token) excep
 (attention from the trace, rollout, logit lens), timed once after a warm-up call on a smaller problem. Relevancy is
 also run on 4 targets: its marginal cost per extra target, (t₄ − t₁)/3, is compared with F+B (the acceptance
 bound "≤ 1 forward + 1 backward per target token").
+
+Integrated Gradients, occlusion and RISE run their batched edited forwards through the language model + head alone
+(``ModelRun.edited_forward``: the image features of one clean forward reused). The model confirms that path once
+per run (one full forward + one language-model-only forward, compared); that one-time cost is measured and printed
+before the table, so the rows are the steady state. IG is also run with the path forced off
+(``reuse_image_features=False``: the vision tower runs for every batch row) and the ratio printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -71,6 +78,69 @@ def seconds(work: Callable[[], object], repeats: int = 1) -> float:
     return statistics.median(times)
 
 
+def relevancy_memory(quick: bool) -> None:
+    """Peak memory of relevancy on one target at a longer sequence (issue 17), printed as a second table.
+
+    Model: the same tiny LLaVA with 2 layers, 8 query / 4 key-value heads, hidden 512 at 476 px (34×34 = 1,156 image
+    tokens, ≈1,200 positions; ``--quick``: 112 px). Peak RSS above the pre-run baseline (``benchmarks/memory.py``'s
+    :func:`measured`; torch's allocations are invisible to tracemalloc) of the whole call, larger of 2 runs, and of
+    each layer's step ``r ← r + r·Ā_ℓ`` alone (the largest, in a separate run), next to
+    :func:`relevancy_transient_bytes`, the stated bound of a step, for the default budget and for a budget that
+    forces chunks of 128 query rows (``--quick``: a quarter of the rows). Before issue 17 a step held ≈ 5 H×N×N
+    float32 tensors: the call peaked at 359 MB here (240 MB above F+B), 1.6 GB at 2,850 positions (1.3 GB above).
+    """
+    from memory import MB, measured  # benchmarks/memory.py: peak RSS
+
+    from mmviz.capture.plan import relevancy_rows_per_chunk, relevancy_transient_bytes
+    from mmviz.methods.relevancy import AttentionStash
+    from mmviz.progress import quiet
+
+    heads, hidden = 8, 512
+    model, processor = tiny_llava(
+        image_size=112 if quick else 476, patch_size=14, num_layers=2, num_heads=heads, num_kv_heads=4,
+        hidden_size=hidden, seed=0,
+    )  # fmt: skip
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    trace = mmviz.trace(model, processor, image, PROMPT, answer=ANSWER)
+    first, n, head_dim = Target.logprob(trace.answer_start), len(trace.tokens), hidden // heads
+    step = AttentionStash.step
+    step_peaks: list[int] = []
+
+    def measured_step(self: AttentionStash, layer: int, relevance: torch.Tensor, **options: object) -> torch.Tensor:
+        with measured() as result:
+            updated = step(self, layer, relevance, **options)  # type: ignore[arg-type]
+        step_peaks.append(result.bytes)
+        return updated
+
+    print(f"\nrelevancy memory, 1 target: {n} positions, 2 layers, {heads} heads\n")
+    print("| budget | rows per chunk | time (s) | call peak MB | largest step peak MB | bound per step MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    chunk = min(128, max(1, n // 4))
+    budgets = (("default", None), (f"{chunk} rows", relevancy_transient_bytes(heads, n, head_dim, chunk)))
+    with quiet():
+        for label, budget in budgets:
+            relevancy(trace, first, budget_bytes=budget)  # warm-up: one-time caches belong to the baseline
+            runs = []
+            for _ in range(2):
+                with measured() as result:
+                    kept = relevancy(trace, first, budget_bytes=budget)
+                del kept  # freed after the measured window: a caller holds the outputs
+                runs.append(result)
+            step_peaks.clear()
+            AttentionStash.step = measured_step  # type: ignore[method-assign]
+            try:
+                relevancy(trace, first, budget_bytes=budget)
+            finally:
+                AttentionStash.step = step  # type: ignore[method-assign]
+            rows = relevancy_rows_per_chunk(heads, n, head_dim, budget)
+            bound = relevancy_transient_bytes(heads, n, head_dim, rows)
+            print(
+                f"| {label} | {rows} | {min(r.seconds for r in runs):.2f} | {max(r.bytes for r in runs) / MB:.1f} "
+                f"| {max(step_peaks) / MB:.1f} | {bound / MB:.1f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model and image: a smoke run")
@@ -95,6 +165,15 @@ def main() -> None:
     forward_backward()
     unit_fb = seconds(forward_backward, repeats=3)
     four = [Target.logprob(p) for p in range(trace.answer_start, trace.answer_start + 4)]
+    # The same trace with a run that never reuses image features: every batched forward runs the vision tower.
+    full_forwards = dataclasses.replace(trace, run=dataclasses.replace(run, reuse_image_features=False), maps={})
+    ig_full = "integrated gradients (32 steps), vision tower per row"
+
+    def confirm_fast_path() -> None:  # the first edited forward of a run confirms (or refuses) the fast path
+        with torch.no_grad():
+            run.edited_forward(batch=1, edit=lambda embeds: embeds, first_logit=first.first_logit)
+
+    confirmation = seconds(confirm_fast_path)
     methods: list[tuple[str, str, Callable[[], object]]] = [
         ("attention (from the trace)", "0 (captured)", lambda: attention(trace, mask_sinks=True)),
         ("rollout", "1 F", lambda: rollout(trace)),
@@ -105,24 +184,35 @@ def main() -> None:
         ("Grad-CAM (all layers)", "1 F + 1 B", lambda: grad_cam(trace, first)),
         ("gradient × input", "1 F + 1 B", lambda: gradient_x_input(trace, first)),
         ("integrated gradients (32 steps)", "32 (F + B) + 3 F", lambda: integrated_gradients(trace, first)),
+        (ig_full, "32 (F + B) + 3 F", lambda: integrated_gradients(full_forwards, first)),
         ("occlusion (2×2 windows)", "#windows F", lambda: occlusion(trace, first)),
         ("RISE (256 masks)", "256 F", lambda: rise(trace, first, n_masks=64 if args.quick else 256)),
         ("knockout map (2×2 windows)", "#windows F", lambda: knockout_map(trace, first)),
     ]
     print(f"image tokens: {len(trace.image_positions)}, sequence: {len(trace.tokens)}, layers: {trace.num_layers}")
-    print(f"unit F = {unit * 1000:.1f} ms; F+B = {unit_fb * 1000:.1f} ms ({unit_fb / unit:.2f} F)\n")
+    print(f"unit F = {unit * 1000:.1f} ms; F+B = {unit_fb * 1000:.1f} ms ({unit_fb / unit:.2f} F)")
+    print(
+        f"edited forwards: {run.edited_path} path ({run.edited_path_reason}), confirmed once per run in "
+        f"{confirmation / unit:.1f} F\n"
+    )
     print("| method | passes (theory) | time (s) | cost (F) |")
     print("|---|---|---:|---:|")
     timings: dict[str, float] = {}
     for name, passes, work in methods:
         timings[name] = seconds(work)
         print(f"| {name} | {passes} | {timings[name]:.2f} | {timings[name] / unit:.1f} |", flush=True)
+    ig_ratio = timings[ig_full] / timings["integrated gradients (32 steps)"]
+    print(
+        f"\nIntegrated Gradients with the vision tower run per batch row (fast path off) / with the image features "
+        f"reused (on): {ig_ratio:.2f}×"
+    )
     marginal = (timings["relevancy, 4 targets"] - timings["relevancy, 1 target"]) / 3
     verdict = "PASS" if marginal <= unit_fb * 1.1 else "FAIL"
     print(
         f"\n{verdict}: relevancy costs {marginal / unit:.2f} F per extra target; one forward + one backward is "
         f"{unit_fb / unit:.2f} F (bound: ≤ 1 F + 1 B, 10% timing tolerance)"
     )
+    relevancy_memory(args.quick)
 
 
 if __name__ == "__main__":

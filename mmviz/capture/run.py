@@ -4,14 +4,20 @@ Gradient and perturbation methods all act on the language model's input embeddin
 image features scattered in): a forward pre-hook on the language model swaps ``inputs_embeds`` for a batch of
 edited copies, or for a leaf tensor that gradients flow back to. That point exists in every family (the adapter
 names the module), so no method needs to know which model it runs.
+
+Batched perturbation methods (Integrated Gradients, occlusion, RISE) overwrite every image column, so the vision
+tower's output is thrown away in each of their forwards. :meth:`ModelRun.edited_forward` skips it: it calls the
+language model directly with the arguments it received on one recorded clean forward, then the output head, after
+the model has confirmed once (per run) that this gives the full forward's logits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from PIL import Image, ImageFilter
@@ -21,6 +27,13 @@ from mmviz.model_state import preserved
 
 EmbeddingEdit = Callable[[torch.Tensor], torch.Tensor]
 """``edit(inputs_embeds (1, N, d)) -> (B, N, d)``: the language model's input for a batch of B variants."""
+
+EditedPath = Literal["fast", "full"]
+"""How :meth:`ModelRun.edited_forward` runs: the language model + head alone, or the whole model."""
+
+CONFIRM_RTOL = 1e-5
+"""The fast path is used when its logits are within this fraction of the largest clean logit of the full forward's
+(16-bit models: a few units of their precision, which batching alone moves logits by)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -33,6 +46,9 @@ class ModelRun:
         input_ids: ``(1, N)`` prompt + answer ids.
         inputs: the other processor outputs (pixel values, grid sizes, ...), on the model's device.
         images: the original images.
+        reuse_image_features: let :meth:`edited_forward` run only the language model + head on the recorded
+            clean forward's inputs (when the model confirms it gives the same logits); False: always the full
+            forward (``dataclasses.replace(run, reuse_image_features=False)``).
     """
 
     model: torch.nn.Module
@@ -40,10 +56,24 @@ class ModelRun:
     input_ids: torch.Tensor
     inputs: dict[str, torch.Tensor]
     images: tuple[Image.Image, ...]
+    reuse_image_features: bool = True
+    # Mutable cache in a frozen record: decided once per run (a replaced run starts undecided).
+    _edited: _EditedState = field(default_factory=lambda: _EditedState(), init=False, repr=False, compare=False)
 
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[1])
+
+    @property
+    def edited_path(self) -> EditedPath | None:
+        """Which path :meth:`edited_forward` takes: ``"fast"`` (language model + head), ``"full"`` (the whole
+        model), or None before its first call."""
+        return self._edited.path
+
+    @property
+    def edited_path_reason(self) -> str:
+        """Why :attr:`edited_path` is what it is (the confirmation's error, or why it fell back)."""
+        return self._edited.reason
 
     def forward(
         self,
@@ -90,6 +120,68 @@ class ModelRun:
             yield
         finally:
             handle.remove()
+
+    def edited_forward(self, *, batch: int, edit: EmbeddingEdit, first_logit: int = 0) -> torch.Tensor:
+        """``forward(batch=batch, edit=edit, first_logit=first_logit)``, without running the vision tower per row.
+
+        The edit replaces image columns, so the image features of the full forward would be overwritten anyway:
+        when the model has confirmed it (:attr:`edited_path` ``== "fast"``), only the language model and the
+        output head run, on ``edit(clean embeddings)`` with the side inputs (masks, position ids, ...) the
+        language model received on the recorded clean forward. Otherwise it is the full :meth:`forward`.
+        Autograd flows to the edited embeddings either way; the model's weights are assumed not to change during
+        the run's life (as ``trace.compute``'s kept maps assume).
+
+        Example:
+            >>> values = torch.zeros(4, len(columns), d)                                      # doctest: +SKIP
+            >>> run.edited_forward(batch=4, edit=replacing_columns(columns, values)).shape    # doctest: +SKIP
+            torch.Size([4, N, V])
+            >>> run.edited_path                                                               # doctest: +SKIP
+            'fast'
+        """
+        call = self._confirmed_call(first_logit)
+        if call is None:
+            return self.forward(batch=batch, edit=edit, first_logit=first_logit)
+        edited = edit(call.embeds)
+        if edited.shape[0] != batch:
+            raise ValueError(f"the edit made {edited.shape[0]} rows for a batch of {batch}")
+        return call.logits(edited.to(call.embeds.dtype), first_logit)
+
+    def _confirmed_call(self, first_logit: int) -> _LanguageModelCall | None:
+        """The recorded language-model call if the fast path is confirmed for this run (decided on first use)."""
+        state = self._edited
+        if state.path is None:
+            if not self.reuse_image_features:
+                state.decide("full", "reuse_image_features=False")
+            else:
+                call, reason = self._record_and_confirm(first_logit)
+                state.decide("fast" if call is not None else "full", reason, call)
+        return state.call
+
+    def _record_and_confirm(self, first_logit: int) -> tuple[_LanguageModelCall | None, str]:
+        """One clean full forward recording the language model's arguments, then the fast path on the same
+        embeddings (batch 2, so batch expansion is exercised) compared with it."""
+        language_model = self.adapter.language_model()
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+        def record(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            calls.append((args, dict(kwargs)))
+
+        # Not in inference mode even under the caller's: the recording is reused by later gradient methods.
+        with torch.inference_mode(False), torch.no_grad(), preserved(self.model):
+            self.model.eval()
+            # prepend: what the caller passed, before other pre-hooks (they run again on the direct call).
+            handle = language_model.register_forward_pre_hook(record, with_kwargs=True, prepend=True)
+            try:
+                full = self.forward(first_logit=first_logit)
+            finally:
+                handle.remove()
+            try:
+                call = _LanguageModelCall.recorded(language_model, self.adapter, calls)
+                return call.confirm(full, first_logit)
+            except _NotReusable as error:
+                return None, str(error)
+            except Exception as error:  # any failure of the direct call means: use the full forward
+                return None, f"the language model could not run on its own: {type(error).__name__}: {error}"
 
     def embeddings(self, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The clean ``(1, N, d)`` language-model input embeddings (image features scattered in), float32."""
@@ -138,11 +230,154 @@ def execution_device(model: torch.nn.Module) -> torch.device:
         embeddings: torch.nn.Module | None = model.get_input_embeddings()
     except (NotImplementedError, AttributeError):  # a dual encoder (CLIP) has two towers and no one input embedding
         embeddings = None
-    hook = getattr(embeddings, "_hf_hook", None)
+    return module_device(model) if embeddings is None else module_device(embeddings, model)
+
+
+def module_device(module: torch.nn.Module, *fallbacks: torch.nn.Module) -> torch.device:
+    """Where ``module`` computes: the execution device of its accelerate hook when it is offloaded, else the device
+    of the first parameter, of it or then of ``fallbacks``, that is not on ``meta`` (the CPU when there is none).
+
+    Example:
+        >>> module_device(torch.nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    hook = getattr(module, "_hf_hook", None)
     if getattr(hook, "execution_device", None) is not None:
         return torch.device(hook.execution_device)  # type: ignore[union-attr]
-    candidates = [*(embeddings.parameters() if embeddings is not None else ()), *model.parameters()]
-    return next((p.device for p in candidates if p.device.type != "meta"), torch.device("cpu"))
+    parameters = (p for m in (module, *fallbacks) for p in m.parameters())
+    return next((p.device for p in parameters if p.device.type != "meta"), torch.device("cpu"))
+
+
+@dataclass
+class _EditedState:
+    """What :meth:`ModelRun.edited_forward` decided for its run (mutable, one per run)."""
+
+    path: EditedPath | None = None
+    reason: str = ""
+    call: _LanguageModelCall | None = None
+
+    def decide(self, path: EditedPath, reason: str, call: _LanguageModelCall | None = None) -> None:
+        self.path, self.reason, self.call = path, reason, call
+
+
+class _NotReusable(Exception):
+    """The language model's call cannot be replayed for a batch (said in the message)."""
+
+
+@dataclass(frozen=True)
+class _LanguageModelCall:
+    """The language model's arguments on one clean batch-1 forward, and the head that turns its output into logits.
+
+    Attributes:
+        module: the language model (``adapter.language_model()``).
+        args: its positional arguments (usually none).
+        kwargs: its keyword arguments except ``inputs_embeds`` (masks, position ids, cache position, flags).
+        embeds: the ``(1, N, d)`` ``inputs_embeds`` it received (model dtype).
+        head: the output head (``adapter.unembedding()``).
+        softcap: the final logit soft cap, where the model confirmed it applies one.
+    """
+
+    module: torch.nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    embeds: torch.Tensor
+    head: torch.nn.Module
+    softcap: float | None = None
+
+    @classmethod
+    def recorded(
+        cls, module: torch.nn.Module, adapter: GenerativeAdapter, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> _LanguageModelCall:
+        if len(calls) != 1:
+            raise _NotReusable(f"the language model ran {len(calls)} times in one forward (expected once)")
+        args, kwargs = calls[0]
+        embeds = kwargs.pop("inputs_embeds", None)
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[0] != 1:
+            raise _NotReusable("the language model was not called with a (1, N, d) inputs_embeds keyword")
+        for name, value in [*enumerate(args), *kwargs.items()]:
+            _check_replayable(value, str(name))
+        return cls(module, _plain(args), _plain(kwargs), _plain(embeds), adapter.unembedding())
+
+    def logits(self, embeds: torch.Tensor, first_logit: int) -> torch.Tensor:
+        """Float32 logits ``(B, N - first_logit, V)`` for ``embeds`` ``(B, N, d)``: language model, then head."""
+        return self._head(self._hidden(embeds), first_logit, self.softcap)
+
+    def confirm(self, full: torch.Tensor, first_logit: int) -> tuple[_LanguageModelCall | None, str]:
+        """Self (with the soft cap that matches) if the fast path reproduces the full forward's logits ``full``.
+
+        The head is lm_head on the last hidden state, and for some families (PaliGemma, Gemma 3's text model)
+        a final logit soft cap; whether this model applies the configured cap is read off its own logits.
+        """
+        hidden = self._hidden(self.embeds.expand(2, -1, -1))
+        configured = getattr(getattr(self.module, "config", None), "final_logit_softcapping", None)
+        scale = float(full.abs().max().clamp_min(1e-12))
+        tolerance = max(CONFIRM_RTOL, 4 * torch.finfo(self.embeds.dtype).eps)
+        errors = {
+            softcap: float((self._head(hidden, first_logit, softcap) - full).abs().max()) / scale
+            for softcap in ((None, configured) if configured else (None,))
+        }
+        softcap, error = min(errors.items(), key=lambda item: item[1])  # the head the model's logits agree with
+        if error <= tolerance:
+            return dataclasses.replace(self, softcap=softcap), f"confirmed: relative difference {error:.1e}"
+        shown = ", ".join(f"{e:.1e}" + (f" (soft cap {cap})" if cap else "") for cap, e in errors.items())
+        return None, f"the language model + head alone differ from the full forward by {shown} relative"
+
+    def _hidden(self, embeds: torch.Tensor) -> torch.Tensor:
+        batch = embeds.shape[0]
+        args = _batched(self.args, batch)
+        output = self.module(*args, **_batched(self.kwargs, batch), inputs_embeds=embeds)
+        return output if isinstance(output, torch.Tensor) else output[0]
+
+    def _head(self, hidden: torch.Tensor, first_logit: int, softcap: float | None) -> torch.Tensor:
+        # logits_to_keep semantics: the head runs on the kept rows only.
+        logits = self.head(hidden[:, first_logit:])
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        return logits.float()
+
+
+def _check_replayable(value: Any, name: str) -> None:
+    """Tensors, plain values and containers of them can be replayed; a cache or mask object may hold state."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_replayable(item, f"{name}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_replayable(item, f"{name}[{index}]")
+    elif not (value is None or isinstance(value, (torch.Tensor, bool, int, float, str, torch.dtype, torch.device))):
+        kind = type(value).__name__
+        raise _NotReusable(f"the language model received {name} = a {kind}, which mmviz does not replay")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with inference-mode tensors (a trace made under ``torch.inference_mode()``) copied into ordinary
+    ones, which a later gradient method may save for backward."""
+    if isinstance(value, torch.Tensor):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+def _batched(value: Any, batch: int) -> Any:
+    """``value`` with every recorded batch-1 tensor expanded to ``batch`` rows along its batch dimension.
+
+    The batch dimension is a tensor's first dimension of size 1 (``(1, N)`` masks, ``(1, 1, N, N)`` 4-D masks,
+    Qwen2-VL's ``(3, 1, N)`` mrope ids); 1-D tensors (cache position) have none. Every row is the same clean
+    side input, so any expansion that runs gives the right values; the confirmation catches one that does not.
+    """
+    if isinstance(value, torch.Tensor):
+        dim = next((d for d, size in enumerate(value.shape) if size == 1), None) if value.ndim >= 2 else None
+        if dim is None or batch == 1:
+            return value
+        return value.expand(*value.shape[:dim], batch, *value.shape[dim + 1 :])
+    if isinstance(value, dict):
+        return {key: _batched(item, batch) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_batched(item, batch) for item in value)
+    return value
 
 
 def replacing_columns(columns: torch.Tensor, values: torch.Tensor) -> EmbeddingEdit:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from mmviz.capture.hidden import recording_hidden_states
+from mmviz.capture.run import module_device
 from mmviz.errors import InputError
-from mmviz.methods.common import inference_context, model_run, module_device
+from mmviz.methods.common import inference_context, model_run
 from mmviz.records import Trace
 
 

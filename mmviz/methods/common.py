@@ -174,20 +174,6 @@ def first_logit_of(targets: Sequence[Target]) -> int:
     return min(target.first_logit for target in targets)
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """Where ``module`` computes: the execution device of its accelerate hook when it is offloaded, else the device
-    of its first parameter that is not on ``meta``.
-
-    Example:
-        >>> module_device(torch.nn.Linear(2, 2))
-        device(type='cpu')
-    """
-    hook = getattr(module, "_hf_hook", None)
-    if getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device)  # type: ignore[union-attr]
-    return next((p.device for p in module.parameters() if p.device.type != "meta"), torch.device("cpu"))
-
-
 def check_window(window: object) -> int:
     """A window side in grid cells (≥ 1), else :class:`InputError`."""
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:

@@ -96,11 +96,14 @@ def integrated_gradients(
             first = target.first_logit
 
             def score(values: torch.Tensor, target=target, first=first) -> torch.Tensor:
-                logits = run.forward(batch=values.shape[0], edit=replacing_columns(columns, values), first_logit=first)
+                # Every image column is replaced: the language model + head alone (the vision tower's output
+                # would be overwritten), autograd-transparent for captum's gradients.
+                edit = replacing_columns(columns, values)
+                logits = run.edited_forward(batch=values.shape[0], edit=edit, first_logit=first)
                 return target(logits, run.input_ids, first)
 
             attribution = _path_integral(score, clean, reference, alphas, weights, batch_size)
-            rows[row] = attribution[0].sum(dim=-1).numpy()
+            rows[row] = attribution[0].sum(dim=-1).cpu().numpy()  # once, off the device
             with torch.no_grad():
                 change = float(score(clean) - score(reference))
             errors.append(abs(float(attribution.sum()) - change) / max(abs(change), 1e-8))
@@ -114,6 +117,7 @@ def integrated_gradients(
             "rule": rule,
             "completeness_error": errors,
             "target": resolved[0].score,
+            "forward": run.edited_path,
         },
     )
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from mmviz.capture.hidden import recording_hidden_states
-from mmviz.methods.common import inference_context, model_run, module_device
+from mmviz.capture.run import module_device
+from mmviz.methods.common import inference_context, model_run
 from mmviz.progress import progress
 from mmviz.records import Map, Trace, kept_result, method
 

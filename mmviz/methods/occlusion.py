@@ -42,14 +42,18 @@ def occlusion(
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
     replacement = baseline_embeddings(run, clean, columns, baseline)
-    mask = torch.as_tensor(window_ids(trace.layout, trace.image_positions, window))[None, :, None].expand_as(clean)
+    # The feature mask is built on the CPU; captum combines it with the embeddings on their device.
+    ids = torch.as_tensor(window_ids(trace.layout, trace.image_positions, window), device=clean.device)
+    mask = ids[None, :, None].expand_as(clean)
     rows = np.zeros((len(resolved), len(columns)), np.float32)
     with inference_context(run):
         for row, target in enumerate(progress(resolved, desc="mmviz: occlusion", disable=len(resolved) < 2)):
             first = target.first_logit
 
             def score(values: torch.Tensor, target=target, first=first) -> torch.Tensor:
-                logits = run.forward(batch=values.shape[0], edit=replacing_columns(columns, values), first_logit=first)
+                # All image columns are replaced: no need to run the vision tower for each block.
+                edit = replacing_columns(columns, values)
+                logits = run.edited_forward(batch=values.shape[0], edit=edit, first_logit=first)
                 return target(logits, run.input_ids, first)
 
             attribution = FeatureAblation(score).attribute(
@@ -59,10 +63,16 @@ def occlusion(
                 perturbations_per_eval=batch_size,
                 show_progress=not is_quiet(),
             )
-            rows[row] = attribution[0, :, 0].numpy()
+            rows[row] = attribution[0, :, 0].cpu().numpy()
     return occlusion.spec.map(  # type: ignore[attr-defined]
         values=rows,
         positions=np.array([t.position for t in resolved]),
         columns=trace.image_positions,
-        info={"window": window, "baseline": baseline, "space": "token", "target": resolved[0].score},
+        info={
+            "window": window,
+            "baseline": baseline,
+            "space": "token",
+            "target": resolved[0].score,
+            "forward": run.edited_path,
+        },
     )

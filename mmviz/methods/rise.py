@@ -26,9 +26,7 @@ MEANING = (
 )
 
 
-def random_masks(
-    layout: TokenLayout, columns: np.ndarray, n: int, window: int, keep: float, seed: int
-) -> torch.Tensor:
+def random_masks(layout: TokenLayout, columns: np.ndarray, n: int, window: int, keep: float, seed: int) -> torch.Tensor:
     """``(n, P)`` soft masks in [0, 1]: per token grid, a Bernoulli grid of ``window × window`` cells upsampled
     with a random shift."""
     cell = window
@@ -77,21 +75,30 @@ def rise(
     columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
     clean = run.embeddings()[:, columns]
     replacement = baseline_embeddings(run, clean, columns, baseline)
-    masks = random_masks(trace.layout, trace.image_positions, n_masks, window, keep, seed)
+    # Sampled on the CPU (the same masks on every device for a seed), used where the embeddings are.
+    masks = random_masks(trace.layout, trace.image_positions, n_masks, window, keep, seed).to(clean.device)
     first = min(t.first_logit for t in resolved)
-    scores = torch.zeros(n_masks, len(resolved))
+    scores = torch.zeros(n_masks, len(resolved), device=clean.device)
     with inference_context(run):
         for start in progress(range(0, n_masks, batch_size), desc="mmviz: RISE", unit="batch"):
             m = masks[start : start + batch_size, :, None]
             blended = m * clean + (1 - m) * replacement
-            logits = run.forward(batch=len(m), edit=replacing_columns(columns, blended), first_logit=first)
+            # Every image column is replaced: the language model + head alone, not the vision tower per mask.
+            logits = run.edited_forward(batch=len(m), edit=replacing_columns(columns, blended), first_logit=first)
             for row, target in enumerate(resolved):
                 scores[start : start + len(m), row] = target(logits, run.input_ids, first)
     centred = scores - scores.mean(dim=0, keepdim=True)
     saliency = (centred.T @ masks) / (n_masks * keep)
     return rise.spec.map(  # type: ignore[attr-defined]
-        values=saliency.numpy(),
+        values=saliency.cpu().numpy(),
         positions=np.array([t.position for t in resolved]),
         columns=trace.image_positions,
-        info={"n_masks": n_masks, "window": window, "keep": keep, "baseline": baseline, "seed": seed},
+        info={
+            "n_masks": n_masks,
+            "window": window,
+            "keep": keep,
+            "baseline": baseline,
+            "seed": seed,
+            "forward": run.edited_path,
+        },
     )
