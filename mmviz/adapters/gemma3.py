@@ -26,7 +26,8 @@ class Gemma3Adapter(GenerativeAdapter):
     ``<start_of_image>`` placeholder the processor expands.
 
     Attention is bidirectional inside each image block (``token_type_ids == 1``); the answer is text (0), which
-    :meth:`analysis_inputs` appends. Gemma's final logit soft cap is applied by :meth:`Adapter.lens_logits`.
+    :meth:`analysis_inputs` appends. ``Gemma3ForConditionalGeneration`` applies no final logit soft cap although
+    its text config names one (only the text-only ``Gemma3ForCausalLM`` does), so the lens applies none either.
 
     Example:
         >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
@@ -39,6 +40,10 @@ class Gemma3Adapter(GenerativeAdapter):
     fallback_template = "<start_of_turn>user\n{image}{prompt}<end_of_turn>\n<start_of_turn>model\n"
 
     # -- sizes, read from the loaded config ----------------------------------------------------------------------
+    @property
+    def final_logit_softcap(self) -> float | None:
+        return None  # the multimodal head does not cap (measured by the family test with large logits)
+
     @property
     def marker_ids(self) -> tuple[int, int]:
         """``<start_of_image>`` and ``<end_of_image>`` ids."""

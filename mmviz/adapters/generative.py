@@ -74,8 +74,14 @@ class GenerativeAdapter(Adapter):
         """Logits the model would give if ``hidden`` (residual stream, before the final norm) were its last state:
         the final norm applied exactly once, the unembedding, and the final soft cap where the model has one."""
         logits = self.unembedding()(self.final_norm()(hidden))
-        cap = getattr(self.text_config, "final_logit_softcapping", None)
+        cap = self.final_logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
+
+    @property
+    def final_logit_softcap(self) -> float | None:
+        """The soft cap the model's head applies to its logits (None: none): the text config's
+        ``final_logit_softcapping`` unless the family's model class ignores it."""
+        return getattr(self.text_config, "final_logit_softcapping", None)
 
     def model_shape(self, num_images: int) -> ModelShape:
         vision = getattr(self.model.config, self.vision_config_key, None)
