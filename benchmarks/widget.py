@@ -15,11 +15,21 @@ a JupyterLab 4 server with a real kernel holding the Inspector, and headless Chr
   *painted* adds the browser's rendering of the frame that shows it (style, layout, paint, composite: from that
   frame's ``requestAnimationFrame`` to a task queued behind it), i.e. the hover's cost to reach the screen without
   the idle wait for the display's next refresh (≤ 16.7 ms at 60 Hz), which is reported separately as *to vsync*.
-* **Layer switch**: with a single head selected, moving to a layer whose per-head maps are not in the browser yet
-  (a fetch from the kernel through the comm: request, slicing and quantising one layer, binary reply, decode,
-  paint), until the new map is painted; and moving to a layer already fetched.
+* **Layer switch**, with a single head selected and an answer token pinned, from the input event until the new map
+  is painted (and its frame rendered). Two Inspectors of the same trace are shown, each with its own caches in the
+  browser and the kernel:
 
-Targets (issue 7): first payload ≤ 2 MB; hover p95 ≤ 16 ms; layer switch with fetch ≤ 100 ms.
+  * *cold*: the first Inspector has ``prefetch=False`` (the kernel declines idle prefetches, so the browser stops
+    prefetching): every switch to a layer not visited yet fetches it from the kernel through the comm (request,
+    slicing and quantising one layer, binary reply, decode, paint); then the same layers again (*revisited*, in the
+    browser already);
+  * *warm*: the second Inspector prefetches while idle (``js/src/prefetch.ts``: the current layer and ±2 around it,
+    one request at a time): after each switch the benchmark waits until the prefetch is idle and the page with
+    it (one ``requestIdleCallback``), then moves one layer on, to a layer never shown before. (A switch in the very
+    task the last prefetched reply lands in also renders that reply's repaint: one frame more under load.)
+  * *scrubbing*: the same view moves on one layer every 200 ms without waiting, as a hand on the slider does.
+
+Targets (issues 7 and 17): first payload ≤ 2 MB; hover p95 ≤ 16 ms; layer switch p95 cold ≤ 100 ms, warm ≤ 50 ms.
 """
 
 from __future__ import annotations
@@ -45,7 +55,14 @@ from mmviz.records import Trace  # noqa: E402
 
 FULL = {"layers": 32, "heads": 32, "text": 64, "grid": 24, "hovers": 500, "switches": 12}
 QUICK = {"layers": 6, "heads": 4, "text": 16, "grid": 8, "hovers": 60, "switches": 3}
-TARGETS = {"first payload (MB)": 2.0, "hover p95 (ms)": 16.0, "layer switch with fetch p95 (ms)": 100.0}
+TARGETS = {
+    "first payload (MB)": 2.0,
+    "hover p95 (ms)": 16.0,
+    "layer switch, cold, p95 (ms)": 100.0,
+    "layer switch, warm, p95 (ms)": 50.0,
+}
+SCRUB_PACE_MS = 200
+"""One layer per this many milliseconds in the scrubbing run."""
 
 
 def picture(side: int = 336) -> Image.Image:
@@ -150,35 +167,57 @@ HOVER_JS = """async (n) => {
     return { handler, painted, vsync };
 }"""
 
-SWITCH_JS = """async ([layers]) => {
-    const root = document.querySelector('.mmviz-root');
+SWITCH_JS = """async ([index, layers, mode, pace]) => {
+    const root = document.querySelectorAll('.mmviz-root')[index];
     const slider = root.querySelector('.mmviz-layer');
     const heat = root.querySelector('.mmviz-heat');
-    const painted = (layer) => new Promise((resolve, reject) => {
-        const check = () =>
-            root.dataset.waiting === '' && heat.dataset.layer === String(layer) && heat.dataset.row !== '-1';
-        const timer = setTimeout(() => reject(new Error(`layer ${layer} was not painted in 30 s`)), 30000);
+    const until = (check, what) => new Promise((resolve, reject) => {
+        if (check()) { resolve(); return; }
         const observer = new MutationObserver(() => {
             if (check()) { observer.disconnect(); clearTimeout(timer); resolve(); }
         });
+        const timer = setTimeout(() => { observer.disconnect(); reject(new Error(`${what} not within 30 s`)); }, 30000);
         observer.observe(root, { attributes: true, subtree: true });
-        if (check()) { observer.disconnect(); clearTimeout(timer); resolve(); }
     });
+    const shows = (layer) => () =>
+        root.dataset.waiting === '' && heat.dataset.layer === String(layer) && heat.dataset.row !== '-1';
     const afterFrame = () => new Promise((resolve) => requestAnimationFrame(() => {
         const c = new MessageChannel(); c.port1.onmessage = () => resolve(); c.port2.postMessage(0);
     }));
+    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+    const settled = () => new Promise((resolve) => requestIdleCallback(resolve, { timeout: 1000 }));
     const go = async (layer) => {
         const t0 = performance.now();
         slider.value = String(layer);
         slider.dispatchEvent(new Event('input'));
-        await painted(layer);
+        const atOnce = shows(layer)();  // painted in the input event's own task: the heads were in the browser
+        await until(shows(layer), `layer ${layer} painted`);
         await afterFrame();
-        return performance.now() - t0;
+        return [performance.now() - t0, atOnce];
     };
-    const fetched = [], cached = [];
-    for (const layer of layers) fetched.push(await go(layer));
-    for (const layer of layers) cached.push(await go(layer));
-    return { fetched, cached };
+    const times = [], atOnce = [], revisited = [];
+    const record = ([ms, now]) => { times.push(ms); atOnce.push(now); };
+    for (const layer of layers) {
+        const t0 = performance.now();
+        if (mode === 'warm') {
+            await until(() => root.dataset.prefetch === 'idle', 'the idle prefetch');
+            await settled();  // after the idle prefetch, not in the very task its last reply arrived in
+        }
+        record(await go(layer));
+        if (mode === 'scrub') await sleep(Math.max(0, pace - (performance.now() - t0)));
+    }
+    if (mode === 'cold') for (const layer of layers) revisited.push((await go(layer))[0]);
+    return { times, atOnce, revisited };
+}"""
+
+PREPARE_JS = """([index, layer]) => {
+    const root = document.querySelectorAll('.mmviz-root')[index];
+    root.scrollIntoView();
+    root.querySelector('.mmviz-token.mmviz-answer.mmviz-has-row').click();  // pinned: every switch paints its row
+    const head = root.querySelector('.mmviz-head');
+    head.value = '0';
+    head.dispatchEvent(new Event('change'));
+    return root.dataset.layer === String(layer);
 }"""
 
 
@@ -187,7 +226,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_in_browser(shape: dict[str, int], chromium: str) -> dict[str, list[float]]:
-    """Start JupyterLab, show the Inspector of the synthetic trace, and time hovers and layer switches."""
+    """Start JupyterLab, show two Inspectors of the synthetic trace (prefetch off / on), time hovers and layer
+    switches."""
     from playwright.sync_api import sync_playwright
 
     from tests.browser.servers import CHROMIUM_ARGS, KERNEL_IDLE_JS, RUN_ALL_JS, TOKEN, jupyter_server, notebook
@@ -195,9 +235,11 @@ def measure_in_browser(shape: dict[str, int], chromium: str) -> dict[str, list[f
     cells = [
         f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
         "from widget import synthetic_trace\nimport mmviz\n"
-        f"inspector = mmviz.Inspector(synthetic_trace({shape['layers']}, {shape['heads']}, {shape['text']}, "
-        f"{shape['grid']}))\ninspector",
+        f"trace = synthetic_trace({shape['layers']}, {shape['heads']}, {shape['text']}, {shape['grid']})\n"
+        "cold, warm = mmviz.Inspector(trace, prefetch=False), mmviz.Inspector(trace)\n"
+        "display(cold); display(warm)",
     ]
+    last, count = shape["layers"] - 1, shape["switches"]
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         (root / "bench.ipynb").write_text(notebook(cells))
@@ -210,23 +252,43 @@ def measure_in_browser(shape: dict[str, int], chromium: str) -> dict[str, list[f
             page.goto(f"{base}/lab/tree/bench.ipynb?token={TOKEN}")
             page.wait_for_function(KERNEL_IDLE_JS, timeout=120_000)
             page.evaluate(RUN_ALL_JS)
-            page.wait_for_selector(".mmviz-root[data-ready='1'] canvas.mmviz-photo[data-loaded='1']", timeout=300_000)
-            hovers = page.evaluate(HOVER_JS, shape["hovers"])
-            last = shape["layers"] - 1
-            answer = page.query_selector(".mmviz-token.mmviz-answer.mmviz-has-row")
-            answer.click()  # pin an answer token: every layer switch paints its row
-            page.select_option(".mmviz-head", "0")
             page.wait_for_function(
-                f"() => {{ const r = document.querySelector('.mmviz-root'); return r.dataset.waiting === '' "
-                f"&& document.querySelector('.mmviz-heat').dataset.layer === '{last}'; }}",
+                "() => [...document.querySelectorAll('.mmviz-root')].filter((r) => r.dataset.ready === '1' "
+                "&& r.querySelector(\"canvas.mmviz-photo[data-loaded='1']\")).length === 2",
+                timeout=300_000,
+            )
+            hovers = page.evaluate(HOVER_JS, shape["hovers"])
+            painted = (
+                "([i, layer]) => { const r = document.querySelectorAll('.mmviz-root')[i]; return r.dataset.waiting "
+                "=== '' && r.querySelector('.mmviz-heat').dataset.layer === layer; }"
+            )
+
+            # Cold: the kernel declines the one prefetch the view tries, then every new layer is a fetch.
+            assert page.evaluate(PREPARE_JS, [0, last])
+            page.wait_for_function(painted, arg=[0, str(last)], timeout=60_000)
+            page.wait_for_function(
+                "() => { const r = document.querySelectorAll('.mmviz-root')[0]; "
+                "return r.dataset.prefetch === 'off' && r.dataset.prefetchIssued === '1'; }",
                 timeout=60_000,
             )
-            layers = [int(v) for v in np.linspace(0, last - 1, min(shape["switches"], last)).round()]
-            switches = page.evaluate(SWITCH_JS, [sorted(set(layers))])
+            layers = sorted({int(v) for v in np.linspace(0, last - 1, min(count, last)).round()})
+            cold = page.evaluate(SWITCH_JS, [0, layers, "cold", 0])
+
+            # Warm, then scrubbing: downwards from the last layer, each layer shown for the first time.
+            assert page.evaluate(PREPARE_JS, [1, last])
+            page.wait_for_function(painted, arg=[1, str(last)], timeout=60_000)
+            warm_layers = list(range(last - 1, max(-1, last - 1 - count), -1))
+            scrub_layers = list(range(warm_layers[-1] - 1, max(-1, warm_layers[-1] - 1 - count), -1))
+            warm = page.evaluate(SWITCH_JS, [1, warm_layers, "warm", 0])
+            scrub = page.evaluate(SWITCH_JS, [1, scrub_layers, "scrub", SCRUB_PACE_MS]) if scrub_layers else None
             browser.close()
             if errors:
                 raise RuntimeError(f"console errors in the page: {errors}")
-    return {**hovers, **switches}
+    out = {**hovers, "cold": cold["times"], "revisited": cold["revisited"], "warm": warm["times"]}
+    out["warm at once"] = [float(v) for v in warm["atOnce"]]
+    if scrub is not None:
+        out["scrub"], out["scrub at once"] = scrub["times"], [float(v) for v in scrub["atOnce"]]
+    return out
 
 
 def main() -> int:
@@ -265,10 +327,20 @@ def main() -> int:
         rows.append(
             (f"hover → {name}, p50 / p95 over {len(v)} (ms)", f"{percentile(v, 50):.2f} / {percentile(v, 95):.2f}")
         )
-    for name, key in (("with a fetch from the kernel", "fetched"), ("already fetched", "cached")):
+    switches = (
+        ("cold: a fetch from the kernel (prefetch off)", "cold"),
+        ("warm: after the idle prefetch", "warm"),
+        (f"scrubbing: one layer per {SCRUB_PACE_MS} ms, no waiting", "scrub"),
+        ("revisited: heads already in the browser", "revisited"),
+    )
+    for name, key in switches:
+        if key not in timings:
+            continue
         v = timings[key]
         spread = f"{statistics.median(v):.1f} / {percentile(v, 95):.1f} / {max(v):.1f}"
-        rows.append((f"layer switch {name}, p50 / p95 / max over {len(v)} (ms)", spread))
+        if f"{key} at once" in timings:
+            spread += f" ({sum(timings[f'{key} at once']):.0f} of {len(v)} in the browser already)"
+        rows.append((f"layer switch, {name}, p50 / p95 / max over {len(v)} (ms)", spread))
     print()
     print("| measure | value |")
     print("|---|---:|")
@@ -278,7 +350,8 @@ def main() -> int:
     results = {
         "first payload (MB)": first / 1e6,
         "hover p95 (ms)": percentile(timings["painted"], 95),
-        "layer switch with fetch p95 (ms)": percentile(timings["fetched"], 95),
+        "layer switch, cold, p95 (ms)": percentile(timings["cold"], 95),
+        "layer switch, warm, p95 (ms)": percentile(timings["warm"], 95),
     }
     for name, target in TARGETS.items():
         verdict = "PASS" if results[name] <= target else "FAIL"

@@ -105,6 +105,36 @@ def test_fetch_requests_are_answered_with_binary_buffers(inspector):
     assert sent[-1][0]["ok"] is True  # still working
 
 
+def test_idle_prefetches_are_answered_like_fetches_unless_the_kernel_declines_them(small_trace, caplog):
+    """The browser marks its idle prefetches ``"prefetch": true``; ``Inspector.prefetch = False`` declines them
+    (one ``ok: false`` reply each, no error logged) while the views' own fetches are still answered."""
+    inspector = mmviz.Inspector(small_trace, prefetch=False)
+    sent = []
+    inspector.send = lambda content, buffers=None: sent.append((content, buffers))
+    prefetch = {"type": "fetch", "what": "heads", "layer": 1, "prefetch": True, "request": "p1"}
+    with caplog.at_level(logging.ERROR, logger="mmviz"):
+        inspector._on_message(inspector, prefetch, [])
+    assert caplog.text == ""
+    content, buffers = sent[-1]
+    assert content == {"type": "fetched", "request": "p1", "what": "heads", "layer": 1, "ok": False,
+                       "error": "prefetching is off (Inspector.prefetch = False)"}  # fmt: skip
+    assert buffers is None and inspector._extras == {}, "nothing was built for a declined prefetch"
+    inspector._on_message(inspector, {**prefetch, "prefetch": False, "request": "f1"}, [])  # a view's own fetch
+    assert sent[-1][0]["ok"] is True and sent[-1][0]["request"] == "f1"
+
+    inspector.prefetch = True
+    inspector._on_message(inspector, {**prefetch, "layer": 0, "request": "p2"}, [])
+    content, buffers = sent[-1]
+    assert content["ok"] is True and content["request"] == "p2" and len(buffers) == 3
+    for hostile in ({**prefetch, "layer": 99, "request": "p3"}, {**prefetch, "prefetch": "yes", "layer": "1"}):
+        inspector._on_message(inspector, hostile, [])  # validated as any fetch: one error reply, nothing applied
+        assert sent[-1][0]["ok"] is False
+    for bad in ("no", 1, None):
+        with pytest.raises(mmviz.InputError, match="prefetch must be True or False"):
+            inspector.prefetch = bad
+    assert inspector.prefetch is True and mmviz.Inspector(small_trace).prefetch is True
+
+
 def test_the_layout_payload_matches_the_trace(inspector, small_trace):
     layout = inspector.token_layout
     assert layout["n_positions"] == len(small_trace.tokens) == len(inspector.tokens)

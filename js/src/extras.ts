@@ -4,9 +4,15 @@
  * (`lens`) and the aligned projection (`projection`). The requests go through the model's one channel
  * (channel.ts); the payloads are read by the protocol parsers. A static page (no kernel) reads the same payloads
  * from `state.prefetched`, under the same keys.
+ *
+ * Besides what a view asks for ({@link Extras.want}), idle prefetches (prefetch.ts) fetch what a view will likely
+ * ask for next ({@link Extras.prefetch}): at most one in flight per model, cancellable until a view wants it, and
+ * at most {@link MAX_UNUSED_PREFETCHED} kept that no view has used yet (the oldest are dropped first). A failed
+ * prefetch leaves no trace for a view (its `want` fetches as usual) and stops prefetching at this revision, so a
+ * kernel that declines (`Inspector.prefetch = False`) or struggles is asked once, not at every layer.
  */
 
-import type { Channel } from "./channel";
+import type { Channel, PendingRequest } from "./channel";
 import type { TensorReader } from "./codec";
 import {
   fetchedPayload,
@@ -25,6 +31,10 @@ import {
 export const FETCH_TIMEOUT_MS = 5 * 60 * 1000;
 /** Fetches in flight at once (the kernel answers one at a time anyway). */
 const MAX_IN_FLIGHT = 2;
+/** Prefetches in flight at once, across every view of a model: a view's own fetch queues behind at most this many. */
+export const MAX_PREFETCH_IN_FLIGHT = 1;
+/** Prefetched payloads kept that no view has used yet (beyond them, the oldest are dropped). */
+export const MAX_UNUSED_PREFETCHED = 8;
 
 export type Extra = TensorReader | LensData | ProjectionData;
 
@@ -57,6 +67,12 @@ function requestOf(key: string): FetchRequest {
   throw new Error(`mmviz: unknown extra ${key}`);
 }
 
+/** A prefetch in flight; `wanted` once a view asked for its key (it is then the view's fetch: never cancelled). */
+interface Prefetch {
+  request: PendingRequest | null;
+  wanted: boolean;
+}
+
 /** Fetched payloads of one model at one revision; every view of the model shares them. */
 export class Extras {
   private readonly values = new Map<string, Extra>();
@@ -65,6 +81,11 @@ export class Extras {
   private inFlight = 0;
   private readonly listeners = new Set<(key: string) => void>();
   private disposed = false;
+  private readonly prefetches = new Map<string, Prefetch>();
+  /** Keys that arrived by prefetch and no view has asked for yet, oldest first. */
+  private readonly unused = new Set<string>();
+  /** A prefetch failed (or the kernel declined it): no more prefetches at this revision. */
+  private prefetchStopped = false;
 
   constructor(
     private readonly shape: ExtrasShape,
@@ -86,7 +107,11 @@ export class Extras {
 
   /** Ask for `key` unless it is there, on its way or failed; listeners hear when it arrives or fails. */
   want(key: string): void {
-    if (this.disposed || this.status.has(key)) return;
+    if (this.disposed) return;
+    const prefetch = this.prefetches.get(key);
+    if (prefetch !== undefined) prefetch.wanted = true; // on its way already: the view waits for it
+    this.unused.delete(key); // arrived by prefetch: in use now, never dropped
+    if (this.status.has(key)) return;
     if (key in this.prefetched) {
       this.settle(key, () => this.parse(key, this.prefetched[key]));
       return;
@@ -101,6 +126,109 @@ export class Extras {
     this.setStatus(key, { state: "loading" });
     this.queue.push(key);
     this.pump();
+  }
+
+  /** Can {@link prefetch} send anything (a kernel behind the page, no failed prefetch at this revision)? */
+  get canPrefetch(): boolean {
+    return !this.disposed && this.channel !== null && !this.prefetchStopped;
+  }
+
+  /**
+   * A request a view (not a prefetch) is waiting for: a fetch queued or in flight, a prefetch a view adopted, or
+   * another request on the channel (a compute). Prefetches wait while it is true: the kernel answers one at a time.
+   */
+  get userBusy(): boolean {
+    if (this.queue.length > 0 || this.inFlight > 0) return true;
+    for (const p of this.prefetches.values()) if (p.wanted) return true;
+    return this.channel !== null && this.channel.pending > this.prefetches.size;
+  }
+
+  /** Is `key` in the browser, on its way, or failed (nothing to prefetch)? */
+  known(key: string): boolean {
+    return this.status.has(key);
+  }
+
+  /**
+   * Fetch `key` before a view asks for it. Returns false, sending nothing, when it is known already, the page has
+   * no kernel, {@link MAX_PREFETCH_IN_FLIGHT} prefetches are in flight, or prefetching stopped. Listeners hear
+   * when it arrives (it is then kept as unused until a view wants it) or is given up.
+   */
+  prefetch(key: string): boolean {
+    if (!this.canPrefetch || this.status.has(key) || key in this.prefetched) return false;
+    if (this.prefetches.size >= MAX_PREFETCH_IN_FLIGHT) return false;
+    const entry: Prefetch = { request: null, wanted: false };
+    this.prefetches.set(key, entry);
+    this.status.set(key, { state: "loading" });
+    const finish = (): boolean => {
+      const current = this.prefetches.get(key) === entry;
+      if (current) this.prefetches.delete(key);
+      return current;
+    };
+    entry.request = this.channel!.ask({ ...requestOf(key), prefetch: true }, this.timeoutMs, {
+      reply: (reply) => {
+        if (!finish()) return;
+        let raw: unknown;
+        try {
+          raw = fetchedPayload(reply); // throws the kernel's error (or that it declined)
+        } catch {
+          this.prefetchFailed(key, entry);
+          return;
+        }
+        if (!entry.wanted) this.keepUnused(key);
+        this.settle(key, () => this.parse(key, raw));
+        // A malformed payload is shown like a view's own fetch (the kernel would send the same bytes again).
+        if (this.status.get(key)?.state === "error") {
+          this.prefetchStopped = true;
+          this.unused.delete(key);
+        }
+      },
+      fail: () => {
+        if (finish()) this.prefetchFailed(key, entry);
+      },
+    });
+    return this.prefetches.get(key) === entry; // false when the send failed at once
+  }
+
+  /**
+   * Stop waiting for the prefetch of `key` (a newer layer switch moved away from it): its late reply is dropped
+   * and the key is unknown again. A prefetch a view wants is never cancelled. Returns whether it was cancelled.
+   */
+  cancelPrefetch(key: string): boolean {
+    const entry = this.prefetches.get(key);
+    if (entry === undefined || entry.wanted) return false;
+    this.prefetches.delete(key);
+    entry.request?.cancel();
+    this.status.delete(key);
+    this.notify(key); // a slot is free: other views' prefetchers may go on
+    return true;
+  }
+
+  /**
+   * A prefetch failed (or the kernel declined it): the key is unknown again, and a view that waits for it asks
+   * for it as its own fetch (which the kernel does not decline, and whose failure the view shows).
+   */
+  private prefetchFailed(key: string, entry: Prefetch): void {
+    this.prefetchStopped = true;
+    this.unused.delete(key);
+    this.status.delete(key);
+    if (entry.wanted) this.want(key);
+    else this.notify(key);
+  }
+
+  /** Keep a prefetched `key` no view asked for yet, dropping the oldest such payloads beyond the bound. */
+  private keepUnused(key: string): void {
+    this.unused.add(key);
+    for (const old of this.unused) {
+      if (this.unused.size <= MAX_UNUSED_PREFETCHED) break;
+      this.unused.delete(old);
+      this.values.delete(old);
+      this.status.delete(old);
+    }
+  }
+
+  /** Keys that arrived by prefetch and no view has used yet, oldest first (for tests and the test hooks). */
+  unusedPrefetched(): string[] {
+    return [...this.unused];
   }
 
   /** Listen for keys that arrived or failed; returns the unsubscribe function. */
@@ -150,12 +278,19 @@ export class Extras {
   private setStatus(key: string, s: ExtraStatus): void {
     if (this.disposed) return;
     this.status.set(key, s);
-    if (s.state !== "loading") for (const fn of [...this.listeners]) fn(key);
+    if (s.state !== "loading") this.notify(key);
+  }
+
+  private notify(key: string): void {
+    if (this.disposed) return;
+    for (const fn of [...this.listeners]) fn(key);
   }
 
   dispose(): void {
     this.disposed = true;
     this.queue.length = 0;
+    for (const p of this.prefetches.values()) p.request?.cancel();
+    this.prefetches.clear();
     this.listeners.clear();
   }
 }

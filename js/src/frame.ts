@@ -85,7 +85,9 @@ export class FrameBuilder {
     const key = headsKey(layer);
     const known = this.heads.get(key);
     if (known) return known;
-    if (this.extras.get(key) === null) this.extras.want(key); // a prefetched payload (static page) is there at once
+    // Asked for even when it is there: a payload that arrived by an idle prefetch is then in use (never dropped);
+    // a payload a static page carries is there at once.
+    this.extras.want(key);
     const reader = this.extras.get<TensorReader>(key);
     if (reader === null) return null;
     const { H, Q, P } = this.data;

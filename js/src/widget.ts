@@ -4,8 +4,8 @@
  *
  * Shared per model (a WeakMap keyed by the model): the decoded data and the fetched extras (dropped when
  * `revision` changes) and the one request channel to the kernel. Owned by each view: its state store, its DOM
- * (shell.ts), its method state (method-state.ts), keyboard handling (keyboard.ts) and listeners; a widget
- * displayed twice gives two independent views.
+ * (shell.ts), its method state (method-state.ts), its idle prefetch of the neighbouring layers (prefetch.ts),
+ * keyboard handling (keyboard.ts) and listeners; a widget displayed twice gives two independent views.
  */
 
 import { Channel } from "./channel";
@@ -16,6 +16,7 @@ import type { Frame } from "./frame";
 import { hasKernel, type Model } from "./host/model";
 import { bindKeyboard } from "./keyboard";
 import { MethodState, NO_METHODS } from "./method-state";
+import { Prefetcher, type PrefetchReport } from "./prefetch";
 import { parseKernelError, parseMethod, parsePrefetched, parseSelection } from "./protocol";
 import { Shell } from "./shell";
 import { focusToken, Store, type ViewState } from "./store";
@@ -100,6 +101,14 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
   let dataError: string | null = null;
   let applyingModel = false;
   let unsubscribeExtras: () => void = () => {};
+  let prefetcher: Prefetcher | null = null;
+  // Test hooks of the idle prefetch, written whenever it changes (it also changes between repaints).
+  const showPrefetch = (r: PrefetchReport): void => {
+    root.dataset.prefetch = r.state;
+    root.dataset.prefetchLoading = r.loading.join(",");
+    root.dataset.prefetchIssued = String(r.issued);
+    root.dataset.prefetchCancelled = String(r.cancelled);
+  };
 
   const showErrors = (): void => {
     const msgs = [parseKernelError(model.get("error")), dataError ?? "", ...methods.errors()].filter((m) => m !== "");
@@ -122,6 +131,8 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
       painting = false;
     }
     showErrors();
+    // After the paint: the view's own fetch of this layer (if any) is on its way and goes first.
+    prefetcher?.follow({ layer: s.layer, head: s.head, attention: frame?.attention ?? false });
     // Test hooks: set after painting.
     root.dataset.layer = String(s.layer);
     root.dataset.head = String(s.head);
@@ -148,6 +159,8 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     shell = null;
     frame = null;
     unsubscribeExtras();
+    prefetcher?.dispose();
+    prefetcher = null;
     content.replaceChildren();
     const { data, error, extras } = getData(model);
     dataError = error ? error.message : null;
@@ -169,6 +182,8 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
       }
     }
     unsubscribeExtras = extras?.subscribe(() => queueMicrotask(paint)) ?? (() => {});
+    if (shell !== null && extras !== null) prefetcher = new Prefetcher(extras, shell.data.L, { onReport: showPrefetch });
+    else showPrefetch({ state: "off", loading: [], issued: 0, cancelled: 0 });
     methods.read(shell?.data ?? null);
     paint();
   };
@@ -215,6 +230,8 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     listeners.dispose();
     methods.dispose();
     unsubscribeExtras();
+    prefetcher?.dispose();
+    prefetcher = null;
     try {
       sync.flush(); // the last layer/head/pin/method choice still reaches Python
     } catch {

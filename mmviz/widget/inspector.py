@@ -39,7 +39,9 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
     The first render ships what every hover and layer change needs (the head-mean attention of every layer and
     row, per-head statistics, the token layout) as quantised binary envelopes (``docs/widget-protocol.md``);
     per-head maps, the logit lens and the projection are fetched by the browser when a view first needs them, and
-    cached there. The kernel is not involved while you explore what has arrived.
+    cached there. The kernel is not involved while you explore what has arrived. While a view is idle with a single
+    head selected, it prefetches the per-head maps of the layer shown and of its neighbours (±2, at most one request
+    at a time); ``prefetch=False`` (or ``inspector.prefetch = False``) makes the kernel decline them.
 
     Example:
         >>> inspector = mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
@@ -69,7 +71,9 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
     maps = traitlets.Dict().tag(sync=True)
     busy = traitlets.Unicode("").tag(sync=True)
 
-    def __init__(self, trace: Trace, *, layer: LayerChoice | None = None, head: HeadChoice = "mean") -> None:
+    def __init__(
+        self, trace: Trace, *, layer: LayerChoice | None = None, head: HeadChoice = "mean", prefetch: bool = True
+    ) -> None:
         if not isinstance(trace, Trace):
             raise TypeError(f"Inspector takes an mmviz.Trace (from mmviz.trace(...)), not {type(trace).__name__}")
         if trace.head_mean or len(trace.layers) != trace.num_layers:
@@ -80,6 +84,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         bundle.warn_if_missing()
         self._trace = trace
         self._extras: dict[tuple[str, LayerChoice], dict[str, Any]] = {}
+        self.prefetch = prefetch
         super().__init__()
         with self.hold_sync():
             self._send_trace(trace)
@@ -95,6 +100,19 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
     def trace(self) -> Trace:
         """The :class:`~mmviz.Trace` this widget shows."""
         return self._trace
+
+    @property
+    def prefetch(self) -> bool:
+        """Whether the kernel answers the browser's idle prefetches (fetches marked ``"prefetch": true``) of the
+        layers next to the one shown. ``False``: they are declined, and the browser stops prefetching until the
+        widget's data changes; a layer's per-head maps are then fetched when a view shows them."""
+        return self._prefetch
+
+    @prefetch.setter
+    def prefetch(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InputError(f"prefetch must be True or False, not {value!r}")
+        self._prefetch = value
 
     def compute(self, method: str) -> Map:
         """Compute ``method`` (a name in :data:`mmviz.methods.CATALOGUE`) for every answer token and show it.
@@ -160,6 +178,8 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         what = content.get("what")
         if not isinstance(what, str):
             raise InputError(f"a fetch request needs what to fetch ('heads', 'lens' or 'projection'), not {what!r}")
+        if content.get("prefetch") is True and not self._prefetch:
+            raise PrefetchDeclined("prefetching is off (Inspector.prefetch = False)")
         stripped, paths, data = _remove_buffers(self.extra(what, content.get("layer", 0)))
         return {"payload": stripped, "buffer_paths": paths}, data
 
@@ -183,7 +203,8 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             answer, data = self._commands[kind](fields)
             self.send({**reply, "ok": True, **answer}, buffers=data or None)
         except Exception as error:  # reported to the browser, never raised into the comm
-            log.error("mmviz: %s", error)
+            # A declined prefetch is the user's choice, not a failure worth an error in the log.
+            (log.debug if isinstance(error, PrefetchDeclined) else log.error)("mmviz: %s", error)
             self.send({**reply, "ok": False, "error": printable(str(error))})
         except BaseException:  # the user stopped the kernel: the browser still gets its one reply, then it stops
             self.send({**reply, "ok": False, "error": "interrupted: the kernel was stopped"})
@@ -283,6 +304,11 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
 
 _REPLIES = {"compute": "computed", "fetch": "fetched"}
 """The reply type of each browser command."""
+
+
+class PrefetchDeclined(InputError):
+    """An idle prefetch the kernel declines (:attr:`Inspector.prefetch` is False): answered ``ok: false``, logged
+    at debug level only."""
 
 
 def inspect(

@@ -11,11 +11,16 @@ import { lenientText, type Fields } from "./validate";
 /** What the browser can fetch (`meta.extras` says which the kernel serves). */
 export type FetchWhat = "heads" | "lens" | "projection";
 
-/** `{"type": "fetch", "what", "layer"?}`: per-head maps of a layer (or `"mean"`), the lens, the projection. */
+/**
+ * `{"type": "fetch", "what", "layer"?, "prefetch"?}`: per-head maps of a layer (or `"mean"`), the lens, the
+ * projection. `prefetch: true` marks a fetch nobody asked for yet (prefetch.ts), which the kernel may decline
+ * (`Inspector.prefetch = False`); it is answered like any fetch.
+ */
 export interface FetchRequest {
   type: "fetch";
   what: FetchWhat;
   layer?: Layer;
+  prefetch?: true;
 }
 
 /** `{"type": "compute", "method"}`: compute a method's map (it arrives through the `maps` trait). */

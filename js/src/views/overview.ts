@@ -142,7 +142,9 @@ export class Overview {
     if (s.hoverPatch !== null) this.patch = s.hoverPatch;
     if (this.statSelect.value !== s.stat) this.statSelect.value = s.stat;
     const { rows, which } = statRows(data, focusPositions);
-    const key = [s.stat, rows.join(","), s.stat === "patch" ? this.patch : "", arrivals].join("|");
+    // Fetched heads matter only to the patch statistic: another arrival (an idle prefetch) recomputes nothing.
+    const patch = s.stat === "patch";
+    const key = [s.stat, rows.join(","), patch ? this.patch : "", patch ? arrivals : ""].join("|");
     if (key !== this.key) {
       this.key = key;
       this.compute(s.stat, rows);
