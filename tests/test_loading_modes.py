@@ -1,7 +1,10 @@
-"""How researchers run models: under torch.autocast and torch.inference_mode (issue 17's CPU-side modes; bf16,
-fp16, accelerate dispatch and disk offload are in tests/test_capture_families.py and the GPU suite)."""
+"""How researchers run models: under torch.autocast and torch.inference_mode, in bf16 and fp16, compiled, with the
+vision tower offloaded to disk (an accelerator and accelerate's dispatch over two devices: tests/test_devices.py and,
+on a real GPU, tests/gpu/)."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -96,3 +99,30 @@ def test_a_compiled_model_is_traced_through_its_original_module_and_keeps_its_gr
     expected = mmviz.trace(model, processor, photo, "What is in the picture?", answer="A red square.")
     np.testing.assert_array_equal(trace.attention_rows, expected.attention_rows)
     np.testing.assert_allclose(relevancy.values, mmviz.methods.relevancy(expected).values, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_models_trace_and_run_every_method_left_as_found(photo, dtype):
+    """A model loaded in bf16 or fp16: rows are float32 and match the model's own eager attention to its precision,
+    every method gives finite maps, and the model keeps its dtype, flags, hooks and weights."""
+    from mmviz.methods import CATALOGUE
+
+    model, processor = mmviz.zoo.tiny_llava(image_size=56, patch_size=14, num_layers=2, seed=8)
+    model.to(dtype)
+    _warm(model, processor, photo)
+    state, weights = snapshot(model), [p.detach().clone() for p in model.parameters()]
+    trace = mmviz.trace(model, processor, photo, "What is in the picture?", answer="A red square.")
+    assert trace.attention_rows.dtype == np.float32
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation({"text_config": "eager"})
+    inputs = {"input_ids": trace.run.input_ids, **trace.run.inputs}
+    with torch.no_grad():
+        reference = eager(**inputs, output_attentions=True, use_cache=False).attentions
+    for layer, attentions in enumerate(reference):
+        expected = attentions[0][:, trace.query_positions].float().numpy()
+        np.testing.assert_allclose(trace.attention_rows[layer], expected, atol=2e-2)
+    for name in CATALOGUE:
+        values = trace.compute(name, **{"integrated_gradients": {"steps": 4}, "rise": {"n_masks": 8}}.get(name, {}))
+        assert np.isfinite(values.values).all(), name
+    assert snapshot(model) == state and all(p.dtype == dtype for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
