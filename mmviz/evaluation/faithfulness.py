@@ -88,6 +88,7 @@ def deletion_insertion(
     top = torch.zeros(len(counts), len(columns), dtype=torch.bool)
     for row, count in enumerate(counts):
         top[row, order[:count]] = True
+    top = top.to(clean.device)  # beside the embeddings it selects between
     deleted = torch.where(top[:, :, None], replaced, clean)
     inserted = torch.where(top[:, :, None], clean, replaced)
     first = target.first_logit
@@ -96,7 +97,7 @@ def deletion_insertion(
         curves = []
         for variants in (deleted, inserted):
             logits = run.forward(batch=len(variants), edit=replacing_columns(columns, variants), first_logit=first)
-            curves.append(torch.exp(target(logits, run.input_ids, first) - reference).numpy())
+            curves.append(torch.exp(target(logits, run.input_ids, first) - reference).cpu().numpy())
     return Curves(
         fractions=fractions,
         deletion=curves[0],

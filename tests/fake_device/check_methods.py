@@ -80,24 +80,41 @@ def test_every_method_runs_on_the_device_and_matches_the_cpu(models, name):
     np.testing.assert_allclose(result.values, expected.values, rtol=1e-4, atol=1e-5)
 
 
-def test_interventions_lens_and_projection_run_on_the_device(models):
-    cpu_trace, device_trace = _fresh(models[0]), _fresh(models[1])
-    columns = cpu_trace.image_positions[:4]
-    with fake_accelerator():
-        results = (
-            mmviz.methods.ablate(device_trace, columns).delta,
-            mmviz.methods.knockout(device_trace).delta,
-            mmviz.methods.logit_lens(device_trace).answer_probs,
-            mmviz.methods.image_share(device_trace).share,
-        )
-    expected = (
-        mmviz.methods.ablate(cpu_trace, columns).delta,
-        mmviz.methods.knockout(cpu_trace).delta,
-        mmviz.methods.logit_lens(cpu_trace).answer_probs,
-        mmviz.methods.image_share(cpu_trace).share,
+def _beyond_the_catalogue(trace: mmviz.Trace) -> tuple[np.ndarray, ...]:
+    """Interventions, the lens, image share, a faithfulness curve, neurons and an SAE."""
+    from mmviz.evaluation import deletion_insertion
+    from mmviz.methods import Target
+
+    columns = trace.image_positions[:4]
+    values = np.arange(len(trace.image_positions), dtype=np.float64)
+    width = trace.run.adapter.text_config.hidden_size
+    weights = torch.Generator().manual_seed(0)
+    sae = mmviz.features.SparseAutoencoder(
+        W_enc=torch.randn(width, 8, generator=weights),
+        b_enc=torch.zeros(8),
+        W_dec=torch.randn(8, width, generator=weights),
+        b_dec=torch.zeros(width),
+        depth=1,
     )
+    return (
+        mmviz.methods.ablate(trace, columns).delta,
+        mmviz.methods.knockout(trace).delta,
+        mmviz.methods.logit_lens(trace).answer_probs,
+        mmviz.methods.image_share(trace).share,
+        deletion_insertion(trace, values, Target.logprob(trace.answer_start), steps=3).deletion,
+        mmviz.features.neurons(trace, 1, k=4).values.astype(np.float32),
+        mmviz.features.encode(trace, sae, k=3).values.astype(np.float32),
+        mmviz.features.clamp(trace, sae, 2, 0.0).delta,
+    )
+
+
+def test_interventions_lens_curves_and_neurons_run_on_the_device(models):
+    cpu_trace, device_trace = _fresh(models[0]), _fresh(models[1])
+    with fake_accelerator():
+        results = _beyond_the_catalogue(device_trace)
+    expected = _beyond_the_catalogue(cpu_trace)
     for got, want in zip(results, expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
 
 
 def test_a_model_split_over_two_devices_runs_every_method(photo):
