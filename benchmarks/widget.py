@@ -132,6 +132,33 @@ def payload_bytes(inspector) -> tuple[int, int]:
     return len(json.dumps(stripped)), sum(len(b) for b in buffers)
 
 
+def features_bytes(trace: Trace, mlp_width: int = 11008, sae_width: int = 16384) -> tuple[int, int]:
+    """Bytes (JSON + buffers) of one Features payload at the trace's shape, with random codes: a layer of MLP
+    neurons (LLaVA-1.5-7B's MLP is 11008 wide) and an SAE's latents, every latent that appears labelled (30 chars):
+    what crosses per layer does not depend on the values, only on N positions × k kept units."""
+    from mmviz.features import TopActivations
+    from mmviz.widget.features import TOP_K, features_payload
+
+    rng = np.random.default_rng(0)
+    n = len(trace.tokens)
+    sizes = []
+    for kind, width in (("neurons", mlp_width), ("sae", sae_width)):
+        indices = np.stack([rng.choice(width, TOP_K, replace=False) for _ in range(n)]).astype(np.int32)
+        values = np.sort(rng.exponential(1.0, (n, TOP_K)), axis=1)[:, ::-1].astype(np.float16)
+        top = TopActivations(
+            kind=kind,
+            layer=0,
+            width=width,
+            indices=indices,
+            values=values,
+            reconstruction_error=rng.uniform(0, 1, n).astype(np.float32) if kind == "sae" else None,
+            labels={int(u): f"latent {int(u):>6} label, thirty" for u in np.unique(indices)} if kind == "sae" else {},
+        )
+        stripped, _, buffers = _remove_buffers(features_payload(top))
+        sizes.append(len(json.dumps(stripped)) + sum(len(b) for b in buffers))
+    return sizes[0], sizes[1]
+
+
 def bertviz_json_bytes(trace: Trace) -> int:
     """Size of the same per-head attention as nested JSON lists of floats (one layer measured, times L)."""
     one_layer = trace.attention(layer=0)
@@ -312,6 +339,7 @@ def main() -> int:
     json_part, binary_part = payload_bytes(inspector)
     first = json_part + binary_part
     bertviz = bertviz_json_bytes(trace)
+    neurons_layer, sae_layer = features_bytes(trace)
     code = len(bundle.BUNDLE.read_bytes()) + len(bundle.BUNDLE.with_suffix(".css").read_bytes())
     timings = measure_in_browser(shape, chromium)
 
@@ -321,6 +349,10 @@ def main() -> int:
         ("first payload (state JSON + binary buffers)", f"{first / 1e6:.2f} MB ({json_part / 1e3:.0f} kB JSON)"),
         ("BertViz-style JSON of the same per-head attention", f"{bertviz / 1e6:.1f} MB ({bertviz / first:.0f}×)"),
         ("widget code (JS + CSS, once per page)", f"{code / 1e3:.0f} kB"),
+        (
+            f"Features payload of one layer, top-16 of {len(trace.tokens)} positions: neurons / SAE (labelled)",
+            f"{neurons_layer / 1e3:.0f} kB / {sae_layer / 1e3:.0f} kB",
+        ),
     ]
     for name, key in (("handler", "handler"), ("painted", "painted"), ("to vsync", "vsync")):
         v = timings[key]

@@ -1,7 +1,8 @@
 /**
  * Data the browser fetches from the kernel when a view first needs it, cached per model (and per revision):
  * per-head attention of one layer (`heads:<layer>`, `heads:mean` = every head's mean over layers), the logit lens
- * (`lens`) and the aligned projection (`projection`). The requests go through the model's one channel
+ * (`lens`), the aligned projection (`projection`), and the Features panel's top-k units of a layer (`neurons:<layer>`,
+ * `sae`) and one unit's activation (`unit:neurons:<layer>:<unit>`, `unit:sae:<unit>`). The requests go through the model's one channel
  * (channel.ts); the payloads are read by the protocol parsers. A static page (no kernel) reads the same payloads
  * from `state.prefetched`, under the same keys.
  *
@@ -18,13 +19,19 @@ import {
   fetchedPayload,
   fetchRequest,
   MEAN,
+  parseFeatures,
   parseHeads,
   parseLens,
   parseProjection,
+  parseUnit,
+  unitRequest,
+  type FeatureKind,
+  type FeaturesData,
   type FetchRequest,
   type Layer,
   type LensData,
   type ProjectionData,
+  type UnitData,
 } from "./protocol";
 
 /** Computing the lens runs the model once; on a large model that takes a while. */
@@ -36,7 +43,7 @@ export const MAX_PREFETCH_IN_FLIGHT = 1;
 /** Prefetched payloads kept that no view has used yet (beyond them, the oldest are dropped). */
 export const MAX_UNUSED_PREFETCHED = 8;
 
-export type Extra = TensorReader | LensData | ProjectionData;
+export type Extra = TensorReader | LensData | ProjectionData | FeaturesData | UnitData;
 
 export interface ExtraStatus {
   state: "idle" | "loading" | "ready" | "error";
@@ -57,11 +64,28 @@ export function headsKey(layer: Layer): string {
   return `heads:${layer}`;
 }
 
+/** The key of the Features panel's top-k units: the neurons of decoder `layer`, or the SAE's codes. */
+export function featuresKey(kind: FeatureKind, layer: number): string {
+  return kind === "sae" ? "sae" : `neurons:${layer}`;
+}
+
+/** The key of one unit's exact activation and card (neurons: of decoder `layer`; the SAE has one layer). */
+export function unitKey(kind: FeatureKind, layer: number, unit: number): string {
+  return kind === "sae" ? `unit:sae:${unit}` : `unit:neurons:${layer}:${unit}`;
+}
+
 /** The fetch request that asks for `key`. */
 function requestOf(key: string): FetchRequest {
   if (key.startsWith("heads:")) {
     const layer = key.slice("heads:".length);
     return fetchRequest("heads", layer === MEAN ? MEAN : Number(layer));
+  }
+  if (key === "sae") return fetchRequest("sae");
+  if (key.startsWith("neurons:")) return fetchRequest("neurons", Number(key.slice("neurons:".length)));
+  if (key.startsWith("unit:")) {
+    const parts = key.split(":");
+    if (parts[1] === "sae") return unitRequest("sae", 0, Number(parts[2]));
+    return unitRequest("neurons", Number(parts[2]), Number(parts[3]));
   }
   if (key === "lens" || key === "projection") return fetchRequest(key);
   throw new Error(`mmviz: unknown extra ${key}`);
@@ -126,6 +150,11 @@ export class Extras {
     this.setStatus(key, { state: "loading" });
     this.queue.push(key);
     this.pump();
+  }
+
+  /** Is a kernel behind the page (false on a standalone page, which carries no Features payloads)? */
+  get live(): boolean {
+    return this.channel !== null;
   }
 
   /** Can {@link prefetch} send anything (a kernel behind the page, no failed prefetch at this revision)? */
@@ -263,6 +292,8 @@ export class Extras {
     const { H, Q, P, n } = this.shape;
     if (what === "heads") return parseHeads(raw, H, Q, P);
     if (what === "lens") return parseLens(raw, n);
+    if (what === "neurons" || what === "sae") return parseFeatures(raw, n);
+    if (what === "unit") return parseUnit(raw, n);
     return parseProjection(raw, n);
   }
 

@@ -1,9 +1,11 @@
 /**
  * The shell of one view: builds the DOM of every view (header with the switcher, controls and legend; images and
  * token strip; caption; layer × head overview and the side panels) from one revision of the data, wires them to
- * the view's store, and paints them all from one derived frame (frame.ts) per state change.
+ * the view's store, and paints them all from one derived frame (frame.ts) per state change. The Features panel
+ * exists only with a kernel behind the page (its payloads are fetched and clamps run there).
  */
 
+import type { Channel } from "./channel";
 import { button, h, Listeners } from "./dom";
 import type { WidgetData } from "./data";
 import type { Extras } from "./extras";
@@ -12,6 +14,7 @@ import { switcherEntries, type MethodContext } from "./method-state";
 import { ATTENTION, type LensData, type MethodInfo, type ProjectionData } from "./protocol";
 import type { Panel, Store, ViewState } from "./store";
 import { Caption } from "./views/caption";
+import { FeaturesPanel } from "./views/features";
 import { Controls } from "./views/controls";
 import { ImageView } from "./views/image-view";
 import { Legend, formatValue } from "./views/legend";
@@ -39,6 +42,7 @@ export class Shell {
   readonly overview: Overview | null;
   readonly lens: LensPanel | null;
   readonly projection: ProjectionPanel | null;
+  readonly features: FeaturesPanel | null;
   readonly frames: FrameBuilder;
   private readonly tabs = new Map<Panel, HTMLButtonElement>();
   private readonly side: HTMLDivElement;
@@ -52,6 +56,7 @@ export class Shell {
     readonly store: Store,
     parent: HTMLElement,
     onPickMethod: (name: string) => void,
+    channel: Channel | null = null,
   ) {
     this.frames = new FrameBuilder(data, extras);
     const title = h("div", {
@@ -79,10 +84,14 @@ export class Shell {
     const canFetch = extras !== null;
     this.lens = canFetch && data.meta.extras.lens ? new LensPanel(data, store) : null;
     this.projection = canFetch && data.meta.extras.projection ? new ProjectionPanel(data, store) : null;
+    const featuresMeta = data.meta.features;
+    const hasFeatures = featuresMeta.neurons || featuresMeta.sae !== null;
+    this.features = extras !== null && extras.live && hasFeatures ? new FeaturesPanel(data, store, extras, channel, featuresMeta) : null;
     const tabBar = h("div", { className: "mmviz-tabs", attrs: { role: "tablist" } });
     for (const [panel, text, view] of [
       ["lens", "Logit lens", this.lens],
       ["projection", "Projection", this.projection],
+      ["features", "Features", this.features],
     ] as const) {
       if (view === null) continue;
       const tab = button({ className: "mmviz-tab", text, data: { panel }, attrs: { role: "tab" } });
@@ -93,6 +102,16 @@ export class Shell {
     this.side = h("div", { className: "mmviz-side" }, tabBar);
     if (this.lens) this.side.append(this.lens.el);
     if (this.projection) this.side.append(this.projection.el);
+    if (this.features) {
+      this.side.append(this.features.el);
+      const features = this.features;
+      // A click on a patch holds it for the Features panel, so the pointer can travel to the list.
+      for (const v of this.images) {
+        this.listeners.on(v.heat.parentElement ?? v.el, "click", () => {
+          if (store.get().panel === "features") features.holdPatch();
+        });
+      }
+    }
     const panels = h("div", { className: "mmviz-panels" });
     if (this.overview) panels.append(this.overview.el);
     if (this.tabs.size > 0) panels.append(this.side);
@@ -135,13 +154,15 @@ export class Shell {
     } else {
       this.tokens.setRows(f.attention ? "attention" : `none|${f.method}`, (pos) => f.attention && data.rowOf(pos) >= 0, !f.attention);
     }
+    // While the Features panel shows a unit, the strip shows that unit's activation at every token instead.
+    const tint = s.panel === "features" ? (this.features?.tokenTint(s) ?? null) : null;
     this.tokens.paint({
       hoverToken: s.hoverToken,
       pinnedToken: s.pinnedToken,
-      column: f.column,
-      positions: f.columnPositions,
-      scale: f.columnScale,
-      key: f.columnKey,
+      column: tint?.column ?? f.column,
+      positions: tint?.positions ?? f.columnPositions,
+      scale: tint?.scale ?? f.columnScale,
+      key: tint?.key ?? f.columnKey,
     });
     this.legend.update({
       vmax: f.map === null ? null : f.scale.range,
@@ -225,6 +246,10 @@ export class Shell {
         this.projection.update(s, f.focusPositions, data, extraMessage(extras, "projection", "projection"));
       }
     }
+    if (this.features) {
+      this.features.el.hidden = s.panel !== "features";
+      if (s.panel === "features") this.features.update(s, f.focus);
+    }
   }
 
   /** Positions the arrow keys step through: those the drawn map has a row for. */
@@ -241,6 +266,7 @@ export class Shell {
     this.overview?.dispose();
     this.lens?.dispose();
     this.projection?.dispose();
+    this.features?.dispose();
     for (const v of this.images) v.dispose();
   }
 }

@@ -23,7 +23,22 @@ export const IDLE: Readonly<ComputeStatus> = { pending: null, since: 0, failed: 
 
 export type ScaleMode = "linear" | "log" | "gamma";
 export type Statistic = "share" | "entropy" | "patch";
-export type Panel = "none" | "lens" | "projection";
+export type Panel = "none" | "lens" | "projection" | "features";
+
+/** The Features panel's choice: which units (neurons of a layer, or the SAE's latents) and the unit selected. */
+export interface FeatureChoice {
+  /** `"auto"`: the SAE when the Inspector was given one, else the neurons. */
+  source: "auto" | "neurons" | "sae";
+  /** The decoder layer whose neurons are listed (the SAE has its own). */
+  layer: number;
+  /** The unit whose map is drawn (clicked in the list), or null. */
+  unit: number | null;
+  /**
+   * The position a click on an image patch held for the panel (so the pointer can leave the image for the list),
+   * or null; a hovered patch or token still shows its own units.
+   */
+  held: number | null;
+}
 export type ColorBy = "modality" | "row";
 
 export interface ViewState {
@@ -59,6 +74,7 @@ export interface ViewState {
   colorBy: ColorBy;
   /** The layer scrubber is playing. */
   playing: boolean;
+  features: Readonly<FeatureChoice>;
 }
 
 export const INITIAL_STATE: Readonly<ViewState> = {
@@ -79,6 +95,7 @@ export const INITIAL_STATE: Readonly<ViewState> = {
   panel: "none",
   colorBy: "modality",
   playing: false,
+  features: { source: "auto", layer: 0, unit: null, held: null },
 };
 
 /** The token whose map is shown: the pinned one, else the hovered one. */

@@ -175,7 +175,7 @@ export function render({ model, el }: { model: Model; el: HTMLElement }, options
     });
     if (data) {
       try {
-        shell = new Shell(data, extras, store, content, (name) => methods.pick(name));
+        shell = new Shell(data, extras, store, content, (name) => methods.pick(name), hasKernel(model) ? channelOf(model) : null);
       } catch (err) {
         content.replaceChildren();
         dataError = `mmviz: ${err instanceof Error ? err.message : String(err)}`;

@@ -14,6 +14,7 @@ from ipywidgets.widgets.widget import _remove_buffers
 
 from mmviz import selection
 from mmviz.errors import InputError
+from mmviz.features import SparseAutoencoder
 from mmviz.inputs import ImageLike
 from mmviz.methods import CATALOGUE, Map
 from mmviz.records import load
@@ -21,6 +22,8 @@ from mmviz.selection import HeadChoice, LayerChoice
 from mmviz.tracing import Trace, trace
 from mmviz.widget import bundle, export, payloads
 from mmviz.widget.browser_state import BrowserOwned, checked, echo, printable, whole
+from mmviz.widget.features import FETCHES as FEATURE_FETCHES
+from mmviz.widget.features import Features
 from mmviz.widget.payloads import MAP_DESCRIPTION, MAP_LABEL, indirect_note
 
 log = logging.getLogger("mmviz")
@@ -42,6 +45,10 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
     cached there. The kernel is not involved while you explore what has arrived. While a view is idle with a single
     head selected, it prefetches the per-head maps of the layer shown and of its neighbours (±2, at most one request
     at a time); ``prefetch=False`` (or ``inspector.prefetch = False``) makes the kernel decline them.
+
+    The Features panel lists the MLP neurons of any decoder layer (with the model attached) and, given ``sae``
+    (:func:`mmviz.features.load_sae`), that SAE's latents at the focused patch or token; a unit's map, its card
+    and clamping a latent are asked of the kernel on request (:mod:`mmviz.widget.features`).
 
     Example:
         >>> inspector = mmviz.inspect(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
@@ -72,7 +79,13 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
     busy = traitlets.Unicode("").tag(sync=True)
 
     def __init__(
-        self, trace: Trace, *, layer: LayerChoice | None = None, head: HeadChoice = "mean", prefetch: bool = True
+        self,
+        trace: Trace,
+        *,
+        layer: LayerChoice | None = None,
+        head: HeadChoice = "mean",
+        prefetch: bool = True,
+        sae: SparseAutoencoder | None = None,
     ) -> None:
         if not isinstance(trace, Trace):
             raise TypeError(f"Inspector takes an mmviz.Trace (from mmviz.trace(...)), not {type(trace).__name__}")
@@ -84,6 +97,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         bundle.warn_if_missing()
         self._trace = trace
         self._extras: dict[tuple[str, LayerChoice], dict[str, Any]] = {}
+        self._features = Features(trace, sae)  # checks the SAE fits the trace before anything is shown
         self.prefetch = prefetch
         super().__init__()
         with self.hold_sync():
@@ -93,6 +107,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         self._commands: dict[str, Callable[[dict[str, Any]], tuple[dict[str, Any], list[Any]]]] = {
             "compute": self._compute_command,
             "fetch": self._fetch_command,
+            "clamp": self._clamp_command,
         }
         self.on_msg(self._on_message)
 
@@ -180,7 +195,17 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             raise InputError(f"a fetch request needs what to fetch ('heads', 'lens' or 'projection'), not {what!r}")
         if content.get("prefetch") is True and not self._prefetch:
             raise PrefetchDeclined("prefetching is off (Inspector.prefetch = False)")
-        stripped, paths, data = _remove_buffers(self.extra(what, content.get("layer", 0)))
+        if what in FEATURE_FETCHES:
+            payload = self._features.fetch(what, content)
+        else:
+            payload = self.extra(what, content.get("layer", 0))
+        stripped, paths, data = _remove_buffers(payload)
+        return {"payload": stripped, "buffer_paths": paths}, data
+
+    def _clamp_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """``{"type": "clamp", "latent", "value"?}``: Δ log p of every answer token with the SAE latent clamped at
+        every image position, its bytes as binary buffers (like a fetch)."""
+        stripped, paths, data = _remove_buffers(self._features.clamp(content))
         return {"payload": stripped, "buffer_paths": paths}, data
 
     def _on_message(self, widget: Any, content: Any, buffers: Any) -> None:
@@ -196,6 +221,8 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             reply["method"] = echo(fields.get("method"))
         elif kind == "fetch":
             reply.update(what=echo(fields.get("what")), layer=echo(fields.get("layer", 0)))
+        elif kind == "clamp":
+            reply.update(latent=echo(fields.get("latent")), value=echo(fields.get("value", 0.0)))
         try:
             if kind not in self._commands:
                 known = " or ".join(repr(name) for name in self._commands)
@@ -247,6 +274,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             "map_label": MAP_LABEL,
             "map_description": MAP_DESCRIPTION + indirect_note(trace.layout),
             "extras": payloads.available_extras(trace),
+            "features": self._features.meta(),
         }
         self.methods = payloads.method_catalogue(trace)
         self.maps = {name: payloads.map_payload(result, trace.layout) for name, result in trace.maps.items()}
@@ -302,7 +330,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         return f"<mmviz.Inspector of {self._trace!r}>"
 
 
-_REPLIES = {"compute": "computed", "fetch": "fetched"}
+_REPLIES = {"compute": "computed", "fetch": "fetched", "clamp": "clamped"}
 """The reply type of each browser command."""
 
 
@@ -321,6 +349,7 @@ def inspect(
     """Trace ``model`` on ``image`` and ``prompt`` and return an :class:`Inspector`; ``options`` are
     :func:`mmviz.trace`'s (``answer``, ``max_new_tokens``, ``capture``, ``methods``). Or show a trace that exists
     already: a :class:`~mmviz.Trace`, or the path of a trace file (:func:`mmviz.load`), with ``methods`` only.
+    ``sae`` (:func:`mmviz.features.load_sae`) is the widget's, not the trace's: the Features panel shows its latents.
 
     ``methods`` are computed right away (e.g. ``("relevancy",)``); the widget's method switcher computes the others
     on request (those that run the model only while the trace has it).
@@ -331,6 +360,7 @@ def inspect(
         ... # doctest: +SKIP
         >>> mmviz.inspect("cat.mmviz")                     # a saved trace, no model needed   # doctest: +SKIP
     """
+    sae = options.pop("sae", None)  # the Inspector's option, never forwarded to mmviz.trace
     if isinstance(model, Trace | str | Path):
         methods = options.pop("methods", ())
         if processor is not None or image is not None or prompt is not None or options:
@@ -338,7 +368,7 @@ def inspect(
         shown = load(model) if isinstance(model, str | Path) else model
         for name in methods:
             shown.compute(name)
-        return Inspector(shown)
+        return Inspector(shown, sae=sae)
     if processor is None or image is None or prompt is None:
         raise InputError("mmviz.inspect(model, processor, image, prompt) needs all four (or one trace: inspect(trace))")
-    return Inspector(trace(model, processor, image, prompt, **options))
+    return Inspector(trace(model, processor, image, prompt, **options), sae=sae)

@@ -15,7 +15,9 @@
  * - `map_payload`          → each entry of `maps`      → map.ts `parseMap` (`parseMaps` over the trait)
  * - `Inspector` itself     → `tokens`, `images`, `meta`, `busy`, `error`, `prefetched` → inspector-traits.ts
  * - `Inspector` selection  → `layer`, `head`, `pinned`, `method` (both ways)          → selection.ts
- * - `Inspector._on_message` → fetch / compute requests and replies                     → messages.ts
+ * - `Inspector._on_message` → fetch / compute / clamp requests and replies             → messages.ts
+ * - `features.features_payload`, `unit_payload`, `clamp_payload` → fetched `neurons` / `sae` / `unit`, `clamped`
+ *                                                                   → features.ts
  * - `comparison_payload`   → `comparison_data` trait of a ComparisonWidget  → comparison.ts `parseComparison`
  * - `sweep_payload`        → `table_data` trait of a SweepWidget (+ `sort`, `text_filter`, `ranges`, `open`) → sweep.ts
  */
@@ -52,15 +54,30 @@ export {
   type Rect,
   type TokenLayout,
 } from "./layout";
+export {
+  parseClamp,
+  parseFeatures,
+  parseFeaturesMeta,
+  parseUnit,
+  type ClampData,
+  type FeatureKind,
+  type FeaturesData,
+  type FeaturesMeta,
+  type UnitCard,
+  type UnitData,
+} from "./features";
 export { parseLens, type LensData } from "./lens";
 export { parseMap, parseMaps, type MapPayload, type MapRows } from "./map";
 export {
+  clampRequest,
   computeRequest,
   fetchedPayload,
   fetchRequest,
   replyError,
   replyHeader,
   REPLY_TYPE,
+  unitRequest,
+  type ClampRequest,
   type ComputeRequest,
   type FetchRequest,
   type FetchWhat,

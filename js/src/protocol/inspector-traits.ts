@@ -4,6 +4,7 @@
  */
 
 import { asBytes, isByteSource } from "../codec";
+import { parseFeaturesMeta, type FeaturesMeta } from "./features";
 import { fail, lenientFlag, lenientNumber, lenientRecord, lenientStrings, lenientText } from "./validate";
 
 export interface Meta {
@@ -15,6 +16,8 @@ export interface Meta {
   map_description: string;
   /** Which lazily fetched extras the kernel can provide. */
   extras: { heads: boolean; lens: boolean; projection: boolean };
+  /** What the Features panel can show. */
+  features: FeaturesMeta;
 }
 
 /** `tokens`: the display string of every sequence position. */
@@ -43,6 +46,7 @@ export function parseMeta(raw: unknown): Meta {
     map_description: lenientText(m.map_description),
     // Heads are served unless the kernel says otherwise; the lens and the projection need a language model.
     extras: { heads: extras.heads !== false, lens: lenientFlag(extras.lens), projection: lenientFlag(extras.projection) },
+    features: parseFeaturesMeta(m.features),
   };
 }
 

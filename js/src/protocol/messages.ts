@@ -1,6 +1,6 @@
 /**
- * The custom messages between the browser and the kernel (`Inspector._on_message`): fetch and compute requests,
- * and their `fetched` / `computed` replies. Every request carries a `request` id and its reply carries it back
+ * The custom messages between the browser and the kernel (`Inspector._on_message`): fetch, compute and clamp
+ * requests, and their `fetched` / `computed` / `clamped` replies. Every request carries a `request` id and its reply carries it back
  * (channel.ts matches them).
  */
 
@@ -8,8 +8,11 @@ import { putAtPath } from "../codec";
 import type { Layer } from "./selection";
 import { lenientText, type Fields } from "./validate";
 
-/** What the browser can fetch (`meta.extras` says which the kernel serves). */
-export type FetchWhat = "heads" | "lens" | "projection";
+/**
+ * What the browser can fetch (`meta.extras` says which the kernel serves; `meta.features` whether the Features
+ * panel's `neurons` of a layer, `sae` codes and a `unit`'s activation can be).
+ */
+export type FetchWhat = "heads" | "lens" | "projection" | "neurons" | "sae" | "unit";
 
 /**
  * `{"type": "fetch", "what", "layer"?, "prefetch"?}`: per-head maps of a layer (or `"mean"`), the lens, the
@@ -21,6 +24,9 @@ export interface FetchRequest {
   what: FetchWhat;
   layer?: Layer;
   prefetch?: true;
+  /** `what: "unit"`: whose unit (`"neurons"` of `layer`, or `"sae"`) and which. */
+  kind?: "neurons" | "sae";
+  unit?: number;
 }
 
 /** `{"type": "compute", "method"}`: compute a method's map (it arrives through the `maps` trait). */
@@ -29,14 +35,33 @@ export interface ComputeRequest {
   method: string;
 }
 
-export type Request = FetchRequest | ComputeRequest;
+/**
+ * `{"type": "clamp", "latent", "value"}`: set an SAE latent (0 = off) at every image position; the `clamped`
+ * reply carries Δ log p of every answer token as a payload with binary buffers, like a fetch.
+ */
+export interface ClampRequest {
+  type: "clamp";
+  latent: number;
+  value: number;
+}
+
+export type Request = FetchRequest | ComputeRequest | ClampRequest;
 
 /** The reply type the kernel answers each request type with. */
-export const REPLY_TYPE = { fetch: "fetched", compute: "computed" } as const;
+export const REPLY_TYPE = { fetch: "fetched", compute: "computed", clamp: "clamped" } as const;
 export type ReplyType = (typeof REPLY_TYPE)[Request["type"]];
 
 export function fetchRequest(what: FetchWhat, layer?: Layer): FetchRequest {
   return layer === undefined ? { type: "fetch", what } : { type: "fetch", what, layer };
+}
+
+/** The fetch of unit `unit` of `kind` (neurons: of decoder `layer`). */
+export function unitRequest(kind: "neurons" | "sae", layer: number, unit: number): FetchRequest {
+  return kind === "sae" ? { type: "fetch", what: "unit", kind, unit } : { type: "fetch", what: "unit", kind, layer, unit };
+}
+
+export function clampRequest(latent: number, value = 0): ClampRequest {
+  return { type: "clamp", latent, value };
 }
 
 export function computeRequest(method: string): ComputeRequest {
@@ -63,7 +88,7 @@ export function replyError(reply: Reply): string | null {
 }
 
 /**
- * The payload of a `fetched` reply with its byte fields put back from the binary buffers (`buffer_paths[i]` is
+ * The payload of a `fetched` (or `clamped`) reply with its byte fields put back from the binary buffers (`buffer_paths[i]` is
  * where buffer i goes, as ipywidgets' `put_buffers`); throws the kernel's error when the fetch failed.
  */
 export function fetchedPayload(reply: Reply): unknown {
