@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("sweep.py", ["--quick"]),
         ("gpu.py", ["--quick"]),  # on the CPU here: tiny shapes, the CUDA-only measures reported as skipped
         ("memory.py", []),
+        ("layout.py", ["--quick"]),
     ],
 )
 def test_benchmark_runs_and_prints_its_table(script, args):

@@ -12,10 +12,12 @@ from mmviz.adapters.clip import CLIPAdapter, SiglipAdapter
 from mmviz.adapters.dual_encoder import DualEncoderAdapter
 from mmviz.adapters.gemma3 import Gemma3Adapter
 from mmviz.adapters.generative import GenerativeAdapter
+from mmviz.adapters.generic import GenericAdapter, generic_unsupported_reason
 from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, SoftCells, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
 from mmviz.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from mmviz.adapters.measured import LayoutReport, MeasuredLayout, measure_layout, verify
 from mmviz.adapters.paligemma import PaliGemmaAdapter
 from mmviz.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from mmviz.errors import UnsupportedModelError
@@ -58,10 +60,16 @@ def adapter_for(model: torch.nn.Module, processor: Any) -> Adapter:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
+        # the fallback: image features that replace placeholders can be laid out from what the model reads
+        reason = generic_unsupported_reason(model) if config is not None else "it has no config"
+        if reason is None:
+            generic = GenericAdapter(model, processor)
+            generic.check()
+            return generic
         listed = ", ".join(f"{family} ({model_type})" for model_type, family in supported_families().items())
         raise UnsupportedModelError(
-            f"mmviz has no adapter for model_type {model_type!r} ({type(model).__name__}); supported: {listed}. "
-            f"Add one with mmviz.register_adapter(...)"
+            f"mmviz has no adapter for model_type {model_type!r} ({type(model).__name__}) and cannot measure its "
+            f"layout: {reason}; supported: {listed}. Add one with mmviz.register_adapter(...)"
         )
     adapter = _REGISTRY[model_type](model, processor)
     adapter.check()
@@ -90,11 +98,14 @@ __all__ = [
     "DualEncoderAdapter",
     "Gemma3Adapter",
     "GenerativeAdapter",
+    "GenericAdapter",
     "Idefics3Adapter",
     "ImageGeometry",
+    "LayoutReport",
     "LlavaAdapter",
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
+    "MeasuredLayout",
     "ModelShape",
     "PaliGemmaAdapter",
     "Qwen2VLAdapter",
@@ -104,6 +115,8 @@ __all__ = [
     "SoftCells",
     "TokenLayout",
     "adapter_for",
+    "measure_layout",
     "register_adapter",
     "supported_families",
+    "verify",
 ]

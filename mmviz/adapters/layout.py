@@ -85,6 +85,8 @@ class TokenLayout:
         boxes: ``(N, 4)`` ``x0, y0, x1, y1`` in ORIGINAL image pixels, NaN for positions without a box.
         images: the geometry of every image in the prompt.
         soft: for query-based families (BLIP-2), the cells the query tokens reach indirectly; None otherwise.
+        source: where the boxes come from: ``"adapter"`` (the family's adapter states them) or ``"measured"``
+            (read from the model by :func:`mmviz.adapters.measured.measure_layout`, for families without one).
 
     Example:
         >>> layout.positions("image")[:3]            # doctest: +SKIP
@@ -102,6 +104,7 @@ class TokenLayout:
     boxes: np.ndarray
     images: list[ImageGeometry] = field(default_factory=list)
     soft: SoftCells | None = None
+    source: str = "adapter"
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -11,9 +11,9 @@ One image span holds, in this order (``LlavaNextModel.pack_image_features``):
    more than ``N·g²`` cells (``vision_aspect_ratio = "anyres_max_N"``); a OneVision image in a multi-image prompt
    has no high-res grid, only one ``image_newline`` after its base view.
 
-Pixels that no patch reads get the box of the nearest token of the view, so that every view tiles the image:
-the sliver (under half a cell) of real image that feature-level un-padding can cut at the two padded edges, and
-the remainder of a tile when ``S`` is not a multiple of ``P`` (SigLIP-384/14 reads 378 of 384 pixels).
+A box is what its token reads (checked against the model by ``mmviz.adapters.verify``): the strips of real image
+that feature-level un-padding drops at the two padded edges (up to a cell each) reach no high-res token, so the
+high-res view covers less of the image than the base view; the image's ``covered`` region is what any view reads.
 """
 
 from __future__ import annotations
@@ -238,17 +238,17 @@ class LlavaNextAdapter(GenerativeAdapter):
     def _grid_to_original(
         self, edges: np.ndarray | tuple[np.ndarray, np.ndarray], to_canvas: geometry.Affine
     ) -> np.ndarray:
-        """Boxes of the grid with these canvas edges, in original pixels, the outer edges pushed out to infinity.
+        """Boxes of the grid with these canvas edges, in original pixels (not clipped).
 
-        The outer cells then absorb, after clipping, image pixels that no patch reads (see the module docstring).
+        The outer edges stay where the outer patches end: pixels beyond them (un-padded strips) reach no token of
+        this view, and a box must not claim them (the model reads them through the base view only).
         """
         row_edges, col_edges = edges if isinstance(edges, tuple) else (edges, edges)
         row_edges, col_edges = np.array(row_edges, np.float64), np.array(col_edges, np.float64)
-        row_edges[[0, -1]] = [-np.inf, np.inf]
-        col_edges[[0, -1]] = [-np.inf, np.inf]
         r, c = np.divmod(np.arange((len(row_edges) - 1) * (len(col_edges) - 1)), len(col_edges) - 1)
         boxes = np.stack([col_edges[c], row_edges[r], col_edges[c + 1], row_edges[r + 1]], axis=1)
-        return to_canvas.to_original(boxes)
+        # rounded to a millionth of a pixel: 199.99999999999997 is the image's edge (its covered region is exact)
+        return np.round(to_canvas.to_original(boxes), 6)
 
 
 class LlavaOnevisionAdapter(LlavaNextAdapter):

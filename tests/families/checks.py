@@ -32,11 +32,15 @@ def _box_groups(layout: TokenLayout):
 
 
 def assert_views_tile(layout: TokenLayout, atol: float = 1e-3) -> None:
-    """Within every (image, view), the boxes tile the image's covered region: no gaps, no overlaps.
+    """Within every (image, view), the boxes tile a rectangle inside the image's covered region: no gaps, no
+    overlaps; and every image's views together span its covered region.
 
-    Boxes may be empty (cells that only see padding). Tiling = pairwise overlaps have zero area and the areas sum
-    to the area of the covered rectangle, which is also the union's bounding box.
+    Boxes are what a token reads, so a view may read less than the image's covered region (LLaVA-NeXT's unpadded
+    crop view leaves out the strips that only its padding covered, which its base view reads). Boxes may be empty
+    (cells that only see padding). Tiling = pairwise overlaps have zero area and the areas sum to the area of the
+    union's bounding box.
     """
+    spans: dict[int, list[np.ndarray]] = {}
     for label, group, image in _box_groups(layout):
         covered = np.asarray(layout.images[image].covered, dtype=np.float64)
         boxes = group.astype(np.float64)
@@ -44,14 +48,20 @@ def assert_views_tile(layout: TokenLayout, atol: float = 1e-3) -> None:
         boxes, area = boxes[area > 0], area[area > 0]
         assert len(boxes), f"{label}: no box has an area"
         bounds = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
-        np.testing.assert_allclose(bounds, covered, atol=atol, err_msg=f"{label}: boxes do not span the covered region")
-        covered_area = (covered[2] - covered[0]) * (covered[3] - covered[1])
-        assert abs(area.sum() - covered_area) <= atol * max(1.0, covered_area), f"{label}: areas do not add up"
+        inside = (bounds[:2] >= covered[:2] - atol).all() and (bounds[2:] <= covered[2:] + atol).all()
+        assert inside, f"{label}: boxes {bounds} reach outside the covered region {covered}"
+        spans.setdefault(image, []).append(bounds)
+        bounds_area = (bounds[2] - bounds[0]) * (bounds[3] - bounds[1])
+        assert abs(area.sum() - bounds_area) <= atol * max(1.0, bounds_area), f"{label}: areas do not add up"
         width = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
         height = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
         overlap = np.clip(width, 0, None) * np.clip(height, 0, None)
         np.fill_diagonal(overlap, 0)
         assert overlap.max() <= atol, f"{label}: boxes overlap by {overlap.max():.4f} px²"
+    for image, bounds in spans.items():
+        union = np.array([*np.min(bounds, axis=0)[:2], *np.max(bounds, axis=0)[2:]])
+        covered = np.asarray(layout.images[image].covered, dtype=np.float64)
+        np.testing.assert_allclose(union, covered, atol=atol, err_msg=f"image {image}: views do not span covered")
 
 
 def assert_boxes_inside(layout: TokenLayout) -> None:
