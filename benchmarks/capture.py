@@ -1,8 +1,9 @@
 """Cost of mmviz's attention capture vs a plain forward and vs eager ``output_attentions=True``.
 
 Run: ``python benchmarks/capture.py`` (about a minute on 2 idle CPU cores) or ``python benchmarks/capture.py --quick``
-(a smoke run of ~10 s, used by CI). Prints one markdown table and two PASS/FAIL lines; the exit status is
-0 either way (a benchmark, not a test).
+(a smoke run of ~10 s, used by CI); ``--full-width`` measures the 576-token shape at LLaVA-1.5-7B's real widths
+(CLIP-L/336 and a 4096-wide, 32-head language model cut to 2 layers; several minutes). Prints one markdown table and
+the PASS/FAIL lines; the exit status is 0 either way (a benchmark, not a test).
 
 Everything runs in this one process, on the CPU, inside ``torch.no_grad()``, with ``torch.set_num_threads`` set to
 the cores this process may use and fixed seeds. Three ways of running the same teacher-forced analysis forward
@@ -103,6 +104,22 @@ class ModelSize:
     num_kv_heads: int = 4
 
 
+FULL_WIDTH = ModelSize(hidden_size=4096, num_layers=2, num_heads=32, num_kv_heads=32)
+"""LLaVA-1.5-7B's language model (Llama-2-7B: 4096 wide, 32 heads, MLP 11008) cut to 2 layers, behind the real
+CLIP-L/336 vision tower: the CPU figures at real width (``--full-width``)."""
+
+
+def full_width_llava(num_layers: int) -> tuple[Any, Any]:
+    """LLaVA-1.5-7B's towers at full width with random weights, the language model cut to ``num_layers``."""
+    from gpu import CLIP_L_336, LLAMA_2_7B, build  # benchmarks/gpu.py: the 7B configs, built offline
+    from gpu import Shape as ModelConfigs
+
+    configs = ModelConfigs(
+        "LLaVA-1.5-7B width", "llava", CLIP_L_336, {**LLAMA_2_7B, "num_hidden_layers": num_layers}, (640, 480), 1
+    )
+    return build(configs, torch.device("cpu"), torch.float32)
+
+
 @dataclass
 class Measurement:
     """Wall times, peak memory above baseline and captured bytes of every measured run of one (shape, mode)."""
@@ -143,16 +160,20 @@ class Case:
 
 
 def build_case(shape: Shape, size: ModelSize, seed: int = 0) -> Case:
-    """The tiny LLaVA for ``shape`` (plus its eager copy) and the inputs of one teacher-forced forward."""
-    model, processor = tiny_llava(
-        image_size=shape.image_size,
-        patch_size=shape.patch_size,
-        num_layers=size.num_layers,
-        num_heads=size.num_heads,
-        num_kv_heads=size.num_kv_heads,
-        hidden_size=size.hidden_size,
-        seed=seed,
-    )
+    """The tiny LLaVA for ``shape`` (plus its eager copy) and the inputs of one teacher-forced forward; at
+    :data:`FULL_WIDTH` the real LLaVA-1.5-7B widths (``benchmarks/gpu.py``'s configs) cut to its layer count."""
+    if size == FULL_WIDTH:
+        model, processor = full_width_llava(size.num_layers)
+    else:
+        model, processor = tiny_llava(
+            image_size=shape.image_size,
+            patch_size=shape.patch_size,
+            num_layers=size.num_layers,
+            num_heads=size.num_heads,
+            num_kv_heads=size.num_kv_heads,
+            hidden_size=size.hidden_size,
+            seed=seed,
+        )
     eager = copy.deepcopy(model)
     eager.set_attn_implementation({"text_config": "eager"})
     adapter = adapter_for(model, processor)
@@ -265,21 +286,28 @@ def report(shapes: list[Shape], results: dict[tuple[str, str], Measurement]) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model, few repeats: a smoke run for CI")
+    parser.add_argument(
+        "--full-width", action="store_true", help="LLaVA-1.5-7B widths (CLIP-L/336, 4096-wide LM cut to 2 layers)"
+    )
     args = parser.parse_args(argv)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(cores)
     torch.manual_seed(0)
     transformers.logging.set_verbosity_error()  # the vision tower's "sdpa does not support output_attentions"
-    if args.quick:
+    if args.full_width:
+        size = FULL_WIDTH
+        shapes = [Shape("576 img, full width", 336, 14, repeats=1 if args.quick else 3)]
+    elif args.quick:
         size = ModelSize(hidden_size=256, num_layers=4)
         shapes = [Shape("576 img", 336, 14, repeats=3), Shape("2.9k seq", 742, 14, repeats=1)]
     else:
         size = ModelSize(hidden_size=512, num_layers=8)
         shapes = [Shape("576 img", 336, 14, repeats=7), Shape("2.9k seq", 742, 14, repeats=5)]
+    model_name = "LLaVA-1.5-7B widths" if size == FULL_WIDTH else "tiny LLaVA"
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
-        f"tiny LLaVA, language model: hidden {size.hidden_size}, {size.num_layers} layers, {size.num_heads} heads "
+        f"{model_name}, language model: hidden {size.hidden_size}, {size.num_layers} layers, {size.num_heads} heads "
         f"/ {size.num_kv_heads} KV heads{' (--quick)' if args.quick else ''}"
     )
     with torch.no_grad():

@@ -82,6 +82,7 @@ class AttentionStash(AttentionRecorder):
         if layer not in self.grads:
             return relevance
         module, query, key, value, mask, scaling, kwargs = self.saved[layer]
+        relevance = relevance.to(query.device)  # a model split over devices: each layer's step runs on its device
         heads, n = query.shape[1], query.shape[2]
         rows_per_chunk = relevancy_rows_per_chunk(heads, n, query.shape[3], budget_bytes)  # before any allocation
         # skipping rows where r is exactly zero changes nothing: Ā is finite (nan_to_num), so 0·Ā[i, :] = 0

@@ -3,9 +3,10 @@
 The device mix-ups that break a method on CUDA (a CPU tensor multiplied with a device tensor, ``.numpy()`` on a
 device tensor, a CPU mask against device scores) need no GPU to be caught: a tensor only has to *claim* another
 device and refuse to meet CPU tensors the way CUDA does. :class:`FakeAcceleratorTensor` is a wrapper subclass that
-reports ``fakegpu:0`` and holds its values in a CPU tensor; :func:`fake_accelerator` registers the device
-(PyTorch's Python backend for the ``privateuseone`` key, so autograd and ``torch.autocast`` accept it) and, for the
-block, routes every factory or copy that targets it through :class:`FakeAcceleratorMode`.
+reports ``fakegpu:0`` (or ``fakegpu:1``) and holds its values in a CPU tensor. Importing this module registers the
+device (PyTorch's Python backend for the ``privateuseone`` key, so autograd and ``torch.autocast`` accept it) and its
+allocation kernels; :func:`fake_accelerator` routes, for the block, every op on plain tensors that involves the
+device through :class:`FakeAcceleratorMode`.
 
 Importing this module makes ``fakegpu`` the process's accelerator for good (``torch.accelerator`` reports it, and
 PyTorch allows one such registration per process), so only a separate interpreter imports it: ``tests/test_devices.py``
@@ -53,6 +54,9 @@ class _Backend(_DummyBackendModule):
     def get_amp_supported_dtype(self) -> list[torch.dtype]:
         return [torch.float16, torch.bfloat16]
 
+    def device_count(self) -> int:
+        return 2  # fakegpu:0 and fakegpu:1, for models split over two accelerators
+
 
 if torch._C._get_privateuse1_backend_name() != DEVICE_TYPE:  # PyTorch allows one rename per process
     _setup_privateuseone_for_python_backend(DEVICE_TYPE, backend_module=_Backend())
@@ -60,14 +64,17 @@ DEVICE = torch.device(DEVICE_TYPE, 0)
 
 
 class FakeAcceleratorTensor(torch.Tensor):
-    """A tensor on ``fakegpu:0`` whose values live in the CPU tensor ``_on_cpu``."""
+    """A tensor on ``fakegpu:<index>`` whose values live in the CPU tensor ``_on_cpu``."""
 
     _on_cpu: torch.Tensor
 
     @staticmethod
-    def __new__(cls, real: torch.Tensor, requires_grad: bool | None = None) -> FakeAcceleratorTensor:
+    def __new__(
+        cls, real: torch.Tensor, requires_grad: bool | None = None, *, device: torch.device | None = None
+    ) -> FakeAcceleratorTensor:
         # accelerate re-creates parameters as ``type(param)(value, requires_grad=...)``: take that form too.
         if isinstance(real, FakeAcceleratorTensor):
+            device = device or real.device
             real = real._on_cpu
         if real.device.type == "meta":  # accelerate offloading a parameter re-creates it with its class on meta
             return torch.nn.Parameter(real, requires_grad=bool(requires_grad))  # type: ignore[return-value]
@@ -77,7 +84,7 @@ class FakeAcceleratorTensor(torch.Tensor):
             strides=real.stride(),
             storage_offset=real.storage_offset(),
             dtype=real.dtype,
-            device=DEVICE,
+            device=device or DEVICE,
             requires_grad=real.requires_grad if requires_grad is None else requires_grad,
         )
         wrapper._on_cpu = real.detach()
@@ -97,7 +104,8 @@ class FakeAcceleratorTensor(torch.Tensor):
 
 
 class FakeAcceleratorMode(TorchDispatchMode):
-    """Sends ops on plain tensors that target ``fakegpu`` (factories, ``.to``) to the fake device."""
+    """Sends ops on plain tensors that involve ``fakegpu`` (a factory or ``.to`` onto it, a copy out of it) through
+    the same device rules, in the thread that enters it."""
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         return _run(func, args, kwargs or {})
@@ -105,40 +113,45 @@ class FakeAcceleratorMode(TorchDispatchMode):
 
 def _run(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
     """Check the devices of ``func``'s tensors as CUDA would, run it on the real CPU values, wrap the results."""
-    devices: set[str] = set()
+    devices: set[torch.device] = set()
 
     def unwrap(value: Any) -> Any:
         if isinstance(value, FakeAcceleratorTensor):
-            devices.add(DEVICE_TYPE)
+            devices.add(value.device)
             return value._on_cpu
         if isinstance(value, torch.Tensor) and value.dim() > 0:
-            devices.add(value.device.type)
+            devices.add(value.device)
         return value
 
     real_args = tree_map(unwrap, args)
     real_kwargs = tree_map(unwrap, kwargs)
     target = kwargs.get("device")
+    fake = {device for device in devices if device.type == DEVICE_TYPE}
     if target is not None:  # a factory or a copy names where its result goes
-        on_fake = torch.device(target).type == DEVICE_TYPE
-        if on_fake:
+        target = torch.device(target)
+        result_device = torch.device(DEVICE_TYPE, target.index or 0) if target.type == DEVICE_TYPE else None
+        if result_device is not None:
             real_kwargs["device"] = torch.device("cpu")
     else:
         mixed = len(devices) > 1 and func not in MIXED_DEVICES_ALLOWED
-        if mixed and not (func in CPU_INDICES_ALLOWED and _only_indices_on_cpu(args)):
+        if mixed and not (len(fake) == 1 and func in CPU_INDICES_ALLOWED and _only_indices_on_cpu(args)):
             raise RuntimeError(
                 f"Expected all tensors to be on the same device, but found at least two devices, "
-                f"{' and '.join(sorted(devices))}! (when checking arguments for {func})"
+                f"{' and '.join(sorted(map(str, devices)))}! (when checking arguments for {func})"
             )
-        on_fake = DEVICE_TYPE in devices or _writes_into_fake(func, args)
+        if _writes_into_fake(func, args):
+            result_device = args[0].device
+        else:
+            result_device = next(iter(fake)) if len(fake) == 1 else None
     result = func(*real_args, **real_kwargs)
-    if not on_fake:
+    if result_device is None:
         return result
-    return tree_map(lambda value: _wrap(value), result)
+    return tree_map(lambda value: _wrap(value, result_device), result)
 
 
-def _wrap(value: Any) -> Any:
+def _wrap(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor) and not isinstance(value, FakeAcceleratorTensor):
-        return FakeAcceleratorTensor(value)
+        return FakeAcceleratorTensor(value, device=device)
     return value
 
 
@@ -156,6 +169,40 @@ def _only_indices_on_cpu(args: Any) -> bool:
 def _writes_into_fake(func: Any, args: Any) -> bool:
     """``copy_`` into a fake-device tensor keeps its destination's device."""
     return func in MIXED_DEVICES_ALLOWED and bool(args) and isinstance(args[0], FakeAcceleratorTensor)
+
+
+def _empty_strided(
+    size: Any, stride: Any, dtype: Any = None, layout: Any = None, device: Any = None, pin_memory: Any = None
+) -> torch.Tensor:
+    return FakeAcceleratorTensor(torch.empty_strided(size, stride, dtype=dtype), device=torch.device(device))
+
+
+def _empty(
+    size: Any,
+    dtype: Any = None,
+    layout: Any = None,
+    device: Any = None,
+    pin_memory: Any = None,
+    memory_format: Any = None,
+) -> torch.Tensor:
+    return FakeAcceleratorTensor(torch.empty(size, dtype=dtype), device=torch.device(device))
+
+
+# The device's allocation and copy kernels: for threads the mode does not reach (autograd's backward runs tensor
+# hooks in its own) and for copies PyTorch starts below Python. A factory allocates through them and then fills
+# the wrapper through its __torch_dispatch__.
+def _copy_from(source: torch.Tensor, destination: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+    """A copy between the device and the CPU that PyTorch starts below Python (``torch.tensor(data, device=...)``)."""
+    values = source._on_cpu if isinstance(source, FakeAcceleratorTensor) else source
+    target = destination._on_cpu if isinstance(destination, FakeAcceleratorTensor) else destination
+    target.copy_(values)
+    return destination
+
+
+_KERNELS = torch.library.Library("aten", "IMPL")
+_KERNELS.impl("_copy_from", _copy_from, "PrivateUse1")
+_KERNELS.impl("empty_strided", _empty_strided, "PrivateUse1")
+_KERNELS.impl("empty.memory_format", _empty, "PrivateUse1")
 
 
 @contextmanager

@@ -26,6 +26,7 @@ QUICK = {"integrated_gradients": {"steps": 4}, "rise": {"n_masks": 8}, "occlusio
 """Cheap settings: the question is where tensors live, not how good the maps are."""
 
 PROMPT, ANSWER = "What is in the picture?", "A red square."
+FORWARD_ONLY = ("attention", "attention_max", "rollout", "logit_lens", "occlusion", "rise", "knockout")
 
 
 def test_the_fake_device_refuses_what_cuda_refuses():
@@ -137,6 +138,42 @@ def test_a_model_split_over_two_devices_runs_every_method(photo):
         trace = mmviz.trace(split, processor, photo, PROMPT, answer=ANSWER)
         maps = {name: trace.compute(name, **QUICK.get(name, {})) for name in CATALOGUE}
     np.testing.assert_allclose(trace.answer_logprobs, expected.answer_logprobs, atol=1e-5)
+    for name, result in maps.items():
+        np.testing.assert_allclose(
+            result.values, expected.compute(name, **QUICK.get(name, {})).values, rtol=1e-4, atol=1e-5, err_msg=name
+        )
+
+
+def test_a_model_split_over_two_accelerators_keeps_each_layers_work_on_its_device(photo):
+    """``device_map`` over two accelerators (as "auto" does on a two-GPU machine): the vision tower and the first
+    decoder layer on ``fakegpu:0``, the second layer and the head on ``fakegpu:1``; the capture and every
+    forward-only method keep each layer's tensors on that layer's device and agree with the CPU. (Gradient methods
+    are left out here: autograd sizes its per-device queues from a device count the Python backend cannot raise
+    above one.)"""
+    accelerate = pytest.importorskip("accelerate")
+    model, processor = tiny_llava(image_size=56, patch_size=14, num_layers=2, seed=6)
+    expected = mmviz.trace(model, processor, photo, PROMPT, answer=ANSWER)
+    with fake_accelerator():
+        first, second = torch.device("fakegpu", 0), torch.device("fakegpu", 1)
+        split = accelerate.dispatch_model(
+            copy.deepcopy(model),
+            device_map={
+                "model.vision_tower": first,
+                "model.multi_modal_projector": first,
+                "model.language_model.embed_tokens": first,
+                "model.language_model.rotary_emb": first,
+                "model.language_model.layers.0": first,
+                "model.language_model.layers.1": second,
+                "model.language_model.norm": second,
+                "lm_head": second,
+            },
+        )
+        assert split.lm_head.weight.device == second and split.model.vision_tower.device == first
+        trace = mmviz.trace(split, processor, photo, PROMPT, answer=ANSWER)
+        maps = {name: trace.compute(name, **QUICK.get(name, {})) for name in FORWARD_ONLY}
+        lens = mmviz.methods.logit_lens(trace).answer_probs
+    np.testing.assert_allclose(trace.answer_logprobs, expected.answer_logprobs, atol=1e-5)
+    np.testing.assert_allclose(lens, mmviz.methods.logit_lens(expected).answer_probs, rtol=1e-4, atol=1e-6)
     for name, result in maps.items():
         np.testing.assert_allclose(
             result.values, expected.compute(name, **QUICK.get(name, {})).values, rtol=1e-4, atol=1e-5, err_msg=name
