@@ -120,9 +120,12 @@ class TopActivations:
 
 
 def top_k(activations: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """int32 indices and float16 values of the ``k`` largest entries of every row of ``(N, width)``."""
+    """int32 indices and float16 values (clipped to float16's range) of the ``k`` largest entries of every row of
+    ``(N, width)``."""
     best = activations.topk(min(k, activations.shape[-1]), dim=-1)
-    return best.indices.to(torch.int32).cpu().numpy(), best.values.to(torch.float16).cpu().numpy()
+    limit = torch.finfo(torch.float16).max  # an activation past float16's range is kept at its edge, not as inf
+    values = best.values.clamp(-limit, limit).to(torch.float16)
+    return best.indices.to(torch.int32).cpu().numpy(), values.cpu().numpy()
 
 
 def check_k(k: object) -> int:

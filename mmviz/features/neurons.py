@@ -52,7 +52,8 @@ def neurons(trace: Trace, layer: int, *, k: int = 32, budget_bytes: int | None =
         handle.remove()
     activations = seen[0]
     indices, values = top_k(activations, k)
-    dense = activations.to(torch.float16).cpu().numpy()
+    limit = torch.finfo(torch.float16).max
+    dense = activations.clamp(-limit, limit).to(torch.float16).cpu().numpy()
     weight = projection.weight.detach()
     return TopActivations(
         kind="neurons",

@@ -72,3 +72,10 @@ def test_bad_arguments_and_a_small_budget_say_what_to_do(trace):
         mlp.activation(10**6)
     with pytest.raises(InputError, match="outside the sequence"):
         mlp.top_at(10**6)
+
+
+def test_activations_past_float16s_range_are_kept_at_its_edge():
+    from mmviz.features.codes import top_k
+
+    indices, values = top_k(torch.tensor([[1e6, 2.0, -1e6]]), 2)
+    assert indices.tolist() == [[0, 1]] and np.isfinite(values).all() and values[0, 0] == np.float16(65504)
