@@ -114,15 +114,24 @@ def test_a_processor_with_the_wrong_token_count_is_caught(llava_small, photo):
 
 
 def test_a_user_adapter_adds_a_family(fresh_llava, photo):
-    """A family mmviz does not know (here: a LLaVA-built model under a new model_type) is refused with the list of
-    supported families, and works once the user registers an adapter for it."""
+    """A family mmviz does not know (here: a LLaVA-built model under a new model_type) is laid out by measurement;
+    one it cannot measure is refused with why, the list of supported families and register_adapter; a registered
+    adapter takes over."""
     from mmviz.adapters import _REGISTRY as registry
     from mmviz.adapters import LlavaAdapter, supported_families
 
     model, processor = fresh_llava
     model.config.model_type = "my_vlm"
-    with pytest.raises(mmviz.UnsupportedModelError, match=r"'my_vlm'.*Qwen2-VL \(qwen2_vl\).*register_adapter"):
-        mmviz.trace(model, processor, photo, "What?", answer="red")
+    measured = mmviz.trace(model, processor, photo, "What?", answer="red")
+    assert measured.layout.source == "measured" and len(measured.image_positions) == 16
+    model.config.image_token_id, image_token = None, model.config.image_token_id
+    try:
+        with pytest.raises(
+            mmviz.UnsupportedModelError, match=r"'my_vlm'.*no image_token_id.*Qwen2-VL \(qwen2_vl\).*register_adapter"
+        ):
+            mmviz.trace(model, processor, photo, "What?", answer="red")
+    finally:
+        model.config.image_token_id = image_token
 
     class MyAdapter(LlavaAdapter):
         family = "My-VLM"
@@ -134,7 +143,7 @@ def test_a_user_adapter_adds_a_family(fresh_llava, photo):
         with pytest.raises(ValueError, match="already has the adapter MyAdapter"):
             mmviz.register_adapter(type("Other", (LlavaAdapter,), {"family": "X", "model_types": ("my_vlm",)}))
         trace = mmviz.trace(model, processor, photo, "What?", answer="red")
-        assert trace.family == "My-VLM" and len(trace.image_positions) == 16
+        assert trace.family == "My-VLM" and len(trace.image_positions) == 16 and trace.layout.source == "adapter"
     finally:
         registry.pop("my_vlm", None)
     with pytest.raises(TypeError, match="Adapter subclass"):

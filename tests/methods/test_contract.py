@@ -87,7 +87,7 @@ def test_a_new_method_is_one_file_and_one_import(fresh, tmp_path, monkeypatch):
     """A method written in its own file joins the catalogue when imported: trace.compute, the widget's switcher and
     this contract see it, with no other change."""
     (tmp_path / "brightness.py").write_text(
-        '''
+        """
 import numpy as np
 
 from mmviz.records import method
@@ -99,7 +99,7 @@ def brightness(trace, targets=None):
     values = np.abs(trace.run.embeddings()[0, columns].mean(-1).numpy())
     answer = np.arange(trace.answer_start, len(trace.tokens))
     return brightness.spec.map(values=np.tile(values, (len(answer), 1)), positions=answer, columns=columns)
-'''
+"""
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
