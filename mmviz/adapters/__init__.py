@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from mmviz.adapters.aya_vision import AyaVisionAdapter
 from mmviz.adapters.base import Adapter, ModelShape
 from mmviz.adapters.blip2 import Blip2Adapter
 from mmviz.adapters.clip import CLIPAdapter, SiglipAdapter
@@ -14,12 +15,15 @@ from mmviz.adapters.gemma3 import Gemma3Adapter
 from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.generic import GenericAdapter, generic_unsupported_reason
 from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
+from mmviz.adapters.internvl import InternVLAdapter
 from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, SoftCells, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
 from mmviz.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from mmviz.adapters.measured import LayoutReport, MeasuredLayout, measure_layout, verify
+from mmviz.adapters.mistral3 import Mistral3Adapter
 from mmviz.adapters.paligemma import PaliGemmaAdapter
 from mmviz.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from mmviz.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from mmviz.errors import UnsupportedModelError
 
 _REGISTRY: dict[str, type[Adapter]] = {}
@@ -88,11 +92,17 @@ register_adapter(SiglipAdapter)
 register_adapter(PaliGemmaAdapter)
 register_adapter(Gemma3Adapter)
 register_adapter(Blip2Adapter)
+register_adapter(Qwen3VLAdapter)
+register_adapter(Qwen3VLMoeAdapter)
+register_adapter(InternVLAdapter)
+register_adapter(Mistral3Adapter)
+register_adapter(AyaVisionAdapter)
 
 __all__ = [
     "KINDS",
     "VIEWS",
     "Adapter",
+    "AyaVisionAdapter",
     "Blip2Adapter",
     "CLIPAdapter",
     "DualEncoderAdapter",
@@ -101,15 +111,19 @@ __all__ = [
     "GenericAdapter",
     "Idefics3Adapter",
     "ImageGeometry",
+    "InternVLAdapter",
     "LayoutReport",
     "LlavaAdapter",
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
     "MeasuredLayout",
+    "Mistral3Adapter",
     "ModelShape",
     "PaliGemmaAdapter",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
+    "Qwen3VLMoeAdapter",
     "SiglipAdapter",
     "SmolVLMAdapter",
     "SoftCells",
