@@ -2,7 +2,8 @@
  * The shell of one view: builds the DOM of every view (header with the switcher, controls and legend; images and
  * token strip; caption; layer × head overview and the side panels) from one revision of the data, wires them to
  * the view's store, and paints them all from one derived frame (frame.ts) per state change. The Features panel
- * exists only with a kernel behind the page (its payloads are fetched and clamps run there).
+ * exists only with a kernel behind the page (its payloads are fetched and clamps run there); the Interventions
+ * panel runs with one and, without, shows the runs kept in the trace.
  */
 
 import type { Channel } from "./channel";
@@ -11,11 +12,12 @@ import type { WidgetData } from "./data";
 import type { Extras } from "./extras";
 import { FrameBuilder, type Frame } from "./frame";
 import { switcherEntries, type MethodContext } from "./method-state";
-import { ATTENTION, type LensData, type MethodInfo, type ProjectionData } from "./protocol";
+import { ATTENTION, parseInterventionsMeta, type LensData, type MethodInfo, type ProjectionData } from "./protocol";
 import type { Panel, Store, ViewState } from "./store";
 import { Caption } from "./views/caption";
 import { FeaturesPanel } from "./views/features";
 import { Controls } from "./views/controls";
+import { InterventionsPanel } from "./views/interventions";
 import { ImageView } from "./views/image-view";
 import { Legend, formatValue } from "./views/legend";
 import { LensPanel } from "./views/lens-panel";
@@ -43,6 +45,7 @@ export class Shell {
   readonly lens: LensPanel | null;
   readonly projection: ProjectionPanel | null;
   readonly features: FeaturesPanel | null;
+  readonly interventions: InterventionsPanel | null;
   readonly frames: FrameBuilder;
   private readonly tabs = new Map<Panel, HTMLButtonElement>();
   private readonly side: HTMLDivElement;
@@ -87,11 +90,17 @@ export class Shell {
     const featuresMeta = data.meta.features;
     const hasFeatures = featuresMeta.neurons || featuresMeta.sae !== null;
     this.features = extras !== null && extras.live && hasFeatures ? new FeaturesPanel(data, store, extras, channel, featuresMeta) : null;
+    // Interventions run with a live kernel; without one (a standalone page) the panel shows the kept runs only.
+    const ivMeta = parseInterventionsMeta(data.meta.interventions, data.n);
+    const live = extras !== null && extras.live && channel !== null;
+    const hasKept = ivMeta.history.length > 0 || ivMeta.curve !== null;
+    this.interventions = (live && ivMeta.canRun) || hasKept ? new InterventionsPanel(data, store, live ? channel : null, ivMeta) : null;
     const tabBar = h("div", { className: "mmviz-tabs", attrs: { role: "tablist" } });
     for (const [panel, text, view] of [
       ["lens", "Logit lens", this.lens],
       ["projection", "Projection", this.projection],
       ["features", "Features", this.features],
+      ["interventions", "Interventions", this.interventions],
     ] as const) {
       if (view === null) continue;
       const tab = button({ className: "mmviz-tab", text, data: { panel }, attrs: { role: "tab" } });
@@ -109,6 +118,16 @@ export class Shell {
       for (const v of this.images) {
         this.listeners.on(v.heat.parentElement ?? v.el, "click", () => {
           if (store.get().panel === "features") features.holdPatch();
+        });
+      }
+    }
+    if (this.interventions) {
+      this.side.append(this.interventions.el);
+      const panel = this.interventions;
+      // While the panel is open, a click on a patch of the main image toggles it in the selection (shift: adds).
+      for (const v of this.images) {
+        this.listeners.on(v.heat.parentElement ?? v.el, "click", (ev) => {
+          if (store.get().panel === "interventions") panel.clickPatch((ev as MouseEvent).shiftKey);
         });
       }
     }
@@ -250,6 +269,10 @@ export class Shell {
       this.features.el.hidden = s.panel !== "features";
       if (s.panel === "features") this.features.update(s, f.focus);
     }
+    if (this.interventions) {
+      this.interventions.el.hidden = s.panel !== "interventions";
+      if (s.panel === "interventions") this.interventions.update(s, f.map);
+    }
   }
 
   /** Positions the arrow keys step through: those the drawn map has a row for. */
@@ -267,6 +290,7 @@ export class Shell {
     this.lens?.dispose();
     this.projection?.dispose();
     this.features?.dispose();
+    this.interventions?.dispose();
     for (const v of this.images) v.dispose();
   }
 }

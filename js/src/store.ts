@@ -23,7 +23,7 @@ export const IDLE: Readonly<ComputeStatus> = { pending: null, since: 0, failed: 
 
 export type ScaleMode = "linear" | "log" | "gamma";
 export type Statistic = "share" | "entropy" | "patch";
-export type Panel = "none" | "lens" | "projection" | "features";
+export type Panel = "none" | "lens" | "projection" | "features" | "interventions";
 
 /** The Features panel's choice: which units (neurons of a layer, or the SAE's latents) and the unit selected. */
 export interface FeatureChoice {

@@ -24,6 +24,7 @@ from mmviz.widget import bundle, export, payloads
 from mmviz.widget.browser_state import BrowserOwned, checked, echo, printable, whole
 from mmviz.widget.features import FETCHES as FEATURE_FETCHES
 from mmviz.widget.features import Features
+from mmviz.widget.interventions import Interventions
 from mmviz.widget.payloads import MAP_DESCRIPTION, MAP_LABEL, indirect_note
 
 log = logging.getLogger("mmviz")
@@ -45,6 +46,9 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
     cached there. The kernel is not involved while you explore what has arrived. While a view is idle with a single
     head selected, it prefetches the per-head maps of the layer shown and of its neighbours (±2, at most one request
     at a time); ``prefetch=False`` (or ``inspector.prefetch = False``) makes the kernel decline them.
+
+    The Interventions panel ablates selected image patches or knocks the image out of a window of layers and shows
+    Δ log p of every answer token (:mod:`mmviz.widget.interventions`); its runs are kept in the trace.
 
     The Features panel lists the MLP neurons of any decoder layer (with the model attached) and, given ``sae``
     (:func:`mmviz.features.load_sae`), that SAE's latents at the focused patch or token; a unit's map, its card
@@ -98,6 +102,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         self._trace = trace
         self._extras: dict[tuple[str, LayerChoice], dict[str, Any]] = {}
         self._features = Features(trace, sae)  # checks the SAE fits the trace before anything is shown
+        self._interventions = Interventions(trace)
         self.prefetch = prefetch
         super().__init__()
         with self.hold_sync():
@@ -108,6 +113,8 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             "compute": self._compute_command,
             "fetch": self._fetch_command,
             "clamp": self._clamp_command,
+            "intervene": self._intervene_command,
+            "curve": self._curve_command,
         }
         self.on_msg(self._on_message)
 
@@ -208,6 +215,24 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         stripped, paths, data = _remove_buffers(self._features.clamp(content))
         return {"payload": stripped, "buffer_paths": paths}, data
 
+    def _intervene_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """``{"type": "intervene", "intervention"}``: run an ablation or knockout (kept in the trace) and reply Δ log p
+        of every answer token (:mod:`mmviz.widget.interventions`); ``meta`` then lists it, for exports."""
+        payload = self._interventions.intervene(content)
+        self._refresh_interventions()
+        return {"payload": payload, "buffer_paths": []}, []
+
+    def _curve_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """``{"type": "curve", "width", "to"?}``: the knockout-by-window curve (kept in the trace)."""
+        payload = self._interventions.curve(content)
+        self._refresh_interventions()
+        return {"payload": payload, "buffer_paths": []}, []
+
+    def _refresh_interventions(self) -> None:
+        # meta carries the kept runs so that to_html (and a new view after a re-render) shows them; no revision bump:
+        # the views that asked already have the reply.
+        self.meta = {**self.meta, "interventions": self._interventions.meta()}
+
     def _on_message(self, widget: Any, content: Any, buffers: Any) -> None:
         """Browser requests ``{"type": <command>, ..., "request": id}``, dispatched by command name and answered
         ``{"type": <command>ed, "request", "ok", ...}``. Anything malformed or failing is logged and answered with
@@ -275,6 +300,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             "map_description": MAP_DESCRIPTION + indirect_note(trace.layout),
             "extras": payloads.available_extras(trace),
             "features": self._features.meta(),
+            "interventions": self._interventions.meta(),
         }
         self.methods = payloads.method_catalogue(trace)
         self.maps = {name: payloads.map_payload(result, trace.layout) for name, result in trace.maps.items()}
@@ -330,7 +356,13 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         return f"<mmviz.Inspector of {self._trace!r}>"
 
 
-_REPLIES = {"compute": "computed", "fetch": "fetched", "clamp": "clamped"}
+_REPLIES = {
+    "compute": "computed",
+    "fetch": "fetched",
+    "clamp": "clamped",
+    "intervene": "intervened",
+    "curve": "curved",
+}
 """The reply type of each browser command."""
 
 

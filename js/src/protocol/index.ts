@@ -18,6 +18,8 @@
  * - `Inspector._on_message` → fetch / compute / clamp requests and replies             → messages.ts
  * - `features.features_payload`, `unit_payload`, `clamp_payload` → fetched `neurons` / `sae` / `unit`, `clamped`
  *                                                                   → features.ts
+ * - `interventions.run_payload`, `curve_payload`, `Interventions.meta` → `intervened`, `curved`, `meta.interventions`
+ *                                                                   → interventions.ts
  * - `comparison_payload`   → `comparison_data` trait of a ComparisonWidget  → comparison.ts `parseComparison`
  * - `sweep_payload`        → `table_data` trait of a SweepWidget (+ `sort`, `text_filter`, `ranges`, `open`) → sweep.ts
  */
@@ -66,6 +68,19 @@ export {
   type UnitCard,
   type UnitData,
 } from "./features";
+export {
+  FILLS,
+  parseCurve,
+  parseInterventionsMeta,
+  parseRun,
+  PRESETS,
+  type CurveData,
+  type Fill,
+  type Intervention,
+  type InterventionsMeta,
+  type Preset,
+  type RunData,
+} from "./interventions";
 export { parseLens, type LensData } from "./lens";
 export { parseMap, parseMaps, type MapPayload, type MapRows } from "./map";
 export {
@@ -79,7 +94,9 @@ export {
   unitRequest,
   type ClampRequest,
   type ComputeRequest,
+  type CurveRequest,
   type FetchRequest,
+  type InterveneRequest,
   type FetchWhat,
   type Reply,
   type ReplyType,

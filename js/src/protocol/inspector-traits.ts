@@ -18,6 +18,8 @@ export interface Meta {
   extras: { heads: boolean; lens: boolean; projection: boolean };
   /** What the Features panel can show. */
   features: FeaturesMeta;
+  /** `meta.interventions` as sent: the Interventions panel parses it (it needs the number of positions). */
+  interventions: unknown;
 }
 
 /** `tokens`: the display string of every sequence position. */
@@ -47,6 +49,7 @@ export function parseMeta(raw: unknown): Meta {
     // Heads are served unless the kernel says otherwise; the lens and the projection need a language model.
     extras: { heads: extras.heads !== false, lens: lenientFlag(extras.lens), projection: lenientFlag(extras.projection) },
     features: parseFeaturesMeta(m.features),
+    interventions: m.interventions,
   };
 }
 

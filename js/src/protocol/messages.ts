@@ -1,10 +1,11 @@
 /**
- * The custom messages between the browser and the kernel (`Inspector._on_message`): fetch, compute and clamp
- * requests, and their `fetched` / `computed` / `clamped` replies. Every request carries a `request` id and its reply carries it back
+ * The custom messages between the browser and the kernel (`Inspector._on_message`): fetch, compute, clamp,
+ * intervene and curve requests, and their `fetched` / `computed` / `clamped` / `intervened` / `curved` replies. Every request carries a `request` id and its reply carries it back
  * (channel.ts matches them).
  */
 
 import { putAtPath } from "../codec";
+import type { Intervention, Preset } from "./interventions";
 import type { Layer } from "./selection";
 import { lenientText, type Fields } from "./validate";
 
@@ -45,10 +46,32 @@ export interface ClampRequest {
   value: number;
 }
 
-export type Request = FetchRequest | ComputeRequest | ClampRequest;
+/**
+ * `{"type": "intervene", "intervention"}`: run an ablation or a knockout (kept in the trace); the `intervened` reply's
+ * payload is the run (plain JSON, interventions.ts).
+ */
+export interface InterveneRequest {
+  type: "intervene";
+  intervention: Intervention;
+}
+
+/** `{"type": "curve", "width", "to"}`: the knockout-by-window curve; answered `curved`. */
+export interface CurveRequest {
+  type: "curve";
+  width: number;
+  to: Preset;
+}
+
+export type Request = FetchRequest | ComputeRequest | ClampRequest | InterveneRequest | CurveRequest;
 
 /** The reply type the kernel answers each request type with. */
-export const REPLY_TYPE = { fetch: "fetched", compute: "computed", clamp: "clamped" } as const;
+export const REPLY_TYPE = {
+  fetch: "fetched",
+  compute: "computed",
+  clamp: "clamped",
+  intervene: "intervened",
+  curve: "curved",
+} as const;
 export type ReplyType = (typeof REPLY_TYPE)[Request["type"]];
 
 export function fetchRequest(what: FetchWhat, layer?: Layer): FetchRequest {
