@@ -62,7 +62,8 @@ def main() -> int:
     for case in cases():
         row = outcomes.get(case.id, {})
         marks = [MARK.get(row.get(test, "failed"), "❌") for test in COLUMNS]
-        lines.append(f"| {names.get(case.id, case.id)} (`{case.id}`) | {case.kind} | " + " | ".join(marks) + " |")
+        name = names.get(case.id, case.id) + (" (measured)" if case.measured else "")  # no adapter: GenericAdapter
+        lines.append(f"| {name} (`{case.id}`) | {case.kind} | " + " | ".join(marks) + " |")
     table = "\n".join(lines)
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")

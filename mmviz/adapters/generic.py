@@ -77,10 +77,46 @@ class GenericAdapter(GenerativeAdapter):
         token = getattr(self.processor, "image_token", None)
         return str(token) if token is not None else str(self.tokenizer.convert_ids_to_tokens(self.image_token_id))
 
+    def check_image_token(self) -> None:
+        """The processor's prompt placeholder must be the model's image token, or expand into it (Llama 4's
+        ``<|image|>`` becomes ``<|patch|>`` tokens, the ones its config names)."""
+        if self.tokenizer.convert_tokens_to_ids(self.image_token) != self.image_token_id:
+            try:
+                ids = self.encode([Image.new("RGB", (16, 16))], self.format_prompt("Hi", 1))["input_ids"]
+            except Exception:  # any failure: report the mismatch below
+                ids = None
+            if ids is None or not bool((ids == self.image_token_id).any()):
+                super().check_image_token()
+
+    def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """Run the processor; a legacy ``pixel_values_images`` output (Video-LLaVA's image processor) is renamed
+        ``pixel_values``, the name the model's forward and the layout probe take, in the model's float dtype."""
+        inputs = super().encode(images, text)
+        if "pixel_values" not in inputs and "pixel_values_images" in inputs:
+            inputs["pixel_values"] = inputs.pop("pixel_values_images")
+        pixels = inputs.get("pixel_values")
+        dtype = next(self.model.parameters()).dtype
+        if torch.is_tensor(pixels) and pixels.is_floating_point() and pixels.dtype != dtype:
+            inputs["pixel_values"] = pixels.to(dtype)  # Llama 4's processor normalises in bfloat16
+        return inputs
+
+    def analysis_inputs(self, inputs: dict[str, torch.Tensor], n_answer: int) -> dict[str, torch.Tensor]:
+        """The processor outputs with ``mm_token_type_ids`` extended by ``n_answer`` text tokens (type 0): models
+        with 3-D rope (GLM-4.1V) read the types of the whole prompt + answer."""
+        types = inputs.get("mm_token_type_ids")
+        if types is None or n_answer <= 0:
+            return inputs
+        answer = torch.zeros((*types.shape[:-1], n_answer), dtype=types.dtype, device=types.device)
+        return {**inputs, "mm_token_type_ids": torch.cat([types, answer], dim=-1)}
+
     def language_model(self) -> torch.nn.Module:
         inner = getattr(self.model, "model", None)
         found = getattr(inner, "language_model", None)
-        return found if isinstance(found, torch.nn.Module) else self.model.get_decoder()
+        decoder = found if isinstance(found, torch.nn.Module) else self.model.get_decoder()
+        # a causal-LM wrapper (Llama 4's language_model): the bare decoder is its .model
+        while not hasattr(decoder, "layers") and isinstance(getattr(decoder, "model", None), torch.nn.Module):
+            decoder = decoder.model
+        return decoder
 
     def vision_tokens_per_image(self) -> int:
         vision = self.model.config.vision_config
@@ -116,17 +152,21 @@ def _mark_image(builder: Any, measured: MeasuredLayout, positions: np.ndarray, i
     whole = measured.whole_tile | single
     whole_tiles = sorted(set(measured.tile[mine & whole].tolist()))
     partial = mine & ~whole
-    for tile in whole_tiles:
+    for order, tile in enumerate(whole_tiles):
         after = partial.any() and tile > measured.tile[partial].min()
-        groups.append(("global" if after else "base", mine & whole & (measured.tile == tile)))
+        # a second whole view (LLaVA-NeXT's one-crop grid beside its base view) is a layer of its own
+        view = "global" if after else "base" if order == 0 else "crop"
+        groups.append((view, mine & whole & (measured.tile == tile)))
     if partial.any():
         groups.append(("tile", partial))
     boxes_seen = []
     for view, group in groups:
         rows = positions[group]
-        boxes = measured.boxes[group]
+        boxes = measured.boxes[group].copy()
         row_of = _bands(boxes[:, 1] + boxes[:, 3])
         col_of = _bands(boxes[:, 0] + boxes[:, 2])
+        _snap(boxes, col_of, 0, image.width)
+        _snap(boxes, row_of, 1, image.height)
         builder.kinds[rows] = IMAGE
         builder.image_index[rows] = index
         builder.view[rows] = VIEWS.index(view)
@@ -141,6 +181,9 @@ def _mark_image(builder: Any, measured: MeasuredLayout, positions: np.ndarray, i
         later = measured.image_index[after]
         stop = np.flatnonzero((later >= 0) & (later != index))
         blank = np.flatnonzero(after)[: stop[0] if len(stop) else None]
+        before = np.arange(len(positions)) < np.flatnonzero(mine).min()
+        if not (measured.image_index[before] >= 0).any():  # padding rows ahead of the first image (DeepSeek-VL)
+            blank = np.concatenate([np.flatnonzero(before), blank])
         blank = blank[measured.image_index[blank] < 0]
         builder.kinds[positions[blank]] = IMAGE_SEP
         builder.image_index[positions[blank]] = index
@@ -151,6 +194,35 @@ def _mark_image(builder: Any, measured: MeasuredLayout, positions: np.ndarray, i
         else (0.0, 0.0, 0.0, 0.0)
     )
     builder.images.append(ImageGeometry(image.width, image.height, covered))
+
+
+def _snap(boxes: np.ndarray, band: np.ndarray, axis: int, limit: float) -> None:
+    """Close resampling slivers in place along one axis (0: x, 1: y): the boxes of a grid column (row) share its
+    median edges, neighbouring columns meet halfway, and an edge goes to the image's border, wherever the
+    difference is under a quarter of a cell (a resized image's pixel centres never fall exactly on a cell's edge,
+    and resampling clamps at the border; strips that only padding covered, LLaVA-NeXT's, are wider and stay)."""
+    lo_col, hi_col = axis, axis + 2
+    count = int(band.max()) + 1 if len(band) else 0
+    lo, hi = np.full(count, np.nan), np.full(count, np.nan)
+    for k in range(count):
+        mine = band == k
+        if mine.any():
+            lo[k], hi[k] = np.median(boxes[mine, lo_col]), np.median(boxes[mine, hi_col])
+    sizes = hi - lo
+    if not np.isfinite(sizes).any():
+        return
+    tolerance = 0.25 * float(np.nanmedian(sizes))
+    for k in range(count - 1):
+        if abs(lo[k + 1] - hi[k]) < tolerance:
+            lo[k + 1] = hi[k] = (lo[k + 1] + hi[k]) / 2
+    if count and lo[0] < tolerance:
+        lo[0] = 0.0
+    if count and limit - hi[-1] < tolerance:
+        hi[-1] = float(limit)
+    for column, edges in ((lo_col, lo), (hi_col, hi)):
+        target = edges[band]
+        close = np.abs(boxes[:, column] - target) < tolerance
+        boxes[close, column] = target[close]
 
 
 def _bands(centres: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ class FamilyCase:
     build: Callable[[], tuple[Any, Any]]
     multi_image: bool = True  # the family's processor takes several images in one prompt
     gradients: bool = True  # gradient methods apply (the image reaches the language model through embeddings)
+    measured: bool = False  # no adapter: the generic adapter lays it out from what the model reads (measure_layout)
 
     @property
     def id(self) -> str:

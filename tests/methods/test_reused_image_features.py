@@ -43,6 +43,14 @@ def _edited_values(trace: mmviz.Trace, batch: int, seed: int = 0) -> tuple[torch
     return columns, clean + noise * clean.std()
 
 
+FALLS_BACK = {
+    "aya_vision": "Cohere's head multiplies by logit_scale, which the replayed head does not",
+    "qwen3_vl": "DeepStack features are (image tokens, d) side inputs the replay cannot batch",
+    "qwen3_vl_moe": "DeepStack features are (image tokens, d) side inputs the replay cannot batch",
+}
+"""Families whose confirmation refuses the fast path (their edited forwards are full forwards: correct, slower)."""
+
+
 @pytest.mark.parametrize("case", GENERATIVE, ids=[case.id for case in GENERATIVE])
 def test_the_fast_path_gives_the_full_forwards_logits_and_gradients_on_every_family(case):
     model, processor = case.build()
@@ -55,7 +63,10 @@ def test_the_fast_path_gives_the_full_forwards_logits_and_gradients_on_every_fam
     with torch.no_grad():
         full = run.forward(batch=3, edit=replacing_columns(columns, values), first_logit=first)
         fast = run.edited_forward(batch=3, edit=replacing_columns(columns, values), first_logit=first)
-    assert run.edited_path == "fast", run.edited_path_reason
+    if case.id in FALLS_BACK:
+        assert run.edited_path == "full" and run.edited_path_reason, FALLS_BACK[case.id]
+    elif not getattr(case, "measured", False):  # a measured family may go either way; the values must agree
+        assert run.edited_path == "fast", run.edited_path_reason
     assert fast.shape == full.shape
     np.testing.assert_allclose(fast.numpy(), full.numpy(), rtol=1e-5, atol=1e-5 * float(full.abs().max()))
 
