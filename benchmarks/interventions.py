@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 scenes instead of 100")
     parser.add_argument("--first", type=int, default=300)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/interventions.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))  # beside this script
     args = parser.parse_args()
     count = 10 if args.quick else 100
     seeds = range(args.first, args.first + count)
