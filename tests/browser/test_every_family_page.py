@@ -22,13 +22,19 @@ def test_every_family_renders_and_paints(page_watch, tmp_path, case):
     dual = case.kind == "dual"
     prompt, answer = ("a picture", None) if dual else ("What is in the picture?", "red")
     trace = mmviz.trace(model, processor, IMAGE, prompt, answer=answer)
-    open_inspector(page, mmviz.Inspector(trace), tmp_path)
+    # the widget shows one view per image, the finest (most tokens): hover the row that attends to it most, at the
+    # layer where it does (a row before a later view, or a sliding-window layer, cannot see that view at all)
+    views = trace.layout.view[trace.image_positions]
+    codes, counts = np.unique(views, return_counts=True)
+    shown = views == codes[np.argmax(counts)]
+    attention = trace.attention(head="mean")[:, :, shown].max(axis=2)  # (layers, rows)
+    layer, row = np.unravel_index(int(np.argmax(attention)), attention.shape)
+    position = int(trace.query_positions[row])
+    open_inspector(page, mmviz.Inspector(trace, layer=None if dual else int(trace.layers[layer])), tmp_path)
     page.wait_for_selector("canvas.mmviz-photo[data-loaded='1']")
     width = page.eval_on_selector("canvas.mmviz-photo", "c => c.width")
     height = page.eval_on_selector("canvas.mmviz-photo", "c => c.height")
     assert abs(width / height - IMAGE.width / IMAGE.height) < 0.05, "drawn at the ORIGINAL image's aspect ratio"
-    attention = trace.attention(layer=trace.num_layers - 1, head="mean")
-    position = int(trace.query_positions[int(np.argmax(attention.max(axis=1)))])  # a row that sees the image
     if dual:  # the rows are the vision tower's own tokens (collapsed in the image chip): pin the first by keyboard
         page.focus(".mmviz-root")
         page.keyboard.press("ArrowRight")

@@ -279,7 +279,14 @@ def build_aya_vision() -> tuple[torch.nn.Module, Any]:
         "patch_size": AYA_PATCH,
         "vision_use_head": False,
     }
-    text = Cohere2Config(**_llm_sizes(len(tokenizer), tokenizer), sliding_window=8, logit_scale=0.5)
+    # Cohere2 interleaves sliding-window and global layers (every 4th is global): one of each here, so that text
+    # rows still reach the first tiles through the global layer
+    text = Cohere2Config(
+        **_llm_sizes(len(tokenizer), tokenizer),
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        logit_scale=0.5,
+    )
     config = AyaVisionConfig(
         vision_config=vision,
         text_config=text,
