@@ -71,6 +71,17 @@ def watch_requests(page, watch: PageWatch, allowed_hosts: tuple[str, ...] = ()) 
     page.on("request", check)
 
 
+def watch_server_page(page, base: str) -> PageWatch:
+    """A :class:`PageWatch` of a page served by the Jupyter server at ``base``: console errors, uncaught
+    exceptions, HTTP errors, and requests to anything but that server."""
+    watch = PageWatch()
+    page.on("console", lambda message: message.type == "error" and watch.errors.append(message.text))
+    page.on("pageerror", lambda error: watch.errors.append(str(error)))
+    page.on("response", lambda r: r.status >= 400 and watch.errors.append(f"HTTP {r.status} {r.url}"))
+    watch_requests(page, watch, allowed_hosts=(base, base.replace("http", "ws")))
+    return watch
+
+
 @pytest.fixture()
 def page_watch(browser) -> Iterator[tuple[object, PageWatch]]:
     context = browser.new_context(viewport={"width": 1200, "height": 800}, device_scale_factor=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser.conftest import PageWatch, watch_requests
+from tests.browser.conftest import watch_server_page
 from tests.browser.servers import KERNEL_IDLE_JS, RUN_ALL_JS, TOKEN, jupyter_server, notebook
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,11 +62,7 @@ def test_the_planted_red_latent_is_listed_mapped_and_clamped(browser, tmp_path):
     with jupyter_server(tmp_path) as base:
         context = browser.new_context(viewport={"width": 1400, "height": 1400})
         page = context.new_page()
-        watch = PageWatch()
-        page.on("console", lambda m: m.type == "error" and watch.errors.append(m.text))
-        page.on("pageerror", lambda error: watch.errors.append(str(error)))
-        page.on("response", lambda r: r.status >= 400 and watch.errors.append(f"HTTP {r.status} {r.url}"))
-        watch_requests(page, watch, allowed_hosts=(base, base.replace("http", "ws")))
+        watch = watch_server_page(page, base)
         try:
             page.goto(f"{base}/lab/tree/features.ipynb?token={TOKEN}")
             page.wait_for_function(KERNEL_IDLE_JS, timeout=120_000)

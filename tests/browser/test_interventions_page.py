@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import PageWatch, watch_requests
+from tests.browser.conftest import watch_server_page
 from tests.browser.servers import KERNEL_IDLE_JS, RUN_ALL_JS, TOKEN, jupyter_server, notebook
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,11 +50,7 @@ def test_ablating_the_clicked_object_and_a_knockout_match_the_api(browser, tmp_p
     with jupyter_server(tmp_path) as base:
         context = browser.new_context(viewport={"width": 1400, "height": 1400})
         page = context.new_page()
-        watch = PageWatch()
-        page.on("console", lambda m: m.type == "error" and watch.errors.append(m.text))
-        page.on("pageerror", lambda error: watch.errors.append(str(error)))
-        page.on("response", lambda r: r.status >= 400 and watch.errors.append(f"HTTP {r.status} {r.url}"))
-        watch_requests(page, watch, allowed_hosts=(base, base.replace("http", "ws")))
+        watch = watch_server_page(page, base)
         try:
             page.goto(f"{base}/lab/tree/interventions.ipynb?token={TOKEN}")
             page.wait_for_function(KERNEL_IDLE_JS, timeout=120_000)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import bokeh
 import pytest
 
-from tests.browser.conftest import PageWatch, watch_requests
+from tests.browser.conftest import watch_server_page
 from tests.browser.servers import KERNEL_IDLE_JS, RUN_ALL_JS, TOKEN, jupyter_server, notebook
 
 SETUP = """\
@@ -80,11 +80,7 @@ def test_a_linked_plot_drives_and_follows_the_inspector_in_jupyterlab(browser, t
     with jupyter_server(tmp_path, app="lab") as base:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
-        watch = PageWatch()
-        page.on("console", lambda message: message.type == "error" and watch.errors.append(message.text))
-        page.on("pageerror", lambda error: watch.errors.append(str(error)))
-        page.on("response", lambda r: r.status >= 400 and watch.errors.append(f"HTTP {r.status} {r.url}"))
-        watch_requests(page, watch, allowed_hosts=(base, base.replace("http", "ws")))
+        watch = watch_server_page(page, base)
         page.goto(f"{base}/lab/tree/plots.ipynb?token={TOKEN}")
         try:
             page.wait_for_function(KERNEL_IDLE_JS, timeout=120_000)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import PageWatch, watch_requests
+from tests.browser.conftest import watch_server_page
 from tests.browser.servers import KERNEL_IDLE_JS, RUN_ALL_JS, TOKEN, jupyter_server, notebook
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -86,11 +86,7 @@ def test_idle_prefetch_paints_the_next_layer_without_a_request_and_a_newer_switc
     with jupyter_server(tmp_path) as base:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
-        watch = PageWatch()
-        page.on("console", lambda m: m.type == "error" and watch.errors.append(m.text))
-        page.on("pageerror", lambda error: watch.errors.append(str(error)))
-        page.on("response", lambda r: r.status >= 400 and watch.errors.append(f"HTTP {r.status} {r.url}"))
-        watch_requests(page, watch, allowed_hosts=(base, base.replace("http", "ws")))
+        watch = watch_server_page(page, base)
         requests = KernelRequests()
         page.on("websocket", lambda ws: ws.on("framesent", requests.frame))
         try:
