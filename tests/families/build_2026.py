@@ -7,7 +7,6 @@ family's format) around a tiny random-weight model: 2 decoder layers of width 64
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -36,7 +35,13 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-from tests.families.build_qwen_idefics import QWEN_CHAT_TEMPLATE, QWEN_SPECIAL, _finish, _llm_sizes, family_tokenizer
+from tests.families.build_qwen_idefics import (
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIAL,
+    _llm_sizes,
+    family_tokenizer,
+    seeded_model,
+)
 from tests.families.registry import family_case
 
 # --- Qwen3-VL ---------------------------------------------------------------------------------------------------
@@ -88,11 +93,7 @@ def _qwen3(moe: bool, seed: int) -> tuple[torch.nn.Module, Any]:
         vision_start_token_id=ids["vision_start_token"],
         vision_end_token_id=ids["vision_end_token"],
     )
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = model_class(config)
-    return _finish(model, tokenizer), processor
+    return seeded_model(model_class, config, tokenizer, seed), processor
 
 
 @family_case("qwen3_vl", kind="grid")
@@ -159,11 +160,7 @@ def build_internvl() -> tuple[torch.nn.Module, Any]:
         image_seq_length=processor.image_seq_length,
         downsample_ratio=0.5,
     )
-    torch.manual_seed(23)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = InternVLForConditionalGeneration(config)
-    return _finish(model, tokenizer), processor
+    return seeded_model(InternVLForConditionalGeneration, config, tokenizer, 23), processor
 
 
 # --- Mistral 3 (Pixtral vision) ---------------------------------------------------------------------------------
@@ -218,11 +215,7 @@ def build_mistral3() -> tuple[torch.nn.Module, Any]:
         image_token_index=processor.image_token_id,
         spatial_merge_size=2,
     )
-    torch.manual_seed(24)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = Mistral3ForConditionalGeneration(config)
-    return _finish(model, tokenizer), processor
+    return seeded_model(Mistral3ForConditionalGeneration, config, tokenizer, 24), processor
 
 
 # --- Aya Vision -------------------------------------------------------------------------------------------------
@@ -265,6 +258,17 @@ def aya_processor() -> AyaVisionProcessor:
     )
 
 
+def cohere2_text(tokenizer: Any) -> Cohere2Config:
+    """A tiny Cohere2 decoder. Cohere2 interleaves sliding-window and global layers (every 4th is global): one of
+    each here, so that text rows still reach the first tiles through the global layer."""
+    return Cohere2Config(
+        **_llm_sizes(len(tokenizer), tokenizer),
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        logit_scale=0.5,
+    )
+
+
 @family_case("aya_vision", kind="tiled")
 def build_aya_vision() -> tuple[torch.nn.Module, Any]:
     processor = aya_processor()
@@ -279,14 +283,7 @@ def build_aya_vision() -> tuple[torch.nn.Module, Any]:
         "patch_size": AYA_PATCH,
         "vision_use_head": False,
     }
-    # Cohere2 interleaves sliding-window and global layers (every 4th is global): one of each here, so that text
-    # rows still reach the first tiles through the global layer
-    text = Cohere2Config(
-        **_llm_sizes(len(tokenizer), tokenizer),
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention"],
-        logit_scale=0.5,
-    )
+    text = cohere2_text(tokenizer)
     config = AyaVisionConfig(
         vision_config=vision,
         text_config=text,
@@ -294,8 +291,4 @@ def build_aya_vision() -> tuple[torch.nn.Module, Any]:
         downsample_factor=2,
         vision_feature_select_strategy="full",
     )
-    torch.manual_seed(25)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = AyaVisionForConditionalGeneration(config)
-    return _finish(model, tokenizer), processor
+    return seeded_model(AyaVisionForConditionalGeneration, config, tokenizer, 25), processor

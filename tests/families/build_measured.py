@@ -8,13 +8,11 @@ a tiny random-weight model. The cases are registered with ``measured=True``: the
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from transformers import (
     CLIPVisionConfig,
-    Cohere2Config,
     Cohere2VisionConfig,
     Cohere2VisionForConditionalGeneration,
     Cohere2VisionImageProcessor,
@@ -63,18 +61,10 @@ from transformers import (
     VideoLlavaVideoProcessor,
 )
 
+from tests.families.build_2026 import cohere2_text
 from tests.families.build_llava_next import LLAVA_NEXT_CHAT_TEMPLATE, PATCH, PINPOINTS, TILE
-from tests.families.build_qwen_idefics import _finish, _llm_sizes, family_tokenizer
+from tests.families.build_qwen_idefics import _llm_sizes, family_tokenizer, seeded_model
 from tests.families.registry import family_case
-
-
-def _model(model_class: type, config: Any, tokenizer: Any, seed: int) -> torch.nn.Module:
-    """The tiny random-weight model, seeded, ready for generation."""
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = model_class(config)
-    return _finish(model, tokenizer)
 
 
 def _clip_vision(size: int = TILE, patch: int = PATCH) -> CLIPVisionConfig:
@@ -117,7 +107,7 @@ def build_llava_next_video() -> tuple[torch.nn.Module, Any]:
         vision_feature_select_strategy="default",
         image_seq_length=(TILE // PATCH) ** 2,
     )
-    return _model(LlavaNextVideoForConditionalGeneration, config, tokenizer, seed=41), processor
+    return seeded_model(LlavaNextVideoForConditionalGeneration, config, tokenizer, seed=41), processor
 
 
 # --- Video-LLaVA (its image path: one CLIP grid per image) ------------------------------------------------------
@@ -148,7 +138,7 @@ def build_video_llava() -> tuple[torch.nn.Module, Any]:
         vision_feature_select_strategy="default",
         image_seq_length=(VIDEO_LLAVA_SIZE // PATCH) ** 2,
     )
-    return _model(VideoLlavaForConditionalGeneration, config, tokenizer, seed=42), processor
+    return seeded_model(VideoLlavaForConditionalGeneration, config, tokenizer, seed=42), processor
 
 
 # --- Command A Vision (Cohere2-Vision: tiles + a thumbnail, pixel-shuffled SigLIP) ------------------------------
@@ -195,7 +185,7 @@ def build_cohere2_vision() -> tuple[torch.nn.Module, Any]:
         "patch_size": COHERE_PATCH,
         "vision_use_head": False,
     }
-    text = Cohere2Config(**_llm_sizes(len(tokenizer), tokenizer), sliding_window=8, logit_scale=0.5)
+    text = cohere2_text(tokenizer)
     config = Cohere2VisionConfig(
         vision_config=vision,
         text_config=text,
@@ -203,7 +193,7 @@ def build_cohere2_vision() -> tuple[torch.nn.Module, Any]:
         downsample_factor=2,
         alignment_intermediate_size=64,
     )
-    return _model(Cohere2VisionForConditionalGeneration, config, tokenizer, seed=43), processor
+    return seeded_model(Cohere2VisionForConditionalGeneration, config, tokenizer, seed=43), processor
 
 
 # --- DeepSeek-VL (pad to square, SigLIP, one grid per image) ----------------------------------------------------
@@ -246,7 +236,7 @@ def build_deepseek_vl() -> tuple[torch.nn.Module, Any]:
         text_config=LlamaConfig(**_llm_sizes(len(tokenizer), tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"),
     )
-    return _model(DeepseekVLForConditionalGeneration, config, tokenizer, seed=44), processor
+    return seeded_model(DeepseekVLForConditionalGeneration, config, tokenizer, seed=44), processor
 
 
 # --- GLM-4.1V (Qwen2-VL-style dynamic resolution, 2×2 merge, 3-D rope) ------------------------------------------
@@ -304,7 +294,7 @@ def _glm4v(classes: tuple[type, ...], seed: int) -> tuple[torch.nn.Module, Any]:
         video_start_token_id=ids["<|begin_of_video|>"],
         video_end_token_id=ids["<|end_of_video|>"],
     )
-    return _model(model_class, config, tokenizer, seed=seed), processor
+    return seeded_model(model_class, config, tokenizer, seed=seed), processor
 
 
 @family_case("glm4v", kind="grid", measured=True)
@@ -374,7 +364,7 @@ def build_janus() -> tuple[torch.nn.Module, Any]:
         vq_config=vq,
         image_token_id=tokenizer.convert_tokens_to_ids(JANUS_SPECIAL["image_token"]),
     )
-    return _model(JanusForConditionalGeneration, config, tokenizer, seed=47), processor
+    return seeded_model(JanusForConditionalGeneration, config, tokenizer, seed=47), processor
 
 
 # --- LightOnOCR (Pixtral vision, 2×2 patch merge, Qwen3 decoder) ------------------------------------------------
@@ -428,7 +418,7 @@ def build_lighton_ocr() -> tuple[torch.nn.Module, Any]:
         image_token_id=tokenizer.image_token_id,
         spatial_merge_size=2,
     )
-    return _model(LightOnOcrForConditionalGeneration, config, tokenizer, seed=49), processor
+    return seeded_model(LightOnOcrForConditionalGeneration, config, tokenizer, seed=49), processor
 
 
 # --- Llama 4 (tiles + a global image, pixel-shuffled vision tower; "<|image|>" expands to "<|patch|>" tokens) ---
@@ -483,7 +473,7 @@ def build_llama4() -> tuple[torch.nn.Module, Any]:
         eoi_token_index=tokenizer.convert_tokens_to_ids("<|image_end|>"),
         image_token_index=tokenizer.convert_tokens_to_ids("<|patch|>"),
     )
-    return _model(Llama4ForConditionalGeneration, config, tokenizer, seed=50), processor
+    return seeded_model(Llama4ForConditionalGeneration, config, tokenizer, seed=50), processor
 
 
 # --- Ovis2 (global image + tiles; each patch's feature is a soft token over a visual vocabulary) -----------------
@@ -534,4 +524,4 @@ def build_ovis2() -> tuple[torch.nn.Module, Any]:
         vocab_size=text["vocab_size"],
         hidden_size=text["hidden_size"],
     )
-    return _model(Ovis2ForConditionalGeneration, config, tokenizer, seed=51), processor
+    return seeded_model(Ovis2ForConditionalGeneration, config, tokenizer, seed=51), processor

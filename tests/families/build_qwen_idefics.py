@@ -112,6 +112,15 @@ def _finish(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> torch
     return model.eval()
 
 
+def seeded_model(model_class: type, config: Any, tokenizer: PreTrainedTokenizerFast, seed: int) -> torch.nn.Module:
+    """The tiny random-weight model of ``config``, seeded, in eval mode and ready for generation."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random init of a tiny config: transformers' size warnings are noise
+        model = model_class(config)
+    return _finish(model, tokenizer)
+
+
 def _qwen(version: str, seed: int) -> tuple[torch.nn.Module, Any]:
     tokenizer = family_tokenizer(["<|im_start|>", "<|im_end|>", *QWEN_SPECIAL.values()], QWEN_SPECIAL)
     image_processor = Qwen2VLImageProcessorPil(size=QWEN_SIZE, patch_size=14, merge_size=2, temporal_patch_size=2)
@@ -149,11 +158,7 @@ def _qwen(version: str, seed: int) -> tuple[torch.nn.Module, Any]:
         vision_start_token_id=ids["vision_start_token"],
         vision_end_token_id=ids["vision_end_token"],
     )
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = model_class(config)
-    return _finish(model, tokenizer), processor
+    return seeded_model(model_class, config, tokenizer, seed), processor
 
 
 @family_case("qwen2_vl", kind="grid")
@@ -217,11 +222,7 @@ def _idefics(family: str, seed: int) -> tuple[torch.nn.Module, Any]:
         scale_factor=IDEFICS_SCALE,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = model_class(config)
-    return _finish(model, tokenizer), processor
+    return seeded_model(model_class, config, tokenizer, seed), processor
 
 
 @family_case("idefics3", kind="tiled")
