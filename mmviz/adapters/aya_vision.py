@@ -12,7 +12,7 @@ then ``TILE_GLOBAL`` + ``<|IMG_PATCH|>``×G² (the thumbnail, or the whole image
 ``<|END_OF_IMG|>``. ``TILE_k`` is plain text in the tokenizer (several tokens); everything between the start and end
 markers that is not an image token gets kind ``image_sep``.
 
-The head multiplies the logits by ``text_config.logit_scale`` (Cohere), which :meth:`AyaVisionAdapter.lens_logits`
+The head multiplies the logits by ``text_config.logit_scale`` (Cohere), which :meth:`AyaVisionAdapter.head_logits`
 applies too.
 """
 
@@ -90,9 +90,9 @@ class AyaVisionAdapter(InternVLAdapter):
                 f"use one placeholder per image or none (mmviz then adds them)"
             )
 
-    def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The final norm once, the head, and Cohere's ``logit_scale`` (as ``AyaVisionForConditionalGeneration``)."""
-        return self.unembedding()(self.final_norm()(hidden)) * float(self.text_config.logit_scale)
+    def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """The unembedding times Cohere's ``logit_scale`` (as ``AyaVisionForConditionalGeneration``)."""
+        return self.unembedding()(normed) * float(self.text_config.logit_scale)
 
     # -- checks ------------------------------------------------------------------------------------------------
     def check(self) -> None:

@@ -72,8 +72,13 @@ class GenerativeAdapter(Adapter):
 
     def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits the model would give if ``hidden`` (residual stream, before the final norm) were its last state:
-        the final norm applied exactly once, the unembedding, and the final soft cap where the model has one."""
-        logits = self.unembedding()(self.final_norm()(hidden))
+        the final norm applied exactly once, then :meth:`head_logits`."""
+        return self.head_logits(self.final_norm()(hidden))
+
+    def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """The model's logits for final-normed states: the unembedding and the final soft cap where the model has
+        one (a family whose head does more after the unembedding overrides this)."""
+        logits = self.unembedding()(normed)
         cap = self.final_logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 

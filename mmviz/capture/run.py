@@ -13,7 +13,6 @@ the model has confirmed once (per run) that this gives the full forward's logits
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -273,16 +272,15 @@ class _LanguageModelCall:
         args: its positional arguments (usually none).
         kwargs: its keyword arguments except ``inputs_embeds`` (masks, position ids, cache position, flags).
         embeds: the ``(1, N, d)`` ``inputs_embeds`` it received (model dtype).
-        head: the output head (``adapter.unembedding()``).
-        softcap: the final logit soft cap, where the model confirmed it applies one.
+        head: the family's output head on final-normed states (``adapter.head_logits``: the unembedding and what
+            the family applies after it, a soft cap or a logit scale).
     """
 
     module: torch.nn.Module
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     embeds: torch.Tensor
-    head: torch.nn.Module
-    softcap: float | None = None
+    head: Callable[[torch.Tensor], torch.Tensor]
 
     @classmethod
     def recorded(
@@ -296,44 +294,28 @@ class _LanguageModelCall:
             raise _NotReusable("the language model was not called with a (1, N, d) inputs_embeds keyword")
         for name, value in [*enumerate(args), *kwargs.items()]:
             _check_replayable(value, str(name))
-        return cls(module, _plain(args), _plain(kwargs), _plain(embeds), adapter.unembedding())
+        return cls(module, _plain(args), _plain(kwargs), _plain(embeds), adapter.head_logits)
 
     def logits(self, embeds: torch.Tensor, first_logit: int) -> torch.Tensor:
         """Float32 logits ``(B, N - first_logit, V)`` for ``embeds`` ``(B, N, d)``: language model, then head."""
-        return self._head(self._hidden(embeds), first_logit, self.softcap)
+        # logits_to_keep semantics: the head runs on the kept rows only.
+        return self.head(self._hidden(embeds)[:, first_logit:]).float()
 
     def confirm(self, full: torch.Tensor, first_logit: int) -> tuple[_LanguageModelCall | None, str]:
-        """Self (with the soft cap that matches) if the fast path reproduces the full forward's logits ``full``.
-
-        The head is lm_head on the last hidden state, and for some families (PaliGemma, Gemma 3's text model)
-        a final logit soft cap; whether this model applies the configured cap is read off its own logits.
-        """
-        hidden = self._hidden(self.embeds.expand(2, -1, -1))
-        configured = getattr(getattr(self.module, "config", None), "final_logit_softcapping", None)
+        """Self if the fast path (at batch 2, so batch expansion is exercised) reproduces the full forward's
+        logits ``full``, else None; with the relative difference either way."""
         scale = float(full.abs().max().clamp_min(1e-12))
         tolerance = max(CONFIRM_RTOL, 4 * torch.finfo(self.embeds.dtype).eps)
-        errors = {
-            softcap: float((self._head(hidden, first_logit, softcap) - full).abs().max()) / scale
-            for softcap in ((None, configured) if configured else (None,))
-        }
-        softcap, error = min(errors.items(), key=lambda item: item[1])  # the head the model's logits agree with
+        error = float((self.logits(self.embeds.expand(2, -1, -1), first_logit) - full).abs().max()) / scale
         if error <= tolerance:
-            return dataclasses.replace(self, softcap=softcap), f"confirmed: relative difference {error:.1e}"
-        shown = ", ".join(f"{e:.1e}" + (f" (soft cap {cap})" if cap else "") for cap, e in errors.items())
-        return None, f"the language model + head alone differ from the full forward by {shown} relative"
+            return self, f"confirmed: relative difference {error:.1e}"
+        return None, f"the language model + head alone differ from the full forward by {error:.1e} relative"
 
     def _hidden(self, embeds: torch.Tensor) -> torch.Tensor:
         batch = embeds.shape[0]
         args = _batched(self.args, batch)
         output = self.module(*args, **_batched(self.kwargs, batch), inputs_embeds=embeds)
         return output if isinstance(output, torch.Tensor) else output[0]
-
-    def _head(self, hidden: torch.Tensor, first_logit: int, softcap: float | None) -> torch.Tensor:
-        # logits_to_keep semantics: the head runs on the kept rows only.
-        logits = self.head(hidden[:, first_logit:])
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
-        return logits.float()
 
 
 def _check_replayable(value: Any, name: str) -> None:

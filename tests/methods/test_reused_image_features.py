@@ -44,7 +44,6 @@ def _edited_values(trace: mmviz.Trace, batch: int, seed: int = 0) -> tuple[torch
 
 
 FALLS_BACK = {
-    "aya_vision": "Cohere's head multiplies by logit_scale, which the replayed head does not",
     "qwen3_vl": "DeepStack features are (image tokens, d) side inputs the replay cannot batch",
     "qwen3_vl_moe": "DeepStack features are (image tokens, d) side inputs the replay cannot batch",
 }
