@@ -180,6 +180,10 @@ HOSTILE = {
     "a deeply nested sidecar": (
         lambda m, t: {**m, SIDECAR: b"[" * 100_000 + b"]" * 100_000}, r"not an mmviz trace|nested"
     ),
+    "an unknown layout source": (
+        lambda m, t: _with_sidecar(m, lambda s: s["layout"].update(source="guessed")),
+        r"layout's source must be one of \['adapter', 'measured'\]",
+    ),
     "an unknown kept result": (
         lambda m, t: _with_sidecar(m, lambda s: s["results"].update(x={"type": "os.system", "fields": {}})),
         r"unknown kept result type 'os.system'",
@@ -193,6 +197,15 @@ def test_a_damaged_file_says_what_is_wrong(saved, tmp_path, case):
     path = _pack(damage(_unpack(saved), tmp_path), tmp_path / "damaged.mmviz")
     with pytest.raises(mmviz.TraceFormatError, match=message):
         mmviz.load(path)
+
+
+def test_a_measured_layout_stays_labelled_measured(kept, saved, tmp_path):
+    assert mmviz.load(saved).layout.source == "adapter" == kept.layout.source
+    relabelled = _with_sidecar(_unpack(saved), lambda s: s["layout"].update(source="measured"))
+    measured = _pack(relabelled, tmp_path / "m.mmviz")
+    assert mmviz.load(measured).layout.source == "measured"
+    older = _pack(_with_sidecar(_unpack(saved), lambda s: s["layout"].pop("source")), tmp_path / "old.mmviz")
+    assert mmviz.load(older).layout.source == "adapter"  # files from before layouts were measured
 
 
 def test_path_traversal_links_and_pickles_are_refused(saved, tmp_path):

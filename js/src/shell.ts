@@ -27,6 +27,17 @@ import { ProjectionPanel } from "./views/projection-panel";
 import { TokenStrip } from "./views/token-strip";
 
 /** Status text of a side panel's extra: why it is not shown yet. */
+/** "layout measured": the boxes were read from the model (no adapter states them); the tooltip says how. */
+export function measuredBadge(): HTMLElement {
+  return h("span", {
+    className: "mmviz-badge",
+    text: "layout measured",
+    title:
+      "No adapter describes this family: which pixels each image token reads was measured from the model itself " +
+      "(mmviz.adapters.measure_layout). mmviz.adapters.verify(model, processor, image) prints the report.",
+  });
+}
+
 function extraMessage(extras: Extras, key: string, what: string): string {
   const st = extras.statusOf(key);
   if (st.state === "error") return `The ${what} could not be loaded: ${st.error ?? "unknown error"}.`;
@@ -66,6 +77,7 @@ export class Shell {
       className: "mmviz-title",
       text: [data.meta.model_name, data.meta.family].filter(Boolean).join(" · "),
     });
+    if (data.meta.layout_source === "measured") title.append(" ", measuredBadge());
     this.switcher = new MethodSwitcher(onPickMethod);
     this.controls = new Controls(data, store);
     this.controls.el.prepend(this.switcher.el);

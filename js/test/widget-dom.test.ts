@@ -341,3 +341,16 @@ describe("per-image views", () => {
     expect(w.q(".mmviz-image").dataset.view).toBe("");
   });
 });
+
+describe("layout source", () => {
+  it("labels a measured layout in the title and says how it was measured; an adapter's layout has no badge", () => {
+    const plain = mount(realState([]));
+    expect(plain.el.querySelector(".mmviz-badge")).toBeNull();
+    const state = realState([]);
+    state.meta = { ...(state.meta as Record<string, unknown>), layout_source: "measured" };
+    const w = mount(state);
+    const badge = w.q(".mmviz-title .mmviz-badge");
+    expect(badge.textContent).toBe("layout measured");
+    expect(badge.title).toContain("mmviz.adapters.verify(model, processor, image)");
+  });
+});

@@ -15,6 +15,9 @@ VIEWS: tuple[str, ...] = ("", "base", "crop", "tile", "global", "query", "frame"
 
 TEXT, SPECIAL, IMAGE, IMAGE_NEWLINE, IMAGE_SEP, QUERY = range(len(KINDS))
 
+LAYOUT_SOURCES: tuple[str, ...] = ("adapter", "measured")
+"""Where a layout's boxes come from (:attr:`TokenLayout.source`)."""
+
 
 @dataclass(frozen=True)
 class ImageGeometry:

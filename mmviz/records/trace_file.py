@@ -45,7 +45,7 @@ from safetensors.numpy import save_file
 from mmviz import wire
 from mmviz._version import __version__
 from mmviz.adapters import TokenLayout
-from mmviz.adapters.layout import KINDS, ImageGeometry, SoftCells
+from mmviz.adapters.layout import KINDS, LAYOUT_SOURCES, ImageGeometry, SoftCells
 from mmviz.adapters.tokens import word_starts
 from mmviz.errors import TraceFormatError
 from mmviz.records.map import Map
@@ -269,7 +269,7 @@ def _sidecar(trace: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         "num_layers": int(trace.num_layers),
         "num_heads": int(trace.num_heads),
         "head_mean": bool(trace.head_mean),
-        "layout": {"images": [geometry.to_dict() for geometry in layout.images], "soft": soft},
+        "layout": {"images": [geometry.to_dict() for geometry in layout.images], "soft": soft, "source": layout.source},
         "stored": stored,
         "maps": {name: _encode_map(result, f"maps.{name}", arrays) for name, result in trace.maps.items()},
         "results": {
@@ -743,6 +743,9 @@ def _layout(sidecar: dict[str, Any], arrays: _Arrays, tokens: list[str], n_image
             image_index=arrays.read("layout.soft.image_index"),
             label=_string(soft_described.get("label"), "soft cells' label"),
         )
+    source = described.get("source", "adapter")  # files written before layouts were measured
+    if source not in LAYOUT_SOURCES:
+        raise TraceFormatError(f"the layout's source must be one of {list(LAYOUT_SOURCES)}, not {ascii(source)[:60]}")
     return TokenLayout(
         tokens=tokens,
         kinds=kinds,
@@ -753,4 +756,5 @@ def _layout(sidecar: dict[str, Any], arrays: _Arrays, tokens: list[str], n_image
         boxes=_array(arrays, "layout.boxes", "float32", (n, 4)),
         images=images,
         soft=soft,
+        source=source,
     )

@@ -293,6 +293,7 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         self.head_stats = payloads.head_stats(trace)
         self.meta = {
             "family": trace.family,
+            "layout_source": trace.layout.source,
             "model_name": trace.model_name,
             "n_layers": trace.num_layers,
             "n_heads": trace.num_heads,

@@ -9,6 +9,8 @@ import { fail, lenientFlag, lenientNumber, lenientRecord, lenientStrings, lenien
 
 export interface Meta {
   family: string;
+  /** Where the image tokens' boxes come from: "adapter" (stated by the family's adapter) or "measured". */
+  layout_source: string;
   model_name: string;
   n_layers: number;
   n_heads: number;
@@ -41,6 +43,7 @@ export function parseMeta(raw: unknown): Meta {
   const extras = lenientRecord(m.extras);
   return {
     family: lenientText(m.family),
+    layout_source: lenientText(m.layout_source) || "adapter",
     model_name: lenientText(m.model_name),
     n_layers: lenientNumber(m.n_layers, 0),
     n_heads: lenientNumber(m.n_heads, 0),
