@@ -46,5 +46,7 @@ def test_every_family_renders_and_paints(page_watch, tmp_path, case):
         "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0)",
     )
     assert painted
+    badge = page.query_selector(".mmviz-title .mmviz-badge")  # a family without an adapter says its layout is measured
+    assert (badge is not None and badge.text_content() == "layout measured") == case.measured
     assert page.text_content(".mmviz-error") == ""
     watch.assert_clean()
