@@ -202,16 +202,27 @@ def _pixel_values(adapter: Any, images: Sequence[Image.Image], text: str) -> np.
     return adapter.encode(images, text)["pixel_values"].detach().double().reshape(-1).numpy()
 
 
+LOW, HIGH = 48, 207
+"""Grey levels of the probe images. Resampling kernels with negative lobes (bicubic, Lanczos) over- and undershoot
+next to padding and at edges; near 0 or 255 that is clipped to uint8 and the processed pixel stops being affine in
+the image (LLaVA-OneVision's pad-to-square: the first row's coordinates came out 2.5 px short). The margins keep
+every overshoot inside 0…255."""
+
+
 def _ramp_pieces(length: int) -> tuple[list[np.ndarray], int]:
-    """uint8 pieces summing to ``slope · index`` along an axis of ``length`` pixels, and ``slope``.
+    """uint8 pieces in ``LOW…HIGH`` whose excess over ``LOW`` sums to ``slope · index`` along an axis of ``length``
+    pixels, and ``slope``.
 
     Short axes get an integer slope above 1 (finer read-out); long ones several pieces of slope 1, each clipped to
-    0…255, whose processed images add up (the processor is affine) to the processed ramp.
+    ``0…HIGH − LOW`` above ``LOW``, whose processed images add up (the processor is affine) to the processed ramp.
     """
+    span = HIGH - LOW
     index = np.arange(length, dtype=np.int64)
-    slope = max(1, 255 // max(1, length - 1))
+    slope = max(1, span // max(1, length - 1))
     ramp = index * slope
-    pieces = [np.clip(ramp - 255 * k, 0, 255).astype(np.uint8) for k in range(max(1, math.ceil(ramp[-1] / 255)))]
+    pieces = [
+        (LOW + np.clip(ramp - span * k, 0, span)).astype(np.uint8) for k in range(max(1, math.ceil(ramp[-1] / span)))
+    ]
     return pieces, slope
 
 
@@ -229,15 +240,15 @@ def _pixel_coordinates(
 
     n = len(images)
     calls = 2
-    black = _pixel_values(adapter, made([0] * n), text)
-    white = _pixel_values(adapter, made([255] * n), text)
+    black = _pixel_values(adapter, made([LOW] * n), text)
+    white = _pixel_values(adapter, made([HIGH] * n), text)
     scale = white - black  # per element: how much it moves with the image (0 for padding)
     full = np.quantile(np.abs(scale), 0.99) if scale.size else 1.0
     image = np.where(np.abs(scale) > 0.3 * full, 0, -1)
     if n > 1:  # which image: each one alone in white
         presence = []
         for j in range(n):
-            presence.append(_pixel_values(adapter, made([255 if i == j else 0 for i in range(n)]), text) - black)
+            presence.append(_pixel_values(adapter, made([HIGH if i == j else LOW for i in range(n)]), text) - black)
             calls += 1
         image = np.where(image >= 0, np.argmax(np.stack(presence), axis=0), -1)
     safe = np.where(image >= 0, scale, 1.0)
@@ -249,13 +260,13 @@ def _pixel_coordinates(
         for k in range(max(len(pieces) for pieces, _ in per_image)):
             fills: list[np.ndarray | int] = []
             for (pieces, _), img in zip(per_image, images, strict=True):
-                piece = pieces[k] if k < len(pieces) else np.zeros(len(pieces[0]), np.uint8)
+                piece = pieces[k] if k < len(pieces) else np.full(len(pieces[0]), LOW, np.uint8)  # adds nothing
                 fills.append(piece[None, :] if axis == "x" else np.broadcast_to(piece[:, None], (img.height, 1)))
             total += _pixel_values(adapter, made(fills), text) - black
             calls += 1
         slopes = np.array([slope for _, slope in per_image], np.float64)
         slope = slopes[np.clip(image, 0, None)]
-        coords.append(255.0 * total / safe / slope + 0.5)  # a ramp level names a pixel's index: its centre is +0.5
+        coords.append((HIGH - LOW) * total / safe / slope + 0.5)  # a ramp level names a pixel index; centre +0.5
         steps.append(float((1.0 / slopes).max()))
     shape = tuple(pixel_values.shape)
     per_tile = int(np.prod(shape[-3:])) if len(shape) >= 4 else black.size
@@ -426,14 +437,6 @@ def _aggregate(
     tile = np.full(count, -1, np.int64)
     pixels = np.bincount(tokens, minlength=count)
     if len(elements):
-        for axis, (lo_col, hi_col) in ((coords.x, (0, 2)), (coords.y, (1, 3))):
-            values = axis[elements]
-            lo = np.full(count, np.inf)
-            hi = np.full(count, -np.inf)
-            np.minimum.at(lo, tokens, values)
-            np.maximum.at(hi, tokens, values)
-            pitch = _pitch(tokens, values, lo, hi, count)
-            boxes[:, lo_col], boxes[:, hi_col] = lo - pitch / 2, hi + pitch / 2
         first = np.full(count, -1, np.int64)
         order = np.argsort(tokens, kind="stable")
         starts = np.searchsorted(tokens[order], np.arange(count))
@@ -441,6 +444,14 @@ def _aggregate(
         first[has] = elements[order[np.minimum(starts[has], len(order) - 1)]]
         image_index[has] = coords.image[first[has]]
         tile[has] = coords.tile[first[has]]
+        for axis, (lo_col, hi_col) in ((coords.x, (0, 2)), (coords.y, (1, 3))):
+            values = axis[elements]
+            lo = np.full(count, np.inf)
+            hi = np.full(count, -np.inf)
+            np.minimum.at(lo, tokens, values)
+            np.maximum.at(hi, tokens, values)
+            pitch = _pitch(tokens, values, lo, hi, count, tile)
+            boxes[:, lo_col], boxes[:, hi_col] = lo - pitch / 2, hi + pitch / 2
     boxes[pixels == 0] = np.nan
     whole = np.zeros(count, bool)
     for j, (width, height) in enumerate(sizes):
@@ -462,20 +473,31 @@ def _aggregate(
     return MeasuredLayout(placeholders, boxes, image_index, tile, whole, pixels, shared=shared)
 
 
-def _pitch(tokens: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, count: int) -> np.ndarray:
-    """Per token: the spacing of its distinct processed-pixel coordinates along one axis (the median over tokens
-    for tokens with a single column)."""
+def _pitch(
+    tokens: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, count: int, tile: np.ndarray
+) -> np.ndarray:
+    """Per token: the spacing of processed pixels along one axis, the median over the tokens of its tile.
+
+    A tile is resized as a whole, so the spacing is the tile's; a token's own spacing is wrong where its pixels sit
+    next to padding (an edge pixel's coordinate is the mean over its part inside the image, closer than a pitch).
+    Tokens with a single column and no tile take the median over every token.
+    """
     quantised = np.round(values, 2)
     order = np.lexsort((quantised, tokens))
     t, q = tokens[order], quantised[order]
     new = np.ones(len(t), bool)
     new[1:] = (t[1:] != t[:-1]) | (q[1:] != q[:-1])
     distinct = np.bincount(t[new], minlength=count)
-    pitch = np.full(count, np.nan)
+    own = np.full(count, np.nan)
     several = distinct > 1
-    pitch[several] = (hi[several] - lo[several]) / (distinct[several] - 1)
-    fallback = float(np.nanmedian(pitch)) if several.any() else 0.0
-    return np.where(np.isfinite(pitch), pitch, fallback)
+    own[several] = (hi[several] - lo[several]) / (distinct[several] - 1)
+    fallback = float(np.nanmedian(own)) if several.any() else 0.0
+    pitch = np.full(count, fallback)
+    for t_id in np.unique(tile[tile >= 0]):
+        mine = tile == t_id
+        if np.isfinite(own[mine]).any():
+            pitch[mine] = np.nanmedian(own[mine])
+    return pitch
 
 
 # -- verification ------------------------------------------------------------------------------------------------
