@@ -143,6 +143,23 @@ def test_softcap_is_applied_before_masking(qk):
     assert (got[0] - expected).abs().max() < 1e-6
 
 
+def test_cross_attention_rows_start_at_position_zero_over_keys_that_are_no_positions(qk):
+    """A cross-attention layer's keys are not sequence positions (10 vision keys for 6 queries): the recorded
+    queries are the call's positions from 0, not the last 6 of 10, and the additive mask is honoured as given."""
+    query, key = qk
+    allowed = torch.ones(6, 10, dtype=torch.bool)
+    allowed[:, 7:] = False  # padding tiles' keys
+    allowed[:2] = True  # rows before the image: the model's all-zero mask row, every key uniform
+    mask = torch.zeros(1, 1, 6, 10).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    recorder = AttentionRecorder([1, 4], layers=[3], keys_are_positions=False)
+    recorder.record(3, types.SimpleNamespace(), query, key, key, mask, 0.3, {}, torch.empty(0))
+    expected = reference_rows(query, key, allowed, 0.3)[:, [1, 4]]
+    assert (recorder.rows[3][0] - expected).abs().max() < 1e-6
+    positional = AttentionRecorder([1, 4], layers=[3])  # the same call read as self-attention: queries 4…9
+    positional.record(3, types.SimpleNamespace(), query, key, key, mask, 0.3, {}, torch.empty(0))
+    assert positional.rows[3].shape[2] == 1  # only position 4 is among the last six
+
+
 def test_recording_only_the_chosen_positions(llava_small, photo):
     model, processor = llava_small
     inputs = processor(images=[photo], text="USER: <image>\nWhat is it? ASSISTANT:", return_tensors="pt")

@@ -399,3 +399,40 @@ def test_decode_steps_record_the_single_new_row_equal_to_eager(llava_two_layers,
         last = recorder.rows[layer]  # after generate the recorder holds the last step
         assert last.shape[2:] == (1, n_tokens)
         assert (last[:, :, 0] - expected[layer][:, :, -1]).abs().max() <= TOLERANCE
+
+
+# --------------------------------------------------------------------------------- Llama 3.2 Vision (mllama)
+
+
+@pytest.mark.parametrize("subset", [False, True], ids=["all-rows", "subset"])
+def test_mllama_cross_attention_rows_equal_eager_and_logits_are_unchanged(subset):
+    """The cross-attention layer's rows (text query → vision key: tiles × (patches + CLS), padding tiles included)
+    and the self-attention layers' rows, recorded in one forward, equal an eager copy's; logits unchanged."""
+    from PIL import Image
+
+    from tests.families.build_mllama import MLLAMA_CROSS_LAYERS, build_mllama
+
+    model, processor = build_mllama()
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    inputs = dict(processor(images=[Image.new("RGB", (70, 30), "teal")], text=text, return_tensors="pt"))
+    n = inputs["input_ids"].shape[1]
+    queries = subset_of(n) if subset else None
+    cross = AttentionRecorder(queries, keys_are_positions=False)
+    positional = AttentionRecorder(queries)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with recording(model, {"text_config": positional}, cross_layers=MLLAMA_CROSS_LAYERS, cross_recorder=cross):
+            logits = model(**inputs).logits
+    assert torch.equal(plain, logits)
+    eager = eager_attentions(model, "text_config", inputs)
+    rows = slice(None) if queries is None else queries
+    assert sorted(cross.rows) == MLLAMA_CROSS_LAYERS
+    assert sorted(positional.rows) == [layer for layer in range(len(eager)) if layer not in MLLAMA_CROSS_LAYERS]
+    for layer, recorded in {**positional.rows, **cross.rows}.items():
+        expected = eager[layer][:, :, rows]
+        assert recorded.shape == expected.shape, layer
+        assert (recorded - expected).abs().max() <= TOLERANCE, f"layer {layer}"

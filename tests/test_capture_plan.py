@@ -133,3 +133,24 @@ def test_a_block_that_removes_nothing_changes_nothing(llava_small, photo):
         ):
             same = model(**inputs).logits
     assert torch.equal(plain, same)
+
+
+def test_a_cross_attention_family_budgets_its_rows_over_the_keys():
+    """Llama 3.2 Vision records every position's cross-attention rows over the keys (images × tiles × vision
+    tokens) and keeps the image maps over the keys: the estimate counts both, exactly, before anything runs."""
+    from tests.families.build_mllama import build_mllama
+
+    model, processor = build_mllama()
+    image = Image.new("RGB", (120, 40), "teal")
+    trace = mmviz.trace(model, processor, image, "What is it?", answer="a cat")
+    adapter = trace.run.adapter
+    shape = adapter.model_shape(1)
+    n, q, k = len(trace.tokens), len(trace.query_positions), len(trace.layout.keys)
+    assert (shape.cross_layers, shape.cross_keys) == (len(adapter.cross_attention_layers), k)
+    parts = CapturePlan().estimate(shape, n_positions=n, n_queries=q)
+    cross_rows = shape.cross_layers * shape.num_heads * n * k * 4  # recorded for every position, every head
+    assert parts["cross-attention rows"] == cross_rows + trace.attention_rows.nbytes
+    total = sum(CapturePlan().estimate(shape, n_positions=n, n_queries=q, n_logits=3).values())
+    with pytest.raises(CaptureBudgetError, match="cross-attention rows"):
+        mmviz.trace(model, processor, image, "What is it?", answer="a cat", capture=CapturePlan(budget_bytes=total - 1))
+    mmviz.trace(model, processor, image, "What is it?", answer="a cat", capture=CapturePlan(budget_bytes=total))

@@ -16,11 +16,12 @@ from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.generic import GenericAdapter, generic_unsupported_reason
 from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmviz.adapters.internvl import InternVLAdapter
-from mmviz.adapters.layout import KINDS, VIEWS, ImageGeometry, SoftCells, TokenLayout
+from mmviz.adapters.layout import KINDS, VIEWS, CrossKeys, ImageGeometry, SoftCells, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
 from mmviz.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from mmviz.adapters.measured import LayoutReport, MeasuredLayout, measure_layout, verify
 from mmviz.adapters.mistral3 import Mistral3Adapter
+from mmviz.adapters.mllama import MllamaAdapter
 from mmviz.adapters.paligemma import PaliGemmaAdapter
 from mmviz.adapters.qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from mmviz.adapters.qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
@@ -97,6 +98,7 @@ register_adapter(Qwen3VLMoeAdapter)
 register_adapter(InternVLAdapter)
 register_adapter(Mistral3Adapter)
 register_adapter(AyaVisionAdapter)
+register_adapter(MllamaAdapter)
 
 __all__ = [
     "KINDS",
@@ -105,6 +107,7 @@ __all__ = [
     "AyaVisionAdapter",
     "Blip2Adapter",
     "CLIPAdapter",
+    "CrossKeys",
     "DualEncoderAdapter",
     "Gemma3Adapter",
     "GenerativeAdapter",
@@ -118,6 +121,7 @@ __all__ = [
     "LlavaOnevisionAdapter",
     "MeasuredLayout",
     "Mistral3Adapter",
+    "MllamaAdapter",
     "ModelShape",
     "PaliGemmaAdapter",
     "Qwen2VLAdapter",

@@ -23,7 +23,8 @@ from mmviz.errors import ProcessorMismatchError
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes a capture estimate needs, read from the model's config by its adapter."""
+    """The sizes a capture estimate needs, read from the model's config by its adapter (``cross_layers`` and
+    ``cross_keys``: the cross-attention layers and keys of a family whose text reads the image through them)."""
 
     num_layers: int
     num_heads: int
@@ -33,6 +34,8 @@ class ModelShape:
     vision_tokens: int = 0
     num_images: int = 1
     vocab_size: int = 0
+    cross_layers: int = 0
+    cross_keys: int = 0
 
 
 class Adapter:

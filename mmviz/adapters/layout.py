@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,57 @@ class SoftCells:
 
 
 @dataclass(frozen=True)
+class CrossKeys:
+    """Image cells that the text reads through CROSS-attention layers: keys, not sequence positions.
+
+    Families such as Llama 3.2 Vision (``mllama``) never put the image into the sequence: decoder layers of their own
+    (the cross-attention layers) attend from every text position to the vision tower's output, ``K`` keys (images ×
+    tiles × tokens per tile, CLS and padding included). The image columns of such a trace are key indices ``0 … K−1``
+    (:attr:`columns`, those with a box), its attention rows run over the ``K`` keys, and the methods that perturb or
+    differentiate the image act on the cross-attention states at those keys. The arrays mirror
+    :class:`TokenLayout`'s, one row per key.
+
+    Attributes:
+        boxes: ``(K, 4)`` ``x0, y0, x1, y1`` in ORIGINAL image pixels, NaN for keys without one (CLS, padding tiles,
+            patches that see only padding).
+        grid: ``(K, 2)`` row and column of the patch in its tile's grid (``-1`` when none).
+        grid_shape: ``(K, 2)`` rows and columns of that grid (``0`` when none).
+        image_index: ``(K,)`` which image a key belongs to (``-1`` for padding tiles).
+        view: ``(K,)`` ``uint8`` codes into :data:`VIEWS` (``"tile"`` for patches of a tile).
+        anchors: ``(K,)`` sequence position of the image's placeholder token (``-1`` for padding tiles).
+        label: how the image is reached, shown with maps drawn on these keys.
+
+    Example:
+        >>> keys = trace.layout.keys                                       # doctest: +SKIP
+        >>> keys.boxes[trace.image_positions[:2]]                          # doctest: +SKIP
+        array([[ 0.,  0., 10., 10.], [10.,  0., 20., 10.]], dtype=float32)
+    """
+
+    boxes: np.ndarray
+    grid: np.ndarray
+    grid_shape: np.ndarray
+    image_index: np.ndarray
+    view: np.ndarray
+    anchors: np.ndarray
+    label: str = "through the cross-attention layers"
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        shapes = {"boxes": (n, 4), "grid": (n, 2), "grid_shape": (n, 2), "image_index": (n,), "view": (n,)}
+        for name, shape in {**shapes, "anchors": (n,)}.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"cross keys: {name} has shape {getattr(self, name).shape}, expected {shape}")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def columns(self) -> np.ndarray:
+        """Key indices that have a box: the image columns of every map."""
+        return np.flatnonzero(np.isfinite(self.boxes[:, 0]))
+
+
+@dataclass(frozen=True)
 class TokenLayout:
     """Columnar table with one row per sequence position.
 
@@ -90,6 +142,12 @@ class TokenLayout:
         soft: for query-based families (BLIP-2), the cells the query tokens reach indirectly; None otherwise.
         source: where the boxes come from: ``"adapter"`` (the family's adapter states them) or ``"measured"``
             (read from the model by :func:`mmviz.adapters.measured.measure_layout`, for families without one).
+        frames: for a video, ``(N, 2)`` int32: the first and last ORIGINAL frame each position covers (``-1`` for
+            positions outside the video). Video tokens are image tokens (kind ``image``) of view ``"frame"``; their
+            ``image_index`` is the first frame of their span and :attr:`images` holds one geometry per frame.
+            None for a prompt of images.
+        keys: for cross-attention families (Llama 3.2 Vision), the :class:`CrossKeys` that are the image columns;
+            None otherwise.
 
     Example:
         >>> layout.positions("image")[:3]            # doctest: +SKIP
@@ -108,6 +166,8 @@ class TokenLayout:
     images: list[ImageGeometry] = field(default_factory=list)
     soft: SoftCells | None = None
     source: str = "adapter"
+    frames: np.ndarray | None = None
+    keys: CrossKeys | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -122,11 +182,46 @@ class TokenLayout:
         """Image positions that have a box, in sequence order: the columns of every image map.
 
         With :attr:`soft` cells these are the query positions (the LLM inputs that carry the image), which have no
-        box; maps over them reach the image through ``soft.weights``.
+        box; maps over them reach the image through ``soft.weights``. With :attr:`keys` (a cross-attention family)
+        they are key indices into :attr:`keys`, not sequence positions.
         """
         if self.soft is not None:
             return self.soft.positions
+        if self.keys is not None:
+            return self.keys.columns
         return np.flatnonzero((self.kinds == IMAGE) & np.isfinite(self.boxes[:, 0]))
+
+    @property
+    def column_table(self) -> TokenLayout | CrossKeys:
+        """What :attr:`image_positions` index: this layout (sequence positions), or its :class:`CrossKeys` (key
+        indices of a cross-attention family). Both have ``boxes``, ``grid``, ``grid_shape``, ``image_index`` and
+        ``view``.
+
+        Example:
+            >>> table = layout.column_table                                        # doctest: +SKIP
+            >>> table.boxes[layout.image_positions].shape                          # doctest: +SKIP
+            (576, 4)
+        """
+        return self if self.keys is None else self.keys
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the image tokens come from a video (each covers the frames in :attr:`frames`)."""
+        return self.frames is not None
+
+    def frame_positions(self, frames: int | Sequence[int]) -> np.ndarray:
+        """Image positions whose frame span overlaps ``frames`` (one frame index or several), in sequence order.
+
+        Example:
+            >>> trace.layout.frame_positions(0)[:3]       # the tokens that see frame 0   # doctest: +SKIP
+            array([5, 6, 7])
+        """
+        if self.frames is None:
+            raise ValueError("this layout has no frames: it was traced from images, not a video")
+        wanted = np.atleast_1d(np.asarray(frames, dtype=np.int64))
+        first, last = self.frames[:, 0], self.frames[:, 1]
+        hit = (first[:, None] <= wanted[None, :]) & (wanted[None, :] <= last[:, None]) & (first[:, None] >= 0)
+        return np.flatnonzero(hit.any(axis=1) & (self.kinds == IMAGE))
 
     @property
     def text_positions(self) -> np.ndarray:
@@ -146,7 +241,12 @@ class TokenLayout:
             "grid_rc": tuple(int(v) for v in self.grid[position]) if has_grid else None,
             "grid_shape": tuple(int(v) for v in self.grid_shape[position]) if has_grid else None,
             "box": tuple(float(v) for v in self.boxes[position]) if has_box else None,
+            **({"frames": self._span(position)} if self.frames is not None else {}),
         }
+
+    def _span(self, position: int) -> tuple[int, int] | None:
+        first, last = (int(v) for v in self.frames[position])  # type: ignore[index]
+        return (first, last) if first >= 0 else None
 
     def rows(self) -> list[dict[str, Any]]:
         """The whole table as a list of dicts (handy for ``pandas.DataFrame(layout.rows())``)."""
@@ -167,6 +267,14 @@ class LayoutBuilder:
         self.boxes = np.full((n, 4), np.nan, np.float32)
         self.images: list[ImageGeometry] = []
         self.soft: SoftCells | None = None
+        self.frames: np.ndarray | None = None
+        self.keys: CrossKeys | None = None
+
+    def mark_frames(self, positions: np.ndarray, first: int, last: int) -> None:
+        """Mark ``positions`` as covering original frames ``first … last`` of a video (the layout becomes a video's)."""
+        if self.frames is None:
+            self.frames = np.full((len(self.tokens), 2), -1, np.int32)
+        self.frames[positions] = (first, last)
 
     def mark_grid(
         self,
@@ -200,4 +308,6 @@ class LayoutBuilder:
             boxes=self.boxes,
             images=list(self.images),
             soft=self.soft,
+            frames=self.frames,
+            keys=self.keys,
         )

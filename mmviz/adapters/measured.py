@@ -64,7 +64,9 @@ class MeasuredLayout:
     """Per placeholder position of one prompt: the pixels the model builds that image feature from.
 
     Attributes:
-        positions: ``(M,)`` sequence positions whose embedding the image features replace, in order.
+        positions: ``(M,)`` sequence positions whose embedding the image features replace, in order; for a family
+            whose text reads the image through cross-attention layers (``adapter.image_input`` names the vision
+            states), every cross-attention key index ``0 … K−1``.
         boxes: ``(M, 4)`` ``x0, y0, x1, y1`` in ORIGINAL pixels, NaN where the feature reads no pixel (CLS,
             learned newline vectors).
         image_index: ``(M,)`` which image the token reads (``-1``: none).
@@ -173,7 +175,11 @@ def measure_layout(
     start = time.perf_counter()
     inputs = adapter.encode(images, text)
     coords = _pixel_coordinates(adapter, images, text, inputs["pixel_values"])
-    placeholders = np.flatnonzero(inputs["input_ids"][0].numpy() == adapter.image_token_id)
+    if _image_input(adapter) == "inputs_embeds":
+        placeholders = np.flatnonzero(inputs["input_ids"][0].numpy() == adapter.image_token_id)
+    else:  # cross-attention keys: every vision state the language model receives
+        with torch.no_grad():
+            placeholders = np.arange(len(_placeholder_features(adapter, inputs, None)))
     owner, extra, passes = _probe(adapter, inputs, placeholders, coords, seed)
     result = _aggregate(placeholders, owner, extra, coords, [(image.width, image.height) for image in images])
     result = MeasuredLayout(
@@ -285,12 +291,21 @@ def _language_model(adapter: Any) -> torch.nn.Module:
         return adapter.model.get_decoder()
 
 
-def _placeholder_features(adapter: Any, inputs: dict[str, torch.Tensor], placeholders: np.ndarray) -> torch.Tensor:
-    """The embeddings the language model receives at the placeholder positions, ``(M, D)`` float32."""
+def _image_input(adapter: Any) -> str:
+    """The language model's argument that carries the image (``inputs_embeds``, or cross-attention states)."""
+    return str(getattr(adapter, "image_input", "inputs_embeds"))
+
+
+def _placeholder_features(
+    adapter: Any, inputs: dict[str, torch.Tensor], placeholders: np.ndarray | None
+) -> torch.Tensor:
+    """The embeddings the language model receives at the placeholder positions, ``(M, D)`` float32; for a
+    cross-attention family the vision states at key indices ``placeholders`` (None: all of them)."""
     captured: dict[str, torch.Tensor] = {}
+    name = _image_input(adapter)
 
     def stop(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        captured["embeds"] = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else args[0]
+        captured["embeds"] = kwargs[name] if kwargs.get(name) is not None else args[0]
         raise _Stop
 
     handle = _language_model(adapter).register_forward_pre_hook(stop, with_kwargs=True)
@@ -302,7 +317,10 @@ def _placeholder_features(adapter: Any, inputs: dict[str, torch.Tensor], placeho
         handle.remove()
     if "embeds" not in captured:
         raise RuntimeError(f"{type(adapter.model).__name__}'s forward never reached its language model")
-    return captured["embeds"][0, torch.as_tensor(placeholders)].float()
+    embeds = captured["embeds"]
+    if name != "inputs_embeds":  # one prompt's vision states, images and tiles folded into the batch dimension
+        embeds = embeds.reshape(1, -1, embeds.shape[-1])
+    return embeds[0].float() if placeholders is None else embeds[0, torch.as_tensor(placeholders)].float()
 
 
 def _codes(count: int) -> list[np.ndarray]:
@@ -589,7 +607,7 @@ def verify(
     measured = measure_layout(adapter, images, text)
     inputs = adapter.encode(images, text)
     layout = adapter.layout(inputs["input_ids"][0].numpy(), images, inputs)
-    mine = layout.boxes[measured.positions].astype(np.float64)
+    mine = layout.column_table.boxes[measured.positions].astype(np.float64)  # positions, or cross-attention keys
     theirs = measured.boxes
     has_mine, has_theirs = np.isfinite(mine[:, 0]), np.isfinite(theirs[:, 0])
     offsets = np.where(has_mine & has_theirs, np.nan_to_num(np.abs(mine - theirs).max(axis=1)), 0.0)

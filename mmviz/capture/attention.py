@@ -15,7 +15,7 @@ output and the recorded rows alike.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -51,6 +51,9 @@ class AttentionRecorder:
         into: a float32 CPU tensor ``(len(layers), H or 1, Q, K)`` that the rows of ``layers[i]`` (batch item 0)
             are written into, in place: the recording is then the only copy, with no per-layer tensors to stack
             afterwards (:attr:`rows` holds views of it).
+        keys_are_positions: False for CROSS-attention layers, whose keys are not sequence positions (the vision
+            states that Llama 3.2 Vision's text attends to): their queries are every position of the call from 0
+            (no KV-cache offset; record them on full forwards, as the analysis forward is).
 
     Example:
         >>> recorder = AttentionRecorder(query_positions=[10, 11])
@@ -69,7 +72,9 @@ class AttentionRecorder:
         on_layer: Callable[[int], None] | None = None,
         keep_calls: bool = False,
         into: torch.Tensor | None = None,
+        keys_are_positions: bool = True,
     ) -> None:
+        self.keys_are_positions = keys_are_positions
         self.query_positions = None if query_positions is None else torch.as_tensor(query_positions, dtype=torch.long)
         self.layers = None if layers is None else frozenset(int(layer) for layer in layers)
         self.head_mean = head_mean
@@ -103,7 +108,8 @@ class AttentionRecorder:
         is the attention output ``(B, positions, heads, head_dim)`` that enters the output projection.
         """
         n_query, n_key = query.shape[2], key.shape[2]
-        offset = n_key - n_query  # queries are the last n_query positions (KV cache during decoding)
+        # queries are the last n_query positions (KV cache during decoding); cross-attention keys are no positions
+        offset = n_key - n_query if self.keys_are_positions else 0
         if self.query_positions is None:
             rows = torch.arange(n_query, device=query.device)
         else:
@@ -246,7 +252,7 @@ def block_edges(
 class _Target:
     recorder: AttentionRecorder | None
     layer: int
-    tower: str
+    tower: str  # "text", "vision" or "cross" (a text layer whose keys are not sequence positions)
 
 
 @dataclass
@@ -291,9 +297,11 @@ def mmviz_attention(
     """The function transformers calls in every switched attention module (signature of the interface)."""
     session = _ACTIVE.get()
     target = None if session is None else session.targets.get(id(module))
-    if session is not None and target is not None and session.block is not None and target.tower == "text":
+    if session is not None and target is not None and session.block is not None and target.tower != "vision":
         n_query, n_key = query.shape[2], key.shape[2]
-        positions = torch.arange(n_key - n_query, n_key)
+        # cross-attention: the queries are the call's positions from 0 (full forwards), the keys are key indices
+        first = 0 if target.tower == "cross" else n_key - n_query
+        positions = torch.arange(first, first + n_query)
         blocked = session.block(target.layer, positions, n_key)
         if blocked is not None and bool(blocked.any()):
             attention_mask = block_edges(module, attention_mask, blocked.to(query.device), n_query, n_key, kwargs)
@@ -346,6 +354,8 @@ def recording(
     recorders: Mapping[str, AttentionRecorder | None],
     *,
     block: EdgeBlock | None = None,
+    cross_layers: Collection[int] = (),
+    cross_recorder: AttentionRecorder | None = None,
 ) -> Iterator[None]:
     """Switch the named sub-models to mmviz's attention function for the block; restore everything afterwards.
 
@@ -354,16 +364,26 @@ def recording(
         recorders: sub-config key (``"text_config"``, ``"vision_config"``; ``""`` for the top-level model) → the
             recorder of its attention rows (None: switch it, e.g. to apply ``block``, without recording).
         block: optional edge removal for the language model (``"text_config"`` or ``""``), see :data:`EdgeBlock`.
+            In ``cross_layers`` its ``n_keys`` are the cross-attention keys and its query positions start at 0.
+        cross_layers: layers of the language model whose attention is CROSS-attention to keys that are not
+            sequence positions (Llama 3.2 Vision's layers that read the vision states; the adapter names them).
+            They are recorded by ``cross_recorder`` (built with ``keys_are_positions=False``; None: not recorded),
+            never by the language model's recorder.
 
     Only the named sub-models change; their attention implementations, the model's flags and hooks are restored
     even when the block raises.
     """
     _register()
     targets: dict[int, _Target] = {}
+    cross = frozenset(int(layer) for layer in cross_layers)
     for key, recorder in recorders.items():
         tower = "vision" if "vision" in key else "text"
         for index, module in enumerate(attention_modules(model, key)):
-            targets[id(module)] = _Target(recorder, int(getattr(module, "layer_idx", index)), tower)
+            layer = int(getattr(module, "layer_idx", index))
+            if tower == "text" and layer in cross:
+                targets[id(module)] = _Target(cross_recorder, layer, "cross")
+            else:
+                targets[id(module)] = _Target(recorder, layer, tower)
     switch: str | dict[str, str] = (
         _switch_name(model.config)
         if "" in recorders

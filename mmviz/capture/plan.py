@@ -92,6 +92,9 @@ class CapturePlan:
             shape.num_heads * n_queries * n_positions + (n_queries + 2 * n_positions) * shape.hidden_size
         )
         parts = {"attention rows": FLOAT_BYTES * n_layers * heads * n_queries * n_positions}
+        if shape.cross_layers:  # every position's cross-attention rows, and the final rows over the keys
+            cross = shape.cross_layers * n_positions + n_layers * n_queries
+            parts["cross-attention rows"] = FLOAT_BYTES * heads * cross * shape.cross_keys
         if self.hidden_states:
             parts["hidden states"] = FLOAT_BYTES * (shape.num_layers + 1) * n_positions * shape.hidden_size
         if self.vision_attention:

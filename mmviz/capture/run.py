@@ -3,7 +3,8 @@
 Gradient and perturbation methods all act on the language model's input embeddings (text embeddings with the
 image features scattered in): a forward pre-hook on the language model swaps ``inputs_embeds`` for a batch of
 edited copies, or for a leaf tensor that gradients flow back to. That point exists in every family (the adapter
-names the module), so no method needs to know which model it runs.
+names the module, and the argument: ``adapter.image_input``, the cross-attention states of a family whose text
+reads the image through cross-attention layers), so no method needs to know which model it runs.
 
 Batched perturbation methods (Integrated Gradients, occlusion, RISE) overwrite every image column, so the vision
 tower's output is thrown away in each of their forwards. :meth:`ModelRun.edited_forward` skips it: it calls the
@@ -101,18 +102,21 @@ class ModelRun:
 
     @contextmanager
     def editing_embeddings(self, edit: EmbeddingEdit | None) -> Iterator[None]:
-        """Apply ``edit`` to the language model's ``inputs_embeds`` for the block (pre-hook, always removed)."""
+        """Apply ``edit`` to the language model's image input (``adapter.image_input``: ``inputs_embeds``, or the
+        cross-attention states) for the block (pre-hook, always removed)."""
         if edit is None:
             yield
             return
+        name = self.adapter.image_input
 
         def swap(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is None:
-                raise RuntimeError("the language model was called without inputs_embeds; cannot edit image embeddings")
+            given = kwargs.get(name)
+            if given is None:
+                raise RuntimeError(f"the language model was called without {name}; cannot edit image embeddings")
+            embeds = _per_sequence(given, kwargs)
             edited = edit(embeds)
             # Batch-1 side inputs (masks, position ids) broadcast over the batch the edit produced.
-            return args, {**kwargs, "inputs_embeds": edited.to(embeds.dtype)}
+            return args, {**kwargs, name: edited.to(embeds.dtype).reshape(-1, *given.shape[1:])}
 
         handle = self.adapter.language_model().register_forward_pre_hook(swap, with_kwargs=True)
         try:
@@ -183,7 +187,8 @@ class ModelRun:
                 return None, f"the language model could not run on its own: {type(error).__name__}: {error}"
 
     def embeddings(self, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The clean ``(1, N, d)`` language-model input embeddings (image features scattered in), float32."""
+        """The clean ``(1, N, d)`` language-model input embeddings (image features scattered in), float32; for a
+        cross-attention family the ``(1, K, d)`` cross-attention states (``adapter.image_input``)."""
         seen: list[torch.Tensor] = []
 
         def keep(embeds: torch.Tensor) -> torch.Tensor:
@@ -198,10 +203,12 @@ class ModelRun:
     def blurred_inputs(self, radius: float | None = None) -> dict[str, torch.Tensor]:
         """Processor outputs for the same images blurred (the default baseline: in-distribution, no detail)."""
         blurred = [image.filter(ImageFilter.GaussianBlur(radius or max(image.size) / 8)) for image in self.images]
-        # Same sizes → same token grids, so only the pixel inputs change.
-        encoded = self.adapter.processor.image_processor(blurred, return_tensors="pt")
-        pixels = to_device({key: value for key, value in dict(encoded).items() if key in self.inputs}, self.model)
-        return {**self.inputs, **pixels}
+        return self.with_pixels(blurred)
+
+    def with_pixels(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """The traced inputs with the pixel inputs of ``images`` (edited copies of the traced images or frames, same
+        sizes → same token grids, so only the pixel inputs change), on the model's device."""
+        return {**self.inputs, **to_device(self.adapter.pixel_inputs(images, self.inputs), self.model)}
 
 
 def to_device(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -270,8 +277,10 @@ class _LanguageModelCall:
     Attributes:
         module: the language model (``adapter.language_model()``).
         args: its positional arguments (usually none).
-        kwargs: its keyword arguments except ``inputs_embeds`` (masks, position ids, cache position, flags).
-        embeds: the ``(1, N, d)`` ``inputs_embeds`` it received (model dtype).
+        kwargs: its keyword arguments except the image input (masks, position ids, cache position, flags).
+        embeds: the ``(1, N, d)`` ``inputs_embeds`` it received (model dtype), or the image input it was given
+            (``adapter.image_input``: a cross-attention family's ``(1, K, d)`` states).
+        name: the keyword of :attr:`embeds`.
         head: the family's output head on final-normed states (``adapter.head_logits``: the unembedding and what
             the family applies after it, a soft cap or a logit scale).
     """
@@ -281,6 +290,8 @@ class _LanguageModelCall:
     kwargs: dict[str, Any]
     embeds: torch.Tensor
     head: Callable[[torch.Tensor], torch.Tensor]
+    name: str = "inputs_embeds"
+    given: tuple[int, ...] = ()  # the shape of one sequence's image input as the model passes it, without batch
 
     @classmethod
     def recorded(
@@ -289,12 +300,14 @@ class _LanguageModelCall:
         if len(calls) != 1:
             raise _NotReusable(f"the language model ran {len(calls)} times in one forward (expected once)")
         args, kwargs = calls[0]
-        embeds = kwargs.pop("inputs_embeds", None)
+        name = adapter.image_input
+        given = kwargs.pop(name, None)
+        embeds = _per_sequence(given, kwargs) if isinstance(given, torch.Tensor) else None
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[0] != 1:
-            raise _NotReusable("the language model was not called with a (1, N, d) inputs_embeds keyword")
-        for name, value in [*enumerate(args), *kwargs.items()]:
-            _check_replayable(value, str(name))
-        return cls(module, _plain(args), _plain(kwargs), _plain(embeds), adapter.head_logits)
+            raise _NotReusable(f"the language model was not called with a (1, N, d) {name} keyword")
+        for key, value in [*enumerate(args), *kwargs.items()]:
+            _check_replayable(value, str(key))
+        return cls(module, _plain(args), _plain(kwargs), _plain(embeds), adapter.head_logits, name, given.shape[1:])
 
     def logits(self, embeds: torch.Tensor, first_logit: int) -> torch.Tensor:
         """Float32 logits ``(B, N - first_logit, V)`` for ``embeds`` ``(B, N, d)``: language model, then head."""
@@ -314,8 +327,23 @@ class _LanguageModelCall:
     def _hidden(self, embeds: torch.Tensor) -> torch.Tensor:
         batch = embeds.shape[0]
         args = _batched(self.args, batch)
-        output = self.module(*args, **_batched(self.kwargs, batch), inputs_embeds=embeds)
+        given = embeds.reshape(-1, *self.given) if self.given else embeds
+        output = self.module(*args, **_batched(self.kwargs, batch), **{self.name: given})
         return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _per_sequence(image_input: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The language model's image input as ``(B, K, d)``, one row per sequence of the batch.
+
+    ``inputs_embeds`` already is; a cross-attention family may pass its vision states with images and tiles folded
+    into the batch dimension (Llama 3.2 Vision: ``(B · images · tiles, tokens, d)``), unfolded here by the batch of
+    the sequence input (``input_ids`` or ``inputs_embeds``) in the same call.
+    """
+    for key in ("input_ids", "inputs_embeds"):
+        sequence = kwargs.get(key)
+        if isinstance(sequence, torch.Tensor) and sequence is not image_input:
+            return image_input.reshape(sequence.shape[0], -1, image_input.shape[-1])
+    return image_input
 
 
 def _check_replayable(value: Any, name: str) -> None:

@@ -462,9 +462,10 @@ def pixel_grid(trace: Trace, result: Map, shapes: Sequence[tuple[int, int]]) -> 
         views = np.zeros(len(boxes), dtype=np.int64)
         compose = soft.weights.astype(np.float32)  # (C, cells): query values → cell values
     else:
-        boxes = layout.boxes[columns].astype(np.float64)
-        images = layout.image_index[columns]
-        views = layout.view[columns].astype(np.int64)
+        table = layout.column_table  # the layout, or a cross-attention family's keys
+        boxes = table.boxes[columns].astype(np.float64)
+        images = table.image_index[columns]
+        views = table.view[columns].astype(np.int64)
         compose = None
     blocks, covered, chosen = [], [], []
     for k, (rows, cols) in enumerate(shapes):

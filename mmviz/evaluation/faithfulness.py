@@ -35,11 +35,12 @@ def pointing_game(values: np.ndarray, layout: TokenLayout, mask: np.ndarray, ima
         True
     """
     columns = layout.image_positions
-    mine = np.flatnonzero(layout.image_index[columns] == image)
+    table = layout.column_table  # the layout, or a cross-attention family's keys
+    mine = np.flatnonzero(table.image_index[columns] == image)
     if len(mine) == 0:
         raise InputError(f"the layout has no image tokens of image {image}")
     best = mine[int(np.argmax(np.asarray(values)[mine]))]
-    x0, y0, x1, y1 = layout.boxes[columns[best]]
+    x0, y0, x1, y1 = table.boxes[columns[best]]
     rows = slice(int(np.floor(y0)), int(np.ceil(y1)))
     cols = slice(int(np.floor(x0)), int(np.ceil(x1)))
     return bool(np.asarray(mask, dtype=bool)[rows, cols].any())

@@ -21,7 +21,7 @@ import torch
 
 from mmviz.adapters.layout import TokenLayout
 from mmviz.capture.run import ModelRun
-from mmviz.errors import InputError
+from mmviz.errors import InputError, UnsupportedModelError
 from mmviz.methods.target import Target
 from mmviz.model_state import preserved
 from mmviz.progress import progress
@@ -72,6 +72,25 @@ def gradient_context(run: ModelRun) -> Iterator[None]:
         run.model.requires_grad_(False)
         with torch.enable_grad():
             yield
+
+
+def sequence_image_positions(trace: Trace, method: str) -> np.ndarray:
+    """``trace.image_positions`` for a method that needs them to be SEQUENCE positions (it reads hidden states,
+    position-to-position attention or residual streams at them); :class:`UnsupportedModelError` for a family whose
+    image columns are cross-attention keys (Llama 3.2 Vision), where no position holds the image.
+
+    Example:
+        >>> sequence_image_positions(trace, "relevancy")[:3]          # doctest: +SKIP
+        array([5, 6, 7])
+    """
+    if trace.layout.keys is not None:
+        raise UnsupportedModelError(
+            f"{method} needs the image at sequence positions, but {trace.family} reads it through cross-attention "
+            f"layers: its image columns are the cross-attention keys (trace.layout.keys), which no hidden state, "
+            f"residual stream or self-attention row holds. Use attention, gradient_x_input, integrated_gradients, "
+            f"occlusion, rise, knockout or ablation, which act on the cross-attention keys"
+        )
+    return trace.image_positions
 
 
 def check_baseline(baseline: object) -> Baseline:
@@ -183,14 +202,15 @@ def check_window(window: object) -> int:
 
 def window_ids(layout: TokenLayout, columns: np.ndarray, size: int) -> np.ndarray:
     """For each image column, the id of the ``size × size`` window of its (image, view) grid it falls in."""
+    table = layout.column_table  # the layout, or the cross-attention keys that are the image columns
     keys = np.stack(
         [
-            layout.image_index[columns],
-            layout.view[columns],
-            layout.grid_shape[columns, 0],
-            layout.grid_shape[columns, 1],
-            layout.grid[columns, 0] // size,
-            layout.grid[columns, 1] // size,
+            table.image_index[columns],
+            table.view[columns],
+            table.grid_shape[columns, 0],
+            table.grid_shape[columns, 1],
+            table.grid[columns, 0] // size,
+            table.grid[columns, 1] // size,
         ],
         axis=1,
     )
@@ -200,6 +220,7 @@ def window_ids(layout: TokenLayout, columns: np.ndarray, size: int) -> np.ndarra
 
 def grid_groups(layout: TokenLayout, columns: np.ndarray) -> list[np.ndarray]:
     """Column indices of each (image, view) token grid."""
-    keys = np.stack([layout.image_index[columns], layout.view[columns]], axis=1)
+    table = layout.column_table
+    keys = np.stack([table.image_index[columns], table.view[columns]], axis=1)
     _, ids = np.unique(keys, axis=0, return_inverse=True)
     return [np.flatnonzero(ids.reshape(-1) == group) for group in range(ids.max() + 1)]

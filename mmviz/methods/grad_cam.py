@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmviz.methods.common import EmbeddingLeaf, backward_per_target, first_logit_of, gradient_context, model_run
+from mmviz.methods.common import (
+    EmbeddingLeaf,
+    backward_per_target,
+    first_logit_of,
+    gradient_context,
+    model_run,
+    sequence_image_positions,
+)
 from mmviz.methods.target import TargetLike, resolve_targets
 from mmviz.records import Map, Trace, method
 
@@ -36,7 +43,7 @@ def grad_cam(trace: Trace, targets: TargetLike = None) -> Map:
     """
     run = model_run(trace)
     resolved = resolve_targets(trace, targets)
-    columns = torch.as_tensor(trace.image_positions, dtype=torch.long)
+    columns = torch.as_tensor(sequence_image_positions(trace, "grad_cam"), dtype=torch.long)
     layers = run.adapter.decoder_layers()
     outputs: dict[int, torch.Tensor] = {}
     grads: dict[int, torch.Tensor] = {}

@@ -21,7 +21,14 @@ import torch
 
 from mmviz import selection
 from mmviz.capture.attention import recording, row_scores
-from mmviz.methods.common import EmbeddingLeaf, backward_per_target, first_logit_of, gradient_context, model_run
+from mmviz.methods.common import (
+    EmbeddingLeaf,
+    backward_per_target,
+    first_logit_of,
+    gradient_context,
+    model_run,
+    sequence_image_positions,
+)
 from mmviz.methods.relevancy import AttentionStash
 from mmviz.methods.target import TargetLike, resolve_targets
 from mmviz.records import Map, Trace, method
@@ -72,7 +79,7 @@ def grad_weighted_attention(trace: Trace, targets: TargetLike = None, *, layer: 
     resolved = resolve_targets(trace, targets)
     chosen = default_layer(trace.num_layers) if layer is None else selection.layer(layer, trace.num_layers, mean=False)
     stash = _OneLayerStash(int(chosen))  # type: ignore[arg-type]
-    columns = trace.image_positions
+    columns = sequence_image_positions(trace, "grad_weighted_attention")
     rows = np.zeros((len(resolved), len(columns)), np.float32)
 
     def weigh(index: int, target: Any) -> None:

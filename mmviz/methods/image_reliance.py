@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmviz.capture.run import ModelRun, replacing_columns, to_device
+from mmviz.capture.run import ModelRun, replacing_columns
 from mmviz.errors import InputError
 from mmviz.methods.common import baseline_embeddings, inference_context, model_run
 from mmviz.methods.target import Target, provide_baseline_logprob
@@ -180,10 +180,7 @@ def _measure(trace: Trace, baseline: str) -> ImageReliance:
 def _blank_inputs(run: ModelRun) -> dict[str, torch.Tensor]:
     """Processor outputs for uniform grey images of the traced images' sizes (same sizes → same token grids, so
     only the pixel inputs change, as for the blurred baseline)."""
-    blank = [Image.new("RGB", image.size, GREY) for image in run.images]
-    encoded = run.adapter.processor.image_processor(blank, return_tensors="pt")
-    pixels = to_device({key: value for key, value in dict(encoded).items() if key in run.inputs}, run.model)
-    return {**run.inputs, **pixels}
+    return run.with_pixels([Image.new("RGB", image.size, GREY) for image in run.images])
 
 
 provide_baseline_logprob(

@@ -25,7 +25,9 @@ class ImageShare:
         token_share: ``(L, Q)`` head-mean image share of every recorded row (``positions``).
         entropy: ``(L, H)`` mean over rows of the attention entropy in nats (low = focused head).
         groups: group name → ``(L,)`` head- and row-mean mass on that group: ``first`` (position 0, the usual sink),
-            ``image``, ``prompt`` (other prompt tokens), ``answer``. Sums to one per layer.
+            ``image``, ``prompt`` (other prompt tokens), ``answer``. Sums to one per layer. For a cross-attention
+            family (rows over the cross-attention keys) ``image`` is the image keys, ``prompt`` the other keys (CLS,
+            padding), ``first`` and ``answer`` are 0.
         positions: ``(Q,)`` the rows used.
         row_share: ``(L, H, Q)`` image share of every head and row (the layer × head overview for one token).
         row_entropy: ``(L, H, Q)`` attention entropy of every head and row, in nats.
@@ -55,9 +57,13 @@ def image_share(trace: Trace, rows: Literal["all", "answer"] = "all") -> ImageSh
     attention = trace.attention_rows[:, :, selected]  # (L, H, Q, N)
     kinds = trace.layout.kinds
     is_image = np.isin(kinds, [IMAGE, IMAGE_NEWLINE, IMAGE_SEP])
+    position = np.arange(len(kinds))
+    if trace.layout.keys is not None:  # rows over the cross-attention keys, not over positions
+        is_image = np.zeros(attention.shape[-1], bool)
+        is_image[trace.image_positions] = True
+        position = np.full(len(is_image), -1)
     on_image = attention[..., is_image].sum(axis=-1)  # (L, H, Q)
     entropy = -(attention * np.log(np.clip(attention, 1e-30, None))).sum(axis=-1)
-    position = np.arange(len(kinds))
     group_masks = {
         "first": position == 0,
         "image": is_image & (position != 0),

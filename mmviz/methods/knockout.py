@@ -4,11 +4,16 @@ the change of the target's score.
 Edges are removed through the capture engine's extension point (the mmviz attention function folds them into
 whatever mask form each layer gets: none/causal, boolean or additive float), so the model keeps its attention
 implementation. A knockout shows that a ROUTE is necessary, not what flows along it.
+
+For a family whose text reads the image through cross-attention layers (Llama 3.2 Vision: the image columns are
+cross-attention keys, ``trace.layout.keys``), the image sources are those keys and the edges are cut in the
+cross-attention layers of the window (self-attention layers hold no image key).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -40,7 +45,8 @@ def knockout(
     """Remove the attention edges ``sources → to`` in ``layers`` (default: all) and report the score change.
 
     Args:
-        sources: key positions that may no longer be read: ``"image"`` (every image position) or positions.
+        sources: key positions that may no longer be read: ``"image"`` (every image position) or positions (for a
+            cross-attention family: cross-attention key indices, ``"image"`` = every image column).
         to: query positions that lose them: ``"targets"`` (the rows predicting the targets), ``"all"`` (every
             position that is not a source) or positions.
         layers: decoder layers ``0 … L−1`` where the edges are cut (a window such as ``range(8, 17)``; default all).
@@ -52,23 +58,18 @@ def knockout(
     run = model_run(trace)
     resolved = resolve_targets(trace, targets)
     n = run.length
-    source_positions = (
-        trace.layout.positions("image", "image_newline", "image_sep")
-        if isinstance(sources, str) and sources == "image"
-        else selection.indices(sources, n, "sources", unit="sequence position")
-    )
-    source_mask = torch.zeros(n, dtype=torch.bool)
-    source_mask[torch.as_tensor(np.asarray(source_positions), dtype=torch.long)] = True
+    keys = trace.layout.keys
+    source_mask = sources_mask(trace, sources, n)
     if isinstance(to, str) and to == "targets":
         query_mask = torch.zeros(n, dtype=torch.bool)
         query_mask[[p - 1 for t in resolved for p in t.positions]] = True
     elif isinstance(to, str) and to == "all":
-        query_mask = ~source_mask
+        query_mask = ~source_mask if keys is None else torch.ones(n, dtype=torch.bool)
     else:
         query_mask = torch.zeros(n, dtype=torch.bool)
         query_mask[list(selection.indices(to, n, "to", unit="sequence position"))] = True
     chosen = set(_layer_window(trace, layers))
-    changed = cut(run, resolved, source_mask, query_mask, chosen)
+    changed = cut(run, resolved, source_mask, query_mask, chosen, keys=keys is not None)
     return effect(
         run,
         resolved,
@@ -78,21 +79,71 @@ def knockout(
     )
 
 
+def sources_mask(trace: Trace, sources: Literal["image"] | Sequence[int], length: int) -> torch.Tensor:
+    """Boolean mask of the keys a knockout of ``sources`` cuts: over ``length`` sequence positions (``"image"``:
+    the image, its newlines and separators), or over a cross-attention family's keys (``"image"``: every image
+    column; ``length`` is then unused).
+
+    Example:
+        >>> sources_mask(trace, "image", len(trace.tokens)).sum() == len(trace.image_positions)   # doctest: +SKIP
+        True
+    """
+    keys = trace.layout.keys
+    image = isinstance(sources, str) and sources == "image"
+    n_sources = length if keys is None else len(keys)
+    if keys is not None:
+        chosen = trace.image_positions if image else selection.indices(sources, n_sources, "sources", unit="key index")
+    elif image:
+        chosen = trace.layout.positions("image", "image_newline", "image_sep")
+    else:
+        chosen = selection.indices(sources, n_sources, "sources", unit="sequence position")
+    mask = torch.zeros(n_sources, dtype=torch.bool)
+    mask[torch.as_tensor(np.asarray(chosen), dtype=torch.long)] = True
+    return mask
+
+
 def cut(
-    run: ModelRun, targets: Sequence[Target], sources: torch.Tensor, queries: torch.Tensor, layers: set[int]
+    run: ModelRun,
+    targets: Sequence[Target],
+    sources: torch.Tensor,
+    queries: torch.Tensor,
+    layers: set[int],
+    *,
+    keys: bool = False,
 ) -> np.ndarray:
-    """Target scores with the edges (query in ``queries``, key in ``sources``) removed in ``layers``."""
+    """Target scores with the edges (query in ``queries``, key in ``sources``) removed in ``layers``
+    (:func:`cutting`)."""
+    with cutting(run, sources, queries, layers, keys=keys):
+        return scores(run, targets)
+
+
+@contextmanager
+def cutting(
+    run: ModelRun, sources: torch.Tensor, queries: torch.Tensor, layers: set[int], *, keys: bool = False
+) -> Iterator[None]:
+    """Inside: every forward of ``run.model`` has the edges (query in ``queries``, key in ``sources``) removed in
+    ``layers``; the masks may be longer than the run (a greedy decode's later steps).
+
+    ``keys``: ``sources`` is a mask over the cross-attention keys, cut in the cross-attention layers among
+    ``layers`` only (a cross-attention row keeps its CLS keys, so it is never cut empty).
+
+    Example:
+        >>> with cutting(run, sources_mask(trace, "image", n), queries, {0, 1}):      # doctest: +SKIP
+        ...     logits = run.forward()
+    """
+    cross = frozenset(run.adapter.cross_attention_layers)
 
     def block(layer: int, query_positions: torch.Tensor, n_keys: int) -> torch.Tensor | None:
-        if layer not in layers:
+        if layer not in layers or (layer in cross) != keys:
             return None
         rows = queries[query_positions.cpu()]
         edges = rows[:, None] & sources[None, :n_keys]
-        edges[torch.arange(len(rows)), query_positions.cpu().clamp(max=n_keys - 1)] = False  # never cut a row empty
+        if not keys:  # never cut a self-attention row empty
+            edges[torch.arange(len(rows)), query_positions.cpu().clamp(max=n_keys - 1)] = False
         return edges
 
-    with recording(run.model, {run.adapter.text_config_key: None}, block=block):
-        return scores(run, targets)
+    with recording(run.model, {run.adapter.text_config_key: None}, block=block, cross_layers=cross):
+        yield
 
 
 @method("knockout", label=LABEL, meaning=MEANING, signed=True, cost="slow")
@@ -111,15 +162,18 @@ def knockout_map(
     columns = trace.image_positions
     blocks = window_ids(trace.layout, columns, window)
     chosen = set(_layer_window(trace, layers))
+    keys = trace.layout.keys
+    n_sources = run.length if keys is None else len(keys)  # a cross-attention family's columns are its keys
     clean = scores(run, resolved)
     values = np.zeros((len(resolved), len(columns)), np.float32)
     for row, target in enumerate(progress(resolved, desc="mmviz: knockout", disable=len(resolved) < 2)):
         queries = torch.zeros(run.length, dtype=torch.bool)
         queries[[p - 1 for p in target.positions]] = True
         for block in progress(range(blocks.max() + 1), desc="mmviz: knockout blocks"):
-            sources = torch.zeros(run.length, dtype=torch.bool)
+            sources = torch.zeros(n_sources, dtype=torch.bool)
             sources[torch.as_tensor(columns[blocks == block])] = True
-            values[row, blocks == block] = clean[row] - cut(run, [target], sources, queries, chosen)[0]
+            cut_scores = cut(run, [target], sources, queries, chosen, keys=keys is not None)
+            values[row, blocks == block] = clean[row] - cut_scores[0]
     return knockout_map.spec.map(  # type: ignore[attr-defined]
         values=values,
         positions=np.array([t.position for t in resolved]),

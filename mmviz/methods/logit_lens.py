@@ -14,7 +14,7 @@ import torch
 
 from mmviz.capture.hidden import recording_hidden_states
 from mmviz.capture.run import module_device
-from mmviz.methods.common import inference_context, model_run
+from mmviz.methods.common import inference_context, model_run, sequence_image_positions
 from mmviz.progress import progress
 from mmviz.records import Map, Trace, kept_result, method
 
@@ -93,14 +93,16 @@ def _decode(trace: Trace, k: int) -> LogitLens:
     device, dtype = module_device(unembedding), next(unembedding.parameters()).dtype
     ids = run.input_ids[0].to(device)  # everything read against the lens logits lives where the head runs
     answer = torch.arange(trace.answer_start, run.length, device=device)
-    columns = torch.as_tensor(trace.image_positions, dtype=torch.long, device=device)
+    # a cross-attention family has no image position: its lens reads the text, its image map is NaN
+    on_image = trace.layout.keys is None
+    columns = torch.as_tensor(trace.image_positions if on_image else [], dtype=torch.long, device=device)
     depths, n = states.shape[0], states.shape[1]
     top_ids = np.zeros((depths, n, k), np.int64)
     top_probs = np.zeros((depths, n, k), np.float32)
     ranks = np.zeros((depths, len(answer)), np.int64)
     answer_probs = np.zeros((depths, len(answer)), np.float32)
     entropy = np.zeros((depths, n), np.float32)
-    image_probs = np.zeros((depths, len(answer), len(columns)), np.float32)
+    image_probs = np.full((depths, len(answer), len(trace.image_positions)), 0.0 if on_image else np.nan, np.float32)
     target_ranks = np.zeros((depths, n), np.int64)
     with torch.no_grad():
         final_guess = int(adapter.lens_logits(states[-1, -1:].to(device, dtype)).argmax())
@@ -117,7 +119,8 @@ def _decode(trace: Trace, k: int) -> LogitLens:
             picked = predicting.gather(1, ids[answer][:, None])
             ranks[depth] = (predicting > picked).sum(dim=-1).cpu().numpy()
             answer_probs[depth] = picked[:, 0].exp().cpu().numpy()
-            image_probs[depth] = probs[columns][:, ids[answer]].T.cpu().numpy()
+            if on_image:
+                image_probs[depth] = probs[columns][:, ids[answer]].T.cpu().numpy()
             target = log_probs.gather(1, targets[:, None])
             target_ranks[depth] = (log_probs > target).sum(dim=-1).cpu().numpy()
     top_tokens = [[adapter.display_tokens(row.tolist()) for row in layer] for layer in top_ids]
@@ -143,6 +146,7 @@ def _decode(trace: Trace, k: int) -> LogitLens:
 @method("logit_lens", label=LABEL, meaning=MEANING, per_layer=True, targeted=False)
 def logit_lens_map(trace: Trace, *, k: int = 5) -> Map:
     """The logit lens's :class:`Map`: each answer token's probability at every image token after every layer."""
+    sequence_image_positions(trace, "the logit lens map")  # no position of a cross-attention family holds the image
     return logit_lens(trace, k=k).map
 
 
@@ -150,7 +154,9 @@ def _lens_targets(ids: torch.Tensor, trace: Trace, final_guess: int) -> torch.Te
     """The token every position is read against (see :class:`LogitLens`)."""
     targets = torch.full_like(ids, final_guess)
     targets[:-1] = ids[1:]
-    columns = torch.as_tensor(trace.image_positions, dtype=torch.long, device=ids.device)
+    columns = torch.as_tensor(
+        trace.image_positions if trace.layout.keys is None else [], dtype=torch.long, device=ids.device
+    )
     if trace.answer_start < len(ids):
         targets[columns] = ids[trace.answer_start]
     return targets

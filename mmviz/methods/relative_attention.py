@@ -22,7 +22,7 @@ from mmviz import selection
 from mmviz.capture.attention import AttentionRecorder, recording
 from mmviz.capture.run import ModelRun, to_device
 from mmviz.errors import InputError
-from mmviz.methods.common import inference_context, model_run
+from mmviz.methods.common import inference_context, model_run, sequence_image_positions
 from mmviz.records import Map, Trace, method
 
 GENERIC_PROMPT = "Describe the image."
@@ -50,6 +50,7 @@ def relative_attention(trace: Trace, *, generic: str = GENERIC_PROMPT, layers: S
         >>> m.row(trace.answer_start, layer="mean").argmax()               # doctest: +SKIP
     """
     run = model_run(trace)
+    sequence_image_positions(trace, "relative_attention")  # the generic prompt's rows are recorded over positions
     if not isinstance(generic, str) or not generic.strip():
         raise InputError(f"generic must be a non-empty prompt, not {generic!r}")
     wanted = [int(layer) for layer in trace.layers]

@@ -22,7 +22,14 @@ import torch
 from mmviz.capture.attention import AttentionRecorder, recording, row_scores
 from mmviz.capture.plan import default_budget, relevancy_rows_per_chunk
 from mmviz.errors import InputError
-from mmviz.methods.common import EmbeddingLeaf, backward_per_target, first_logit_of, gradient_context, model_run
+from mmviz.methods.common import (
+    EmbeddingLeaf,
+    backward_per_target,
+    first_logit_of,
+    gradient_context,
+    model_run,
+    sequence_image_positions,
+)
 from mmviz.methods.target import TargetLike, resolve_targets
 from mmviz.records import Map, Trace, method
 
@@ -152,7 +159,7 @@ def relevancy(
     resolved = resolve_targets(trace, targets)
     adapter = run.adapter
     n = run.length
-    columns = trace.image_positions
+    columns = sequence_image_positions(trace, "relevancy")
     stash, vision_stash = AttentionStash(), AttentionStash()
     recorders: dict[str, AttentionRecorder | None] = {adapter.text_config_key: stash}
     inputs = run.inputs

@@ -33,7 +33,7 @@ def random_masks(layout: TokenLayout, columns: np.ndarray, n: int, window: int, 
     generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(n, len(columns))
     for group in grid_groups(layout, columns):
-        rows, cols = (int(v) for v in layout.grid_shape[columns[group[0]]])
+        rows, cols = (int(v) for v in layout.column_table.grid_shape[columns[group[0]]])
         coarse = (rows // cell + 2, cols // cell + 2)
         grid = (torch.rand(n, 1, *coarse, generator=generator) < keep).float()
         up = functional.interpolate(
@@ -42,7 +42,7 @@ def random_masks(layout: TokenLayout, columns: np.ndarray, n: int, window: int, 
         for index in range(n):
             dy, dx = (int(v) for v in torch.randint(0, cell, (2,), generator=generator))
             shifted = up[index, 0, dy : dy + rows, dx : dx + cols]
-            cells = layout.grid[columns[group]]
+            cells = layout.column_table.grid[columns[group]]
             masks[index, group] = shifted[cells[:, 0], cells[:, 1]]
     return masks
 

@@ -15,7 +15,7 @@ import torch
 from mmviz import selection
 from mmviz.capture.attention import AttentionRecorder, recording
 from mmviz.errors import InputError
-from mmviz.methods.common import inference_context, model_run
+from mmviz.methods.common import inference_context, model_run, sequence_image_positions
 from mmviz.progress import progress
 from mmviz.records import Map, Trace, method
 
@@ -49,6 +49,7 @@ def rollout(
     if not 0.0 <= residual < 1.0:
         raise InputError(f"residual must lie in [0, 1), not {residual}")
     run = model_run(trace)
+    columns = sequence_image_positions(trace, "rollout")
     n = run.length
     start_layer = int(selection.layer(start_layer, trace.num_layers, mean=False, name="start_layer"))
     sinks = np.array([0]) if mask_sinks is True else np.asarray(mask_sinks or [], dtype=np.int64)
@@ -66,7 +67,6 @@ def rollout(
         step = residual * torch.eye(n, dtype=torch.float64) + (1.0 - residual) * mixed
         product = product @ (step / step.sum(dim=-1, keepdim=True))
     text_values = product.float().numpy()
-    columns = trace.image_positions
     return rollout.spec.map(  # type: ignore[attr-defined]
         values=text_values[:, columns],
         positions=trace.query_positions,

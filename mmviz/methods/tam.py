@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmviz.methods.common import grid_groups, inference_context, model_run
+from mmviz.methods.common import grid_groups, inference_context, model_run, sequence_image_positions
 from mmviz.methods.target import Target, TargetLike, resolve_targets
 from mmviz.records import Map, Trace, method
 
@@ -60,7 +60,7 @@ def tam(trace: Trace, targets: TargetLike = None, *, filtered: bool = True) -> M
     with inference_context(run):
         logits = run.forward(first_logit=0)[0]  # (N, V): the last layer's lens at every position
     ids = run.input_ids[0].to(logits.device)
-    columns = trace.image_positions
+    columns = sequence_image_positions(trace, "tam")
     image = np.zeros(len(logits), dtype=bool)
     image[columns] = True
     columns_t = torch.as_tensor(columns, device=logits.device)

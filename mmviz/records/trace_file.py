@@ -45,12 +45,21 @@ from safetensors.numpy import save_file
 from mmviz import wire
 from mmviz._version import __version__
 from mmviz.adapters import TokenLayout
-from mmviz.adapters.layout import KINDS, LAYOUT_SOURCES, ImageGeometry, SoftCells
+from mmviz.adapters.layout import KINDS, LAYOUT_SOURCES, VIEWS, CrossKeys, ImageGeometry, SoftCells
 from mmviz.adapters.tokens import word_starts
 from mmviz.errors import TraceFormatError
 from mmviz.records.map import Map
 
 FORMAT = "mmviz.trace"
+CROSS_KEY_ARRAYS = {
+    "boxes": "float32",
+    "grid": "int64",
+    "grid_shape": "int64",
+    "image_index": "int64",
+    "view": "uint8",
+    "anchors": "int64",
+}
+"""The arrays of a cross-attention family's :class:`~mmviz.adapters.layout.CrossKeys` (``layout.keys.<name>``)."""
 SCHEMA = 1
 SIDECAR = "trace.json"
 ARRAYS = "arrays.safetensors"
@@ -249,6 +258,13 @@ def _sidecar(trace: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         for field_name in ("positions", "weights", "boxes", "grid", "image_index"):
             arrays[f"layout.soft.{field_name}"] = np.asarray(getattr(cells, field_name))
         soft = {"grid_shape": list(cells.grid_shape), "label": cells.label}
+    if layout.frames is not None:  # a video: the frame span of every position
+        arrays["layout.frames"] = np.asarray(layout.frames, np.int64)
+    keys = None
+    if layout.keys is not None:  # a cross-attention family: the image columns are cross-attention keys
+        for field_name, dtype in CROSS_KEY_ARRAYS.items():
+            arrays[f"layout.keys.{field_name}"] = np.asarray(getattr(layout.keys, field_name), dtype)
+        keys = {"label": layout.keys.label}
     stored = {"attention_rows": _quantised(arrays, "attention_rows", trace.attention_rows)}
     if trace.hidden_states is not None:
         arrays["hidden_states"] = np.asarray(trace.hidden_states).astype(np.float16)
@@ -269,7 +285,13 @@ def _sidecar(trace: Any, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         "num_layers": int(trace.num_layers),
         "num_heads": int(trace.num_heads),
         "head_mean": bool(trace.head_mean),
-        "layout": {"images": [geometry.to_dict() for geometry in layout.images], "soft": soft, "source": layout.source},
+        "layout": {
+            "images": [geometry.to_dict() for geometry in layout.images],
+            "soft": soft,
+            "source": layout.source,
+            "video": layout.frames is not None,
+            "keys": keys,
+        },
         "stored": stored,
         "maps": {name: _encode_map(result, f"maps.{name}", arrays) for name, result in trace.maps.items()},
         "results": {
@@ -518,7 +540,8 @@ def _array(arrays: _Arrays, name: str, dtype: str, shape: tuple[int | None, ...]
             f"tensor {name!r} is {values.dtype} {values.shape}, expected {dtype} "
             f"{tuple('any' if n is None else n for n in shape)}"
         )
-    finite = values[~np.isnan(values)] if name == "layout.boxes" else values  # NaN boxes: positions without one
+    boxes = name in ("layout.boxes", "layout.keys.boxes")
+    finite = values[~np.isnan(values)] if boxes else values  # NaN boxes: positions (keys) without one
     if values.dtype.kind == "f" and not np.isfinite(finite).all():
         raise TraceFormatError(f"tensor {name!r} holds non-finite values")
     return values
@@ -643,7 +666,8 @@ def _build(sidecar: dict[str, Any], arrays: _Arrays, files: Callable[[str], byte
     queries = _array(arrays, "query_positions", "int64", (None,))
     _in_range("query_positions", queries, 0, n)
     heads = 1 if head_mean else num_heads
-    rows = _stored(arrays, sidecar, "attention_rows", (len(layers), heads, len(queries), n))
+    columns = n if layout.keys is None else len(layout.keys)  # rows run over the cross-attention keys there
+    rows = _stored(arrays, sidecar, "attention_rows", (len(layers), heads, len(queries), columns))
     stored = _field(sidecar, "stored", dict)
     hidden = _stored(arrays, sidecar, "hidden_states", (num_layers + 1, n, None)) if "hidden_states" in stored else None
     vision = (
@@ -653,8 +677,8 @@ def _build(sidecar: dict[str, Any], arrays: _Arrays, files: Callable[[str], byte
     )
     maps = {name: _decode_map(entry, arrays) for name, entry in _field(sidecar, "maps", dict).items()}
     for name, result in maps.items():
-        if result.values.shape[-1] and result.columns.size and int(result.columns.max()) >= n:
-            raise TraceFormatError(f"map {name!r} has columns outside the sequence")
+        if result.values.shape[-1] and result.columns.size and int(result.columns.max()) >= columns:
+            raise TraceFormatError(f"map {name!r} has columns outside the sequence (or the cross-attention keys)")
     trace = trace_type(
         tokens=tokens,
         token_ids=_array(arrays, "token_ids", "int64", (n,)),
@@ -691,7 +715,13 @@ def _result(entry: Any, arrays: _Arrays) -> Any:
         raise TraceFormatError(f"unknown kept result type {entry.get('type')!r}")
     fields = _dict(entry.get("fields"), "a kept result's fields")
     expected = {field.name for field in dataclasses.fields(cls)}
-    if set(fields) != expected:
+    # Fields with defaults may be missing: files written before such a field was added still load.
+    optional = {
+        field.name
+        for field in dataclasses.fields(cls)
+        if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    }
+    if not expected - optional <= set(fields) <= expected:
         raise TraceFormatError(f"a kept {entry['type']} has fields {sorted(fields)}, expected {sorted(expected)}")
     return cls(**{name: _decode(value, arrays) for name, value in fields.items()})
 
@@ -743,6 +773,26 @@ def _layout(sidecar: dict[str, Any], arrays: _Arrays, tokens: list[str], n_image
             image_index=arrays.read("layout.soft.image_index"),
             label=_string(soft_described.get("label"), "soft cells' label"),
         )
+    frames = None
+    if described.get("video", False) is True:  # the frame span of every position, -1 outside the video
+        frames = _array(arrays, "layout.frames", "int64", (n, 2))
+        _in_range("layout.frames", frames, -1, max(n_images, 1))
+        if ((frames[:, 0] > frames[:, 1]) | ((frames[:, 0] < 0) != (frames[:, 1] < 0))).any():
+            raise TraceFormatError("tensor 'layout.frames' holds a frame span whose first frame is after its last")
+    keys = None
+    keys_described = described.get("keys")
+    if keys_described is not None:
+        keys_described = _dict(keys_described, "cross-attention keys")
+        n_keys = len(arrays.read("layout.keys.anchors"))
+        shapes = {"boxes": (n_keys, 4), "grid": (n_keys, 2), "grid_shape": (n_keys, 2)}
+        parts = {
+            name: _array(arrays, f"layout.keys.{name}", dtype, shapes.get(name, (n_keys,)))
+            for name, dtype in CROSS_KEY_ARRAYS.items()
+        }
+        _in_range("layout.keys.image_index", parts["image_index"], -1, max(n_images, 1))
+        _in_range("layout.keys.anchors", parts["anchors"], -1, n)
+        _in_range("layout.keys.view", parts["view"], 0, len(VIEWS))
+        keys = CrossKeys(**parts, label=_string(keys_described.get("label"), "cross-attention keys' label"))
     source = described.get("source", "adapter")  # files written before layouts were measured
     if source not in LAYOUT_SOURCES:
         raise TraceFormatError(f"the layout's source must be one of {list(LAYOUT_SOURCES)}, not {ascii(source)[:60]}")
@@ -757,4 +807,6 @@ def _layout(sidecar: dict[str, Any], arrays: _Arrays, tokens: list[str], n_image
         images=images,
         soft=soft,
         source=source,
+        frames=None if frames is None else frames.astype(np.int32),
+        keys=keys,
     )

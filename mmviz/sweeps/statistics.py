@@ -181,7 +181,7 @@ def _pointing_game(trace: Trace, example: Example, method: str = "attention") ->
 def _box_inside(trace: Trace, columns: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Which image columns' boxes hold a pixel of ``mask``."""
     inside = np.zeros(len(columns), bool)
-    for index, (x0, y0, x1, y1) in enumerate(trace.layout.boxes[columns]):
+    for index, (x0, y0, x1, y1) in enumerate(trace.layout.column_table.boxes[columns]):  # positions, or keys
         rows, cols = slice(int(np.floor(y0)), int(np.ceil(y1))), slice(int(np.floor(x0)), int(np.ceil(x1)))
         inside[index] = bool(mask[rows, cols].any())
     return inside

@@ -27,15 +27,23 @@ def trace_generative(
     *,
     answer: str | Sequence[int] | None,
     max_new_tokens: int,
+    video: bool = False,
 ) -> Trace:
     """Trace a generative model (called by :func:`mmviz.trace`, which checked the arguments).
 
     The budget of ``plan`` is checked with the longest answer generation may give before anything runs; the
-    model is left as found (attention implementation, flags, hooks), also when this raises.
+    model is left as found (attention implementation, flags, hooks), also when this raises. With ``video``,
+    ``images`` are the frames of one video.
     """
     layers = np.asarray(plan.layer_indices(adapter.num_layers))
-    text = adapter.format_prompt(prompt, n_images=len(images))
-    inputs = to_device(adapter.encode(images, text), model)
+    if video and plan.vision_attention:
+        raise InputError("the vision tower's attention is recorded for images only; trace the video without it")
+    if video:
+        text = adapter.format_video_prompt(prompt, n_frames=len(images))
+        inputs = to_device(adapter.encode_video(images, text), model)
+    else:
+        text = adapter.format_prompt(prompt, n_images=len(images))
+        inputs = to_device(adapter.encode(images, text), model)
     prompt_ids = inputs["input_ids"]
     answer_ids = None if answer is None else _answer_ids(adapter, answer)
     # Check the budget before anything runs, with the longest answer generation may give.
@@ -48,6 +56,7 @@ def trace_generative(
     planned_queries = _n_queries(plan, planned_length, planned_length - n_image)
     longest = f"max_new_tokens={max_new_tokens} (lower it)" if answer_ids is None else ""
     planned_logits = planned_length - prompt_ids.shape[1] + 1
+    cross_layers = adapter.cross_attention_layers
     plan.check(
         adapter.model_shape(len(images)), planned_length, planned_queries, n_logits=planned_logits, longest=longest
     )
@@ -78,13 +87,26 @@ def trace_generative(
             vision = AttentionRecorder(keep_calls=True) if plan.vision_attention else None
             if vision is not None:
                 recorders[adapter.vision_config_key] = vision
+            cross = None
+            if cross_layers:  # every position's rows over the cross-attention keys (every head, or their mean)
+                keys = layout.keys
+                if keys is None:
+                    raise UnsupportedModelError(f"{adapter.family}: cross-attention layers but no cross-attention keys")
+                cross_rows = torch.empty(len(cross_layers), heads, len(ids), len(keys))
+                cross = AttentionRecorder(
+                    layers=cross_layers,
+                    head_mean=plan.head_mean,
+                    on_layer=lambda layer: bar.update() if layer in set(layers.tolist()) else None,
+                    into=cross_rows,
+                    keys_are_positions=False,
+                )
             answer_start = prompt_ids.shape[1]
             forward_inputs = adapter.analysis_inputs(
                 {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}, len(answer_ids)
             )
             with (
                 torch.no_grad(),
-                recording(model, recorders),
+                recording(model, recorders, cross_layers=cross_layers, cross_recorder=cross),
                 recording_hidden_states(
                     adapter.decoder_layers(), None if plan.hidden_states else [], into=states
                 ) as hidden,
@@ -96,7 +118,9 @@ def trace_generative(
                     logits_to_keep=len(ids) - answer_start + 1,
                     **forward_inputs,
                 )
-    missing = sorted(set(layers.tolist()) - set(recorder.rows))
+    missing = sorted(set(layers.tolist()) - set(recorder.rows) - set(cross_layers))
+    if cross is not None:
+        missing += sorted(set(cross_layers) - set(cross.rows))
     if missing or (states is not None and len(hidden) != len(states)):
         raise UnsupportedModelError(
             f"decoder layers {missing or 'hidden states'} were not recorded: the language model did not run "
@@ -116,7 +140,9 @@ def trace_generative(
         num_layers=adapter.num_layers,
         num_heads=adapter.num_heads,
         query_positions=np.asarray(query_positions),
-        attention_rows=rows.numpy(),
+        attention_rows=(
+            rows.numpy() if cross is None else cross_key_rows(rows, cross_rows, layers, cross_layers, query_positions)
+        ),
         layers=layers,
         head_mean=plan.head_mean,
         hidden_states=None if states is None else states.numpy(),
@@ -124,6 +150,50 @@ def trace_generative(
         run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(images)),
     )
     return result
+
+
+def cross_key_rows(
+    rows: torch.Tensor,
+    cross_rows: torch.Tensor,
+    layers: np.ndarray,
+    cross_layers: Sequence[int],
+    query_positions: np.ndarray,
+) -> np.ndarray:
+    """Attention rows over the cross-attention keys ``(L, H, Q, K)`` for a family whose text reads the image only
+    through cross-attention layers (the image columns are those keys).
+
+    A cross layer's rows are its own cross-attention probabilities (query → vision key). A self-attention layer
+    ``ℓ`` reaches the image INDIRECTLY, as BLIP-2's queries do: its row ``A_ℓ[q, ·]`` over positions is composed with
+    what each position read in the cross layers before ``ℓ``, ``W_ℓ[t, k]`` = their cross-attention of ``t``
+    averaged over heads and those layers: ``A_ℓ @ W_ℓ``. Before the first cross layer nothing has read the image:
+    those rows are 0.
+
+    Args:
+        rows: ``(L, H or 1, Q, N)`` the recorded rows over positions (cross layers' slots are ignored).
+        cross_rows: ``(Lc, H or 1, N, K)`` every position's cross-attention rows, per cross layer and head (or
+            their mean, as ``rows``).
+        layers: the ``L`` recorded decoder layers.
+        cross_layers: the ``Lc`` cross layers, in order.
+        query_positions: the ``Q`` recorded query positions.
+
+    Example:
+        >>> cross_key_rows(rows, cross_rows, np.arange(3), [1], np.arange(5)).shape      # doctest: +SKIP
+        (3, 4, 5, 68)
+    """
+    heads = rows.shape[1]
+    queries = torch.as_tensor(np.asarray(query_positions), dtype=torch.long)
+    order = {int(layer): slot for slot, layer in enumerate(cross_layers)}
+    out = torch.zeros(len(layers), heads, len(queries), cross_rows.shape[-1])
+    for slot, layer in enumerate(np.asarray(layers).tolist()):
+        if layer in order:
+            own = cross_rows[order[layer]][:, queries]  # (H, Q, K)
+            out[slot] = own.mean(dim=0, keepdim=True) if heads == 1 else own
+            continue
+        before = [order[c] for c in order if c < layer]
+        if before:
+            weights = cross_rows[before].mean(dim=(0, 1))  # (N, K)
+            out[slot] = rows[slot] @ weights
+    return out.numpy()
 
 
 def _query_positions(plan: CapturePlan, layout: TokenLayout) -> np.ndarray:

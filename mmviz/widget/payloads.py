@@ -39,10 +39,12 @@ def layout_payload(trace: Trace) -> dict[str, Any]:
 
     With soft cells (BLIP-2) the browser's columns are the cells: their boxes, grid, image and view ("query"); each
     cell's ``image_positions`` entry is the query it weighs most, and ``soft`` carries the query positions and the
-    ``(Qn, C)`` weights that composed every shipped map.
+    ``(Qn, C)`` weights that composed every shipped map. With cross-attention keys (Llama 3.2 Vision) the columns
+    are the keys that have a box, and each one's ``image_positions`` entry is its image's placeholder token.
     """
     layout = trace.layout
     columns = trace.image_positions
+    table = layout.column_table  # the layout, or the cross-attention keys that are the image columns
     tokenizer = trace.run.adapter.tokenizer if trace.run is not None else None
     logprobs = np.full(len(layout), np.nan, np.float32)
     logprobs[trace.answer_start : trace.answer_start + len(trace.answer_logprobs)] = trace.answer_logprobs
@@ -52,11 +54,11 @@ def layout_payload(trace: Trace) -> dict[str, Any]:
         "kinds": layout.kinds.astype(np.uint8).tobytes(),
         "answer_start": int(trace.answer_start),
         "query_positions": trace.query_positions.astype("<i4").tobytes(),
-        "image_positions": columns.astype("<i4").tobytes(),
-        "boxes": layout.boxes[columns].astype("<f4").tobytes(),
-        "grid": layout.grid[columns].astype("<i4").tobytes(),
-        "image_index": layout.image_index[columns].astype("<i4").tobytes(),
-        "view": layout.view[columns].astype(np.uint8).tobytes(),
+        "image_positions": (columns if layout.keys is None else layout.keys.anchors[columns]).astype("<i4").tobytes(),
+        "boxes": table.boxes[columns].astype("<f4").tobytes(),
+        "grid": table.grid[columns].astype("<i4").tobytes(),
+        "image_index": table.image_index[columns].astype("<i4").tobytes(),
+        "view": table.view[columns].astype(np.uint8).tobytes(),
         "view_names": list(VIEWS),
         "images": [geometry.to_dict() for geometry in layout.images],
         "word_start": np.asarray(_word_starts(trace, tokenizer), np.uint8).tobytes(),
@@ -77,6 +79,22 @@ def layout_payload(trace: Trace) -> dict[str, Any]:
             },
         )
     return payload
+
+
+def video_meta(trace: Trace) -> dict[str, Any]:
+    """``meta.video`` of a video trace: the number of original frames (the trace's images) and each temporal
+    group's ``[first, last]`` frame; a group's tokens are the columns whose image index is its first frame.
+
+    Example:
+        >>> video_meta(trace)                                  # doctest: +SKIP
+        {'n_frames': 5, 'groups': [[0, 1], [2, 3], [4, 4]]}
+    """
+    frames = trace.layout.frames
+    if frames is None:
+        raise ValueError("the trace was made from images, not a video")
+    spans = frames[trace.image_positions]
+    groups = sorted({(int(first), int(last)) for first, last in spans if first >= 0})
+    return {"n_frames": len(trace.images), "groups": [list(group) for group in groups]}
 
 
 def display_cells(values: np.ndarray, layout: TokenLayout) -> np.ndarray:
@@ -185,12 +203,14 @@ def _word_starts(trace: Trace, tokenizer: object) -> Any:
 
 def available_extras(trace: Trace) -> dict[str, bool]:
     """What the browser may fetch: per-head maps always; the logit lens and the projection with the model, or when
-    they were kept (a trace loaded from a file); the projection also from captured hidden states."""
+    they were kept (a trace loaded from a file); the projection also from captured hidden states, and only when the
+    image is at sequence positions (not for a family that reads it through cross-attention layers)."""
     model = trace.run is not None
+    in_sequence = trace.layout.keys is None
     return {
         "heads": True,
         "lens": model or lens_key(LENS_TOP_K) in trace.results,
-        "projection": model or trace.hidden_states is not None or projection_key() in trace.results,
+        "projection": in_sequence and (model or trace.hidden_states is not None or projection_key() in trace.results),
     }
 
 

@@ -24,7 +24,7 @@ def test_every_family_renders_and_paints(page_watch, tmp_path, case):
     trace = mmviz.trace(model, processor, IMAGE, prompt, answer=answer)
     # the widget shows one view per image, the finest (most tokens): hover the row that attends to it most, at the
     # layer where it does (a row before a later view, or a sliding-window layer, cannot see that view at all)
-    views = trace.layout.view[trace.image_positions]
+    views = trace.layout.column_table.view[trace.image_positions]  # positions, or a cross family's keys
     codes, counts = np.unique(views, return_counts=True)
     shown = views == codes[np.argmax(counts)]
     attention = trace.attention(head="mean")[:, :, shown].max(axis=2)  # (layers, rows)

@@ -1,6 +1,7 @@
-"""One browser test per family kind that the other page tests do not cover: query-based (BLIP-2) and tiles + a
-global image (Idefics3). Grid (LLaVA-1.5) is in ``test_inspector_page.py``; anyres tiles (LLaVA-NeXT) and
-multi-image prompts in ``test_views_page.py``.
+"""One browser test per family kind that the other page tests do not cover: query-based (BLIP-2), tiles + a
+global image (Idefics3) and cross-attention (Llama 3.2 Vision, whose image columns are cross-attention keys).
+Grid (LLaVA-1.5) is in ``test_inspector_page.py``; anyres tiles (LLaVA-NeXT) and multi-image prompts in
+``test_views_page.py``.
 
 Each test reads the heat canvas back at every cell's box (original pixels) and compares it with Python's map.
 """
@@ -74,4 +75,28 @@ def test_tiles_and_global_image_are_separate_layers_on_the_original(page_watch, 
         assert shown["range"] == pytest.approx(float(expected.max()), rel=0.02), "scaled over the drawn view"
         assert np.abs(shown["values"] - expected).max() <= 3 * float(expected.max()) / 255
         assert len(canvas_colours(page) - {(0, 0, 0, 0)}) <= len(columns), "one view at a time"
+    watch.assert_clean()
+
+
+def test_cross_attention_maps_are_the_cross_layers_rows_over_the_tiles(page_watch, tmp_path):
+    builder = pytest.importorskip("tests.families.build_mllama")
+    page, watch = page_watch
+    model, processor = builder.build_mllama()
+    trace = mmviz.trace(model, processor, WIDE, PROMPT, answer=ANSWER)
+    keys = trace.layout.keys
+    assert keys is not None and len(trace.image_positions) > 0
+    layer = builder.MLLAMA_CROSS_LAYERS[0]
+    maps = trace.attention(layer=layer, head="mean")  # (rows, image keys): the cross layer's own rows
+    row = answer_row(trace, maps, np.arange(len(trace.image_positions)))
+    open_inspector(page, mmviz.Inspector(trace, layer=layer), tmp_path)
+
+    # the <|image|> marker is a token of its own; the image keys are drawn as the tiles' patches
+    page.hover(f'.mmviz-token[data-pos="{int(trace.query_positions[row])}"]')
+    page.wait_for_function("() => document.querySelector('.mmviz-heat').dataset.row !== '-1'")
+    expected = maps[row]
+    shown = heat_values(page, keys.boxes[trace.image_positions], WIDE.width)
+    assert (shown["rgba"][:, 3] == 255).all(), "every patch of the three real tiles is painted"
+    assert shown["range"] == pytest.approx(float(expected.max()), rel=0.02)
+    assert np.abs(shown["values"] - expected).max() <= 3 * float(expected.max()) / 255
+    assert page.text_content(".mmviz-error") == ""
     watch.assert_clean()

@@ -17,18 +17,20 @@ def coordinate_image(width: int, height: int) -> Image.Image:
 
 
 def _box_groups(layout: TokenLayout):
-    """``(label, boxes, image)`` per (image, view); query-based layouts (BLIP-2) group their soft cells per image."""
+    """``(label, boxes, image)`` per (image, view); query-based layouts (BLIP-2) group their soft cells per image,
+    cross-attention layouts (Llama 3.2 Vision) their keys per (image, view)."""
     if layout.soft is not None:
         soft = layout.soft
         for image in np.unique(soft.image_index):
             yield f"image {image}, soft cells", soft.boxes[soft.image_index == image], int(image)
         return
     image_positions = layout.image_positions
-    for image in np.unique(layout.image_index[image_positions]):
-        mine = image_positions[layout.image_index[image_positions] == image]
-        for view in np.unique(layout.view[mine]):  # this image's own views (another image may have fewer)
-            group = mine[layout.view[mine] == view]
-            yield f"image {image}, view {VIEWS[view]!r}", layout.boxes[group], int(image)
+    table = layout.column_table
+    for image in np.unique(table.image_index[image_positions]):
+        mine = image_positions[table.image_index[image_positions] == image]
+        for view in np.unique(table.view[mine]):  # this image's own views (another image may have fewer)
+            group = mine[table.view[mine] == view]
+            yield f"image {image}, view {VIEWS[view]!r}", table.boxes[group], int(image)
 
 
 def assert_views_tile(layout: TokenLayout, atol: float = 1e-3) -> None:

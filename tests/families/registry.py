@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-KINDS = ("grid", "tiled", "query", "dual")
+KINDS = ("grid", "tiled", "query", "dual", "cross")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class FamilyCase:
     """One family: how to build its tiny model + processor, and what it can do."""
 
     model_type: str
-    kind: str  # "grid" (one token grid per image), "tiled" (several views), "query" (Q-Former), "dual" (CLIP-like)
+    kind: str  # "grid" (one token grid per image), "tiled" (views), "query" (Q-Former), "dual" (CLIP), "cross" (keys)
     build: Callable[[], tuple[Any, Any]]
     multi_image: bool = True  # the family's processor takes several images in one prompt
     gradients: bool = True  # gradient methods apply (the image reaches the language model through embeddings)

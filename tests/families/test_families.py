@@ -39,8 +39,16 @@ def test_trace_end_to_end(case):
     trace = mmviz.trace(model, processor, WIDE, "What is in the picture?", max_new_tokens=3)
     assert trace.layout.images[0].width == WIDE.width
     assert len(trace.image_positions) > 0
-    assert trace.attention_rows.shape[-1] == len(trace.tokens)
-    np.testing.assert_allclose(trace.attention_rows.sum(-1), 1.0, atol=1e-4)
+    if case.kind == "cross":  # rows over the cross-attention keys; nothing reads the image before the first cross layer
+        assert trace.attention_rows.shape[-1] == len(trace.layout.keys)
+        first = min(trace.run.adapter.cross_attention_layers)
+        expected = (trace.layers >= first).astype(np.float32)[:, None, None]
+        np.testing.assert_allclose(
+            trace.attention_rows.sum(-1), np.broadcast_to(expected, trace.attention_rows.shape[:-1]), atol=1e-4
+        )
+    else:
+        assert trace.attention_rows.shape[-1] == len(trace.tokens)
+        np.testing.assert_allclose(trace.attention_rows.sum(-1), 1.0, atol=1e-4)
     assert np.isfinite(trace.answer_logprobs).all()
     assert_views_tile(trace.layout)
     assert_boxes_inside(trace.layout)
@@ -65,7 +73,7 @@ def test_multi_image(case):
     model, processor = case.build()
     trace = mmviz.trace(model, processor, [WIDE, TALL], "Compare the two pictures.", answer="same")
     assert [image.width for image in trace.layout.images] == [WIDE.width, TALL.width]
-    assert set(np.unique(trace.layout.image_index[trace.image_positions])) == {0, 1}
+    assert set(np.unique(trace.layout.column_table.image_index[trace.image_positions])) == {0, 1}
     assert_views_tile(trace.layout)
 
 
@@ -103,7 +111,11 @@ def test_gradient_methods(case):
         pytest.skip(f"{case.model_type}: the image does not reach a language model through embeddings")
     model, processor = case.build()
     trace = mmviz.trace(model, processor, WIDE, "What is in the picture?", answer="red")
-    for result in (mmviz.methods.gradient_x_input(trace), mmviz.methods.relevancy(trace)):
+    if case.kind == "cross":  # gradients reach the cross-attention keys; relevancy needs image positions
+        with pytest.raises(mmviz.errors.UnsupportedModelError, match="cross-attention"):
+            mmviz.methods.relevancy(trace)
+    methods = [mmviz.methods.gradient_x_input] + ([] if case.kind == "cross" else [mmviz.methods.relevancy])
+    for result in (method(trace) for method in methods):
         assert result.values.shape == (len(trace.tokens) - trace.answer_start, len(trace.image_positions))
         assert np.isfinite(result.values).all() and np.abs(result.values).max() > 0
 
