@@ -12,6 +12,12 @@ from PIL import Image, UnidentifiedImageError
 from mmviz.errors import InputError
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
+VideoLike = Sequence[ImageLike] | np.ndarray
+"""Frames of a video: a list of images (PIL, arrays, paths) or a ``(T, H, W, 3)`` uint8 array."""
+
+MAX_FRAMES = 256
+"""The most frames :func:`load_video` accepts: every frame becomes tokens of ONE sequence (and a PNG in the trace);
+sample a long video down first (e.g. ``frames[::k]``)."""
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -53,6 +59,57 @@ def load_images(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
             raise InputError("the image list is empty; pass at least one image")
         return [load_image(image) for image in images]
     return [load_image(images)]
+
+
+def load_video(frames: VideoLike, *, max_frames: int = MAX_FRAMES) -> list[Image.Image]:
+    """The frames of a video as RGB PIL images of one size, in order: the ORIGINAL frames every map is drawn on.
+
+    Accepts a list or tuple of frames (PIL images, ``H×W×3`` uint8 arrays or paths) or one ``(T, H, W, 3)`` uint8
+    array. Every frame is used as given (mmviz samples nothing: pass the frames you want analysed).
+
+    Raises:
+        InputError: no frames, more than ``max_frames``, frames of different sizes, or a frame that is not an image.
+
+    Example:
+        >>> [frame.size for frame in load_video(np.zeros((3, 4, 6, 3), np.uint8))]
+        [(6, 4), (6, 4), (6, 4)]
+    """
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+            raise InputError(
+                f"a video array must be (frames, height, width, 3) uint8, got shape {frames.shape}; pass a list of "
+                f"frames for anything else"
+            )
+        items: list[ImageLike] = list(frames)
+    elif isinstance(frames, (list, tuple)):
+        items = list(frames)
+    else:
+        raise InputError(
+            f"video must be a list of frames (PIL images, H×W×3 uint8 arrays or paths) or a (T, H, W, 3) uint8 "
+            f"array, not {type(frames).__name__}"
+        )
+    if not items:
+        raise InputError("the video has no frames; pass at least one frame")
+    if len(items) > max_frames:
+        raise InputError(
+            f"the video has {len(items)} frames, more than the {max_frames} mmviz traces in one sequence; sample it "
+            f"down first, e.g. video[::{-(-len(items) // max_frames)}]"
+        )
+    loaded = []
+    for index, item in enumerate(items):
+        try:
+            loaded.append(load_image(item))
+        except InputError as error:
+            raise InputError(f"frame {index}: {error}") from None
+    sizes = sorted({frame.size for frame in loaded})
+    if len(sizes) > 1:
+        odd = next(index for index, frame in enumerate(loaded) if frame.size != loaded[0].size)
+        raise InputError(
+            f"the frames have different sizes ({', '.join(f'{w}×{h}' for w, h in sizes[:4])}): frame 0 is "
+            f"{loaded[0].width}×{loaded[0].height}, frame {odd} is {loaded[odd].width}×{loaded[odd].height}; resize "
+            f"them to one size first"
+        )
+    return loaded
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -6,7 +6,7 @@ import { INITIAL_STATE, type ViewState as FocusState } from "../src/store";
 import { CAVEAT, captionText, quoteToken } from "../src/views/caption";
 import { displaySize, pixelRect } from "../src/views/image-view";
 import { formatValue } from "../src/views/legend";
-import { chipLabel, displayToken, imageRuns } from "../src/views/token-strip";
+import { chipLabel, DELTA_FLOOR_NATS, deltaScale, deltaWidth, displayToken, imageRuns, signedText } from "../src/views/token-strip";
 import { makeState, source } from "./fixtures";
 
 const data = buildData(source(makeState()));
@@ -24,6 +24,24 @@ describe("token strip logic", () => {
     expect(chipLabel(runs[0]!, 1)).toBe("image · 5 tokens");
     expect(chipLabel({ start: 0, count: 576, images: [1] }, 2)).toBe("image 2 · 576 tokens");
     expect(chipLabel({ start: 0, count: 1, images: [0, 1] }, 2)).toBe("2 images · 1 token");
+  });
+
+  it("labels a video's run by its frames: the frames of the groups whose tokens lie in it", () => {
+    const video = { nFrames: 5, groups: [[0, 1], [2, 3], [4, 4]] as [number, number][] };
+    // Groups' tokens carry their first frame as image index: images 0, 2, 4 → 2 + 2 + 1 frames.
+    expect(chipLabel({ start: 3, count: 38, images: [0, 2, 4] }, 5, video)).toBe("video · 5 frames · 38 tokens");
+    expect(chipLabel({ start: 3, count: 12, images: [2] }, 5, video)).toBe("video · 2 frames · 12 tokens");
+    expect(chipLabel({ start: 3, count: 1, images: [4] }, 5, video)).toBe("video · 1 frame · 1 token");
+  });
+
+  it("scales Δ bars to the largest |Δ| but never below the floor", () => {
+    expect(DELTA_FLOOR_NATS).toBe(1);
+    expect(deltaScale([0.0004, -0.0002])).toBe(1); // ≈ 0 everywhere: ≈ empty bars, not full-width ones
+    expect(deltaWidth(0.0004, deltaScale([0.0004, -0.0002]))).toBeCloseTo(0.02, 10);
+    expect(deltaScale([-3, 0.5, Number.NaN])).toBe(3);
+    expect([deltaWidth(-3, 3), deltaWidth(1.5, 3), deltaWidth(Number.NaN, 3), deltaWidth(9, 3)]).toEqual([50, 25, 0, 50]);
+    expect(deltaScale([])).toBe(1);
+    expect([signedText(0), signedText(-1.5), signedText(0.1234)]).toEqual(["+0.000", "-1.500", "+0.123"]);
   });
 });
 

@@ -4,7 +4,7 @@ positions and generates text, which mmviz's methods run again."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -13,6 +13,23 @@ from PIL import Image
 from mmviz.adapters.base import Adapter, ModelShape
 from mmviz.adapters.layout import TokenLayout
 from mmviz.errors import ProcessorMismatchError, UnsupportedModelError
+
+
+def video_families() -> list[str]:
+    """The families whose adapter has a video path (``mmviz.trace(..., video=frames)``), sorted.
+
+    Example:
+        >>> "Qwen2-VL" in video_families()
+        True
+    """
+    found: set[str] = set()
+    pending: list[type] = [GenerativeAdapter]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if getattr(cls, "video_path", False) and cls.family:
+            found.add(cls.family)
+    return sorted(found)
 
 
 class GenerativeAdapter(Adapter):
@@ -29,6 +46,21 @@ class GenerativeAdapter(Adapter):
         ...     def layout(self, input_ids, images, inputs): ...
         >>> mmviz.register_adapter(MyAdapter)                 # doctest: +SKIP
     """
+
+    video_path: ClassVar[bool] = False
+    """Whether the family reads videos (:meth:`format_video_prompt`, :meth:`encode_video`, and a :meth:`layout`
+    that gives every video token its frame span)."""
+    image_input: ClassVar[str] = "inputs_embeds"
+    """The language model's keyword argument that carries the image, which gradient and perturbation methods edit:
+    ``inputs_embeds`` (image features scattered into the sequence), or the cross-attention states of a family
+    whose text reads the image through cross-attention layers (its layout then has
+    :class:`~mmviz.adapters.layout.CrossKeys`)."""
+
+    @property
+    def cross_attention_layers(self) -> tuple[int, ...]:
+        """Decoder layers whose attention reads the image through cross-attention (keys = vision states, not
+        sequence positions); none for families that put the image into the sequence."""
+        return ()
 
     # -- model structure -------------------------------------------------------------------------------------
     @property
@@ -130,6 +162,38 @@ class GenerativeAdapter(Adapter):
         """Run the processor; returns tensors for one sequence."""
         self.check_placeholders(text, len(images))
         return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
+
+    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
+        """The text the processor gets for ``prompt`` about one video of ``n_frames`` frames (families with a
+        video path override it)."""
+        raise self.no_video()
+
+    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """Run the processor on one video (every frame used as given); returns tensors for one sequence."""
+        raise self.no_video()
+
+    def pixel_inputs(self, images: Sequence[Image.Image], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The processor's pixel inputs for ``images`` (edited copies of the traced ones, same sizes, so the token
+        grids are the same), only the keys that ``like`` (the traced inputs) holds: what a baseline (blurred or
+        blank images) replaces in a forward.
+
+        Example:
+            >>> blurred = [image.filter(ImageFilter.GaussianBlur(8)) for image in trace.images]    # doctest: +SKIP
+            >>> {**trace.run.inputs, **adapter.pixel_inputs(blurred, trace.run.inputs)}           # doctest: +SKIP
+        """
+        # Through the whole processor, not its image processor alone: processors pass their own image options
+        # (InternVL's and Aya Vision's tiling), so the image processor by itself can lay the same image out otherwise.
+        names = set(getattr(self.processor.image_processor, "model_input_names", None) or ("pixel_values",))
+        encoded = self.encode(list(images), self.format_prompt("Describe the image.", len(images)))
+        return {key: value for key, value in encoded.items() if key in like and key in names}
+
+    def no_video(self) -> UnsupportedModelError:
+        """The error for a video passed to a family without a video path."""
+        return UnsupportedModelError(
+            f"{self.family or type(self).__name__} has no video path in mmviz; families with one: "
+            f"{', '.join(video_families())}. Pass frames as images instead (image=[...]) to trace them as a "
+            f"multi-image prompt"
+        )
 
     def check_placeholders(self, text: str, n_images: int) -> None:
         """The prompt must hold one image placeholder per image."""

@@ -30,7 +30,7 @@ from transformers.image_processing_utils import get_patch_output_size, select_be
 from mmviz.adapters import geometry
 from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.layout import IMAGE_NEWLINE, VIEWS, ImageGeometry, LayoutBuilder, TokenLayout
-from mmviz.errors import ProcessorMismatchError
+from mmviz.errors import InputError, ProcessorMismatchError
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,126 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     family = "LLaVA-OneVision"
     model_types = ("llava_onevision",)
+    video_path = True
     fallback_template = "<|im_start|>user {image}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+    # -- video: every frame one tile, its g × g features pooled to ⌈g/2⌉², one image_newline after the last frame
+    @property
+    def video_token(self) -> str:
+        return str(getattr(self.processor, "video_token", None) or "<video>")
+
+    @property
+    def video_token_id(self) -> int:
+        configured = getattr(self.model.config, "video_token_id", None)
+        if configured is None:
+            configured = getattr(self.model.config, "video_token_index", None)
+        if configured is not None:
+            return int(configured)
+        return int(self.tokenizer.convert_tokens_to_ids(self.video_token))
+
+    @property
+    def pooled_size(self) -> int:
+        """``⌈g/2⌉``: pooled feature cells per frame side (``LlavaOnevisionModel.apply_pooling``, bilinear)."""
+        return math.ceil(self.grid_size / 2)
+
+    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
+        """The chat template with one video item (or OneVision's ChatML format around the video token)."""
+        if self.video_token in prompt:
+            return prompt
+        if self.image_token in prompt:
+            raise InputError(
+                f"the prompt holds the image placeholder {self.image_token!r} but a video was passed; use "
+                f"{self.video_token!r} (or no placeholder: mmviz adds it)"
+            )
+        if getattr(self.processor, "chat_template", None):
+            content = [{"type": "video"}, {"type": "text", "text": prompt}]
+            text = self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+            if text.count(self.video_token) == 1:
+                return str(text)
+        return self.fallback_template.format(image=self.video_token, prompt=prompt)
+
+    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """The processor's output for one video, every frame kept (``do_sample_frames=False``), each frame
+        resized to one ``S × S`` tile."""
+        if text.count(self.video_token) != 1 or self.image_token in text:
+            raise ProcessorMismatchError(
+                f"a video prompt needs exactly one video placeholder ({self.video_token!r}) and no image "
+                f"placeholder; pass a plain question (mmviz adds it)"
+            )
+        if getattr(self.processor, "video_processor", None) is None:
+            raise ProcessorMismatchError("the processor has no video_processor; pass the model's full processor")
+        inputs = dict(self.processor(videos=[list(frames)], text=[text], return_tensors="pt", do_sample_frames=False))
+        self._check_video(inputs, len(frames))
+        return inputs
+
+    def _check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+        pixels = inputs.get("pixel_values_videos")
+        if pixels is None or pixels.ndim != 5:
+            raise ProcessorMismatchError("the processor output has no (1, T, C, S, S) pixel_values_videos")
+        if int(pixels.shape[1]) != n_frames:
+            raise ProcessorMismatchError(
+                f"the processor kept {pixels.shape[1]} of the {n_frames} frames: it sampled frames although mmviz "
+                f"passes do_sample_frames=False"
+            )
+        self.check_canvas(pixels, self.tile_size, " (its video processor's size)")
+        found = int((inputs["input_ids"] == self.video_token_id).sum())
+        expected = n_frames * self.pooled_size**2 + 1
+        if found != expected:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} video tokens for {n_frames} frames, the model needs {expected} "
+                f"({self.pooled_size}² pooled cells per frame + one newline); load the processor of this checkpoint"
+            )
+
+    def pixel_inputs(self, images: Sequence[Image.Image], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """For a video trace (``like`` holds ``pixel_values_videos``) ``images`` are edited frames: the video
+        processor's output for them, every frame kept."""
+        if "pixel_values_videos" not in like:
+            return super().pixel_inputs(images, like)
+        encoded = dict(
+            self.processor.video_processor(videos=[list(images)], do_sample_frames=False, return_tensors="pt")
+        )
+        return {key: value for key, value in encoded.items() if key in like}
+
+    def layout(
+        self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        if "pixel_values_videos" in inputs and "pixel_values" not in inputs:
+            return self.video_layout(input_ids, images, inputs)
+        return super().layout(input_ids, images, inputs)
+
+    def video_layout(
+        self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        """One frame per token group: frame ``f`` (resized per axis to the ``S × S`` tile, no crop) gives its
+        ``g × g`` patch features pooled bilinearly to ``n × n`` (``n = ⌈g/2⌉``), in raster order, span ``(f, f)``;
+        the model's ``image_newline`` follows the last frame (kind ``image_newline``, no box). Pooled cell ``i``
+        covers patches ``i·g/n … (i+1)·g/n`` (exactly the 2 × 2 block for an even ``g``; for an odd ``g`` the
+        bilinear kernel centred there, which also reads a little of its neighbours); the tile's remainder past
+        ``g·patch`` goes to the last cell, as for images.
+        """
+        self._check_video(inputs, len(frames))
+        n, g, S = self.pooled_size, self.grid_size, self.tile_size
+        positions = np.flatnonzero(input_ids == self.video_token_id)
+        per_frame = n * n
+        builder = LayoutBuilder(self.display_tokens(input_ids), self.special_mask(input_ids))
+        edges = np.arange(n + 1) * (g / n) * self.patch_size
+        edges[-1] = S
+        r, c = np.divmod(np.arange(per_frame), n)
+        cells = np.stack([edges[c], edges[r], edges[c + 1], edges[r + 1]], axis=1)
+        for index, frame in enumerate(frames):
+            to_canvas = geometry.resize(frame.width, frame.height, S, S)
+            boxes = geometry.clip_boxes(to_canvas.to_original(cells), frame.width, frame.height)
+            span = positions[index * per_frame : (index + 1) * per_frame]
+            builder.mark_grid(span, image_index=index, view="frame", grid_shape=(n, n), boxes=boxes)
+            builder.mark_frames(span, index, index)
+            builder.images.append(ImageGeometry(frame.width, frame.height, (0.0, 0.0, frame.width, frame.height)))
+        newline = positions[len(frames) * per_frame :]
+        builder.kinds[newline] = IMAGE_NEWLINE
+        builder.image_index[newline] = len(frames) - 1
+        builder.view[newline] = VIEWS.index("frame")
+        return builder.build()
 
     @property
     def max_cells(self) -> int:

@@ -39,6 +39,7 @@ class Qwen2VLAdapter(GenerativeAdapter):
 
     family = "Qwen2-VL"
     model_types = ("qwen2_vl",)
+    video_path = True
     fallback_template = "<|im_start|>user\n{image}{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
@@ -53,6 +54,22 @@ class Qwen2VLAdapter(GenerativeAdapter):
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
+
+    @property
+    def temporal_patch_size(self) -> int:
+        """Frames fused into one temporal patch (2: every video token covers two consecutive frames)."""
+        return int(self.model.config.vision_config.temporal_patch_size)
+
+    @property
+    def video_token(self) -> str:
+        return str(getattr(self.processor, "video_token", None) or "<|video_pad|>")
+
+    @property
+    def video_token_id(self) -> int:
+        configured = getattr(self.model.config, "video_token_id", None)
+        if configured is not None:
+            return int(configured)
+        return int(self.tokenizer.convert_tokens_to_ids(self.video_token))
 
     def _marker_ids(self) -> list[int]:
         config = self.model.config
@@ -89,6 +106,93 @@ class Qwen2VLAdapter(GenerativeAdapter):
             return super().format_prompt(prompt, n_images)
         block = f"<|vision_start|>{self.image_token}<|vision_end|>"
         return self.fallback_template.format(image=block * n_images, prompt=prompt)
+
+    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
+        """The chat template (or Qwen's ``<|im_start|>`` format) with one vision block holding the video token."""
+        if self.video_token in prompt:
+            return prompt
+        if self.image_token in prompt:
+            raise InputError(
+                f"the prompt holds the image placeholder {self.image_token!r} but a video was passed; use "
+                f"{self.video_token!r} (or no placeholder: mmviz adds it)"
+            )
+        if getattr(self.processor, "chat_template", None):
+            content = [{"type": "video"}, {"type": "text", "text": prompt}]
+            text = self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+            if text.count(self.video_token) == 1:
+                return str(text)
+        block = f"<|vision_start|>{self.video_token}<|vision_end|>"
+        return self.fallback_template.format(image=block, prompt=prompt)
+
+    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """The processor's output for one video: EVERY frame is used (``do_sample_frames=False``), grouped by
+        ``temporal_patch_size`` (an odd last group repeats the last frame, as the processor pads)."""
+        if text.count(self.video_token) != 1:
+            raise ProcessorMismatchError(
+                f"the prompt has {text.count(self.video_token)} video placeholders ({self.video_token!r}) for one "
+                f"video; use one or none (mmviz then adds it)"
+            )
+        if self.image_token in text:
+            raise InputError("a video prompt cannot also hold image placeholders; trace images and videos apart")
+        if getattr(self.processor, "video_processor", None) is None:
+            raise ProcessorMismatchError(
+                "the processor has no video_processor; pass the model's full processor "
+                "(AutoProcessor.from_pretrained(<the model's checkpoint>))"
+            )
+        frame = frames[0]
+        if max(frame.size) > MAX_ASPECT_RATIO * min(frame.size):
+            raise InputError(
+                f"the {frame.width}×{frame.height} frames are too elongated for the Qwen-VL processor (aspect ratio "
+                f"must stay below {MAX_ASPECT_RATIO}); crop or pad them first"
+            )
+        inputs = dict(self.processor(videos=[list(frames)], text=text, return_tensors="pt", do_sample_frames=False))
+        t, h, w = self._video_grid(inputs, len(frames))
+        patches = t * h * w
+        if int(inputs["pixel_values_videos"].shape[0]) != patches:
+            raise ProcessorMismatchError(
+                f"the processor made {inputs['pixel_values_videos'].shape[0]} video patches but its video_grid_thw "
+                f"says {patches}; use the model's own processor class"
+            )
+        found = int((inputs["input_ids"] == self.video_token_id).sum())
+        if found != patches // self.merge_size**2:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} video tokens for video_grid_thw {[t, h, w]}, the model needs "
+                f"{patches // self.merge_size**2}; the processor's merge_size does not match the model's"
+            )
+        self._last_patches = h * w  # the tower attends per temporal patch
+        return inputs
+
+    def pixel_inputs(self, images: Sequence[Image.Image], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """For a video trace (``like`` holds ``pixel_values_videos``) ``images`` are edited frames: the video
+        processor's output for them, every frame kept; otherwise the image processor's."""
+        if "pixel_values_videos" not in like:
+            return super().pixel_inputs(images, like)
+        encoded = dict(
+            self.processor.video_processor(videos=[list(images)], do_sample_frames=False, return_tensors="pt")
+        )
+        return {key: value for key, value in encoded.items() if key in like}
+
+    def _video_grid(self, inputs: dict[str, torch.Tensor], n_frames: int) -> tuple[int, int, int]:
+        """``(t, h, w)`` of the one video, checked: ``t`` temporal patches of ``temporal_patch_size`` frames."""
+        grids = inputs.get("video_grid_thw")
+        if grids is None:
+            raise ProcessorMismatchError("the processor output has no video_grid_thw; pass the model's processor")
+        rows = np.asarray(torch.as_tensor(grids).cpu(), dtype=np.int64).reshape(-1, 3)
+        if len(rows) != 1:
+            raise ProcessorMismatchError(f"video_grid_thw has {len(rows)} rows for one video")
+        t, h, w = (int(v) for v in rows[0])
+        step = self.temporal_patch_size
+        if t != -(-n_frames // step):
+            raise ProcessorMismatchError(
+                f"the processor made {t} temporal patches of {step} frames from {n_frames} frames (expected "
+                f"{-(-n_frames // step)}): it sampled or dropped frames; mmviz passes do_sample_frames=False, so the "
+                f"video processor of this checkpoint does not honour it"
+            )
+        if h % self.merge_size or w % self.merge_size:
+            raise ProcessorMismatchError(f"video_grid_thw {[t, h, w]} is not divisible by spatial_merge_size")
+        return t, h, w
 
     def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         for image in images:
@@ -137,6 +241,8 @@ class Qwen2VLAdapter(GenerativeAdapter):
     def layout(
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
+        if "video_grid_thw" in inputs and "image_grid_thw" not in inputs:
+            return self.video_layout(input_ids, images, inputs)
         grids = self._grids(inputs, len(images))
         m, patch = self.merge_size, self.patch_size
         counts = grids.prod(axis=1) // m**2
@@ -167,6 +273,43 @@ class Qwen2VLAdapter(GenerativeAdapter):
                 if 0 <= neighbour < len(input_ids) and builder.kinds[neighbour] == IMAGE_SEP:
                     builder.image_index[neighbour] = index
             builder.images.append(ImageGeometry(image.width, image.height, (0.0, 0.0, image.width, image.height)))
+        return builder.build()
+
+    def video_layout(
+        self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        """The layout of one video of ``frames`` (the originals): ``t`` groups of ``(h/m) × (w/m)`` tokens.
+
+        Temporal group ``g`` fuses frames ``g·s … g·s + s − 1`` (``s`` = ``temporal_patch_size``; the last group
+        of an odd count holds the last frame twice, as the processor pads): each of its tokens gets that frame
+        span, ``image_index`` = its first frame, view ``"frame"``, and the box of its merge block on the resized
+        frame mapped back to the original frame (every frame has the same size, so the same boxes). Qwen3-VL puts
+        a timestamp and its own vision markers around each group; the token order is the same.
+        """
+        t, h, w = self._video_grid(inputs, len(frames))
+        m, patch, step = self.merge_size, self.patch_size, self.temporal_patch_size
+        rows, cols = h // m, w // m
+        positions = np.flatnonzero(input_ids == self.video_token_id)
+        if len(positions) != t * rows * cols:
+            raise ProcessorMismatchError(
+                f"the sequence holds {len(positions)} video tokens but video_grid_thw {[t, h, w]} needs "
+                f"{t * rows * cols}; pass the inputs the processor made for this video"
+            )
+        strings = self.display_tokens(input_ids)
+        builder = LayoutBuilder(strings, self.special_mask(input_ids))
+        builder.kinds[np.isin(input_ids, self._marker_ids())] = IMAGE_SEP
+        frame = frames[0]
+        to_resized = geometry.resize(frame.width, frame.height, w * patch, h * patch)
+        cells = geometry.grid_boxes(rows, cols, patch * m, patch * m)
+        boxes = geometry.clip_boxes(to_resized.to_original(cells), frame.width, frame.height)
+        for group, span in enumerate(np.split(positions, t)):
+            first, last = group * step, min((group + 1) * step, len(frames)) - 1
+            builder.mark_grid(span, image_index=first, view="frame", grid_shape=(rows, cols), boxes=boxes)
+            builder.mark_frames(span, first, last)
+            for neighbour in (span[0] - 1, span[-1] + 1):
+                if 0 <= neighbour < len(input_ids) and builder.kinds[neighbour] == IMAGE_SEP:
+                    builder.image_index[neighbour] = first
+        builder.images.extend(ImageGeometry(f.width, f.height, (0.0, 0.0, f.width, f.height)) for f in frames)
         return builder.build()
 
     # -- the vision tower's own attention ------------------------------------------------------------------------

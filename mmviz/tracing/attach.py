@@ -38,7 +38,10 @@ def attach(trace: Trace, model: torch.nn.Module, processor: Any) -> Trace:
             f"{model_name(model)!r}, {dtype}): its weights or config differ; load the same checkpoint in the same "
             f"dtype"
         )
-    inputs = to_device(adapter.encode(trace.images, trace.prompt), model)
+    if trace.layout.is_video:  # the frames of one video, encoded as the trace encoded them
+        inputs = to_device(adapter.encode_video(trace.images, trace.prompt), model)
+    else:
+        inputs = to_device(adapter.encode(trace.images, trace.prompt), model)
     prompt_ids = inputs["input_ids"][0].cpu().numpy()
     if not np.array_equal(prompt_ids, trace.token_ids[: trace.answer_start]):
         raise ProcessorMismatchError(

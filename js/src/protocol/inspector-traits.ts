@@ -22,6 +22,32 @@ export interface Meta {
   features: FeaturesMeta;
   /** `meta.interventions` as sent: the Interventions panel parses it (it needs the number of positions). */
   interventions: unknown;
+  /** A video trace: its frames (the images) and temporal groups; null for images. */
+  video: VideoMeta | null;
+}
+
+/** `meta.video`: the number of original frames and each temporal group's `[first, last]` frame. */
+export interface VideoMeta {
+  nFrames: number;
+  groups: [number, number][];
+}
+
+/** `meta.video` (absent or malformed: null, the trace is shown as images). */
+export function parseVideoMeta(raw: unknown): VideoMeta | null {
+  if (raw === undefined || raw === null) return null;
+  const m = lenientRecord(raw);
+  const nFrames = lenientNumber(m.n_frames, 0);
+  if (!Number.isInteger(nFrames) || nFrames < 1 || !Array.isArray(m.groups)) return null;
+  const groups: [number, number][] = [];
+  for (const g of m.groups as unknown[]) {
+    if (!Array.isArray(g) || g.length !== 2) return null;
+    const [first, last] = g as unknown[];
+    if (!Number.isInteger(first) || !Number.isInteger(last)) return null;
+    const [a, b] = [first as number, last as number];
+    if (a < 0 || b < a || b >= nFrames) return null;
+    groups.push([a, b]);
+  }
+  return { nFrames, groups };
 }
 
 /** `tokens`: the display string of every sequence position. */
@@ -53,6 +79,7 @@ export function parseMeta(raw: unknown): Meta {
     extras: { heads: extras.heads !== false, lens: lenientFlag(extras.lens), projection: lenientFlag(extras.projection) },
     features: parseFeaturesMeta(m.features),
     interventions: m.interventions,
+    video: parseVideoMeta(m.video),
   };
 }
 

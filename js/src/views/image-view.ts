@@ -55,6 +55,10 @@ export class ImageView {
   private heatImage: ImageData | null = null;
   private heatKey: unknown = undefined;
   private outlinePatch: number | null = null;
+  /** The last {@link paintHeat} arguments (a video frame switch repaints them on the new frame). */
+  private lastHeat: [Float32Array | null, ColorScale, number] | null = null;
+  /** Video: the original frame drawn (−1: the image `index` itself). */
+  private frameShown = -1;
   private disposed = false;
   private readonly listeners = new Listeners();
 
@@ -120,7 +124,9 @@ export class ImageView {
     this.listeners.on(stack, "mouseleave", () => this.store.set({ hoverPatch: null }));
 
     this.drawPlaceholder();
-    void data.bitmap(index).then((bmp) => this.drawPhoto(bmp));
+    void data.bitmap(index).then((bmp) => {
+      if (this.frameShown < 0 || this.frameShown === index) this.drawPhoto(bmp); // not over a video frame shown since
+    });
   }
 
   /** Draw view `code` of this image (a no-op when it is already drawn; an unknown code draws every column). */
@@ -154,6 +160,11 @@ export class ImageView {
   /** The view drawn (its code; −1 when the image has no columns). */
   get view(): number {
     return this.viewCode;
+  }
+
+  /** The columns drawn (and hovered, clicked, dragged over): the drawn view's, or on a video the shown frame's group. */
+  get columns(): readonly number[] {
+    return this.visible;
   }
 
   /**
@@ -218,6 +229,7 @@ export class ImageView {
   paintHeat(map: Float32Array | null, scale: ColorScale, row: number, key: unknown): void {
     if (key === this.heatKey) return;
     this.heatKey = key;
+    this.lastHeat = [map, scale, row];
     const ctx = this.ctx(this.heat);
     const { width: w, height: h } = this;
     const drawn = map !== null && scale.range > 0;
@@ -249,6 +261,34 @@ export class ImageView {
     this.heat.dataset.row = String(row);
     this.heat.dataset.signed = scale.signed ? "1" : "0";
     this.heat.dataset.range = drawn ? String(scale.range) : "";
+  }
+
+  /**
+   * Video: draw original frame `frame` (an image index) with the heat of `columns` (the tokens of its temporal
+   * group, which share the frame's size and boxes) instead of this view's own image and columns.
+   */
+  showFrame(frame: number, columns: readonly number[]): void {
+    if (this.disposed || frame === this.frameShown) return;
+    this.frameShown = frame;
+    for (const p of columns) if (!this.rects.has(p)) this.rects.set(p, pixelRect(this.data.box(p), this.sx, this.sy, this.width, this.height));
+    this.visible = columns;
+    this.visibleSet = new Set(columns);
+    this.paintOrder = [...columns];
+    this.el.dataset.frame = String(frame);
+    this.photo.dataset.loaded = "0";
+    this.label.textContent = `frame ${frame} of ${this.data.nImages} · ${this.meta.width}×${this.meta.height} px · ${columns.length} video tokens`;
+    this.outlinePatch = null;
+    this.ctx(this.outline)?.clearRect(0, 0, this.width, this.height);
+    this.heatKey = undefined;
+    if (this.lastHeat !== null) this.paintHeat(...this.lastHeat, Symbol("frame")); // the shown map, on this frame
+    void this.data.bitmap(frame).then((bmp) => {
+      if (this.frameShown === frame) this.drawPhoto(bmp);
+    });
+  }
+
+  /** Video: the original frame drawn (−1 when this view shows its own image). */
+  get frame(): number {
+    return this.frameShown;
   }
 
   /** Heatmap opacity over the photo (0 … 1). */
