@@ -2,6 +2,9 @@
 
 Run: ``python benchmarks/methods.py`` (a few minutes on 2 idle CPU cores) or ``--quick`` (a smoke run, used by CI).
 Prints one markdown table and a PASS/FAIL line; the exit status is 0 either way (a benchmark, not a test).
+``--repeats N`` times every method N times (median; the unit F is the median of max(5, N)), for a loaded machine;
+``--only WORD …`` runs the rows whose name contains one of the words (the relevancy bound and memory table need
+both relevancy rows, so they are skipped when those are left out).
 
 Model: ``mmviz.zoo.tiny_llava`` scaled like ``benchmarks/capture.py`` (a real ``LlavaForConditionalGeneration``,
 random weights, real processor): LLaVA-1.5's 336 px canvas with 14 px patches → 576 image tokens, language model
@@ -12,6 +15,11 @@ Units, measured in this process right before the methods:
 * **F**: the plain teacher-forced forward over prompt + answer (no grad, the model's SDPA attention), median of 5;
 * **F+B**: one forward with a gradient leaf at the image embeddings plus one backward of one answer token's
   log-probability (what one gradient target costs at least).
+
+The interventions (``mmviz.interventions``) are timed the same way: one ablation of 20 image tokens per fill (one clean
+forward, which gives the clean scores and the embeddings the token fills edit, and one with the fill; ``blur`` and
+``other`` one more for the replacement tokens; ``paint``: the painted image through the processor and the whole
+model), one knockout of a 2-layer window, and the knockout curve (one knockout per window of 1 layer).
 
 Every method runs with its defaults on ONE target (the first answer token) except the target-agnostic ones
 (attention from the trace, rollout, logit lens), timed once after a warm-up call on a smaller problem. Relevancy is
@@ -38,6 +46,7 @@ import torch
 from PIL import Image
 
 import mmviz
+from mmviz.interventions import Ablate, Knockout, knockout_curve
 from mmviz.methods import (
     Target,
     attention,
@@ -158,6 +167,8 @@ def main() -> None:
         action="store_true",
         help="LLaVA-1.5-7B widths cut to 2 layers; the methods of a few passes, IG with 4 steps (tens of minutes)",
     )
+    parser.add_argument("--repeats", type=int, default=1, help="time every method this many times (median)")
+    parser.add_argument("--only", nargs="+", metavar="WORD", help="only the rows whose name contains a WORD")
     args = parser.parse_args()
     torch.manual_seed(0)
     trace = build(args.quick, args.full_width)
@@ -175,9 +186,9 @@ def main() -> None:
             first(logits, run.input_ids, first.first_logit).sum().backward()
 
     plain()
-    unit = seconds(plain, repeats=5)
+    unit = seconds(plain, repeats=max(5, args.repeats))
     forward_backward()
-    unit_fb = seconds(forward_backward, repeats=3)
+    unit_fb = seconds(forward_backward, repeats=max(3, args.repeats))
     four = [Target.logprob(p) for p in range(trace.answer_start, trace.answer_start + 4)]
     # The same trace with a run that never reuses image features: every batched forward runs the vision tower.
     full_forwards = dataclasses.replace(trace, run=dataclasses.replace(run, reuse_image_features=False), maps={})
@@ -190,6 +201,8 @@ def main() -> None:
             run.edited_forward(batch=1, edit=lambda embeds: embeds, first_logit=first.first_logit)
 
     confirmation = seconds(confirm_fast_path)
+    chosen = trace.image_positions[100:120] if len(trace.image_positions) > 120 else trace.image_positions[:20]
+    other = Image.fromarray(np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8))
     methods: list[tuple[str, str, Callable[[], object]]] = [
         ("attention (from the trace)", "0 (captured)", lambda: attention(trace, mask_sinks=True)),
         ("rollout", "1 F", lambda: rollout(trace)),
@@ -209,9 +222,21 @@ def main() -> None:
         ("occlusion (2×2 windows)", "#windows F", lambda: occlusion(trace, first)),
         ("RISE (256 masks)", "256 F", lambda: rise(trace, first, n_masks=64 if args.quick else 256)),
         ("knockout map (2×2 windows)", "#windows F", lambda: knockout_map(trace, first)),
+        ("ablation, zero fill (20 tokens)", "2 F", lambda: Ablate(chosen, "zero").apply(trace)),
+        ("ablation, blur fill (20 tokens)", "3 F", lambda: Ablate(chosen, "blur").apply(trace)),
+        ("ablation, other image (20 tokens)", "3 F", lambda: Ablate(chosen, "other", other_image=other).apply(trace)),
+        ("ablation, paint (20 tokens' boxes)", "2 F + processor", lambda: Ablate(chosen, "paint").apply(trace)),
+        ("knockout (2-layer window)", "2 F", lambda: Knockout(range(0, 2)).apply(trace)),
+        (
+            f"knockout curve (width 1, {trace.num_layers} windows)",
+            f"{2 * trace.num_layers} F",
+            lambda: knockout_curve(trace, 1),
+        ),
     ]
     if args.full_width:  # hundreds of forwards each at this width: the few-pass methods only
         methods = [m for m in methods if not m[0].startswith(("projection", "occlusion", "RISE", "knockout"))]
+    if args.only:
+        methods = [m for m in methods if any(word in m[0] for word in args.only)]
     print(f"image tokens: {len(trace.image_positions)}, sequence: {len(trace.tokens)}, layers: {trace.num_layers}")
     print(f"unit F = {unit * 1000:.1f} ms; F+B = {unit_fb * 1000:.1f} ms ({unit_fb / unit:.2f} F)")
     print(
@@ -222,13 +247,18 @@ def main() -> None:
     print("|---|---|---:|---:|")
     timings: dict[str, float] = {}
     for name, passes, work in methods:
-        timings[name] = seconds(work)
+        if args.repeats > 1:
+            work()  # warm-up: one-time costs (the fast path's confirmation, first-call allocations) are not the row's
+        timings[name] = seconds(work, repeats=args.repeats)
         print(f"| {name} | {passes} | {timings[name]:.2f} | {timings[name] / unit:.1f} |", flush=True)
-    ig_ratio = timings[ig_full] / timings[ig_fast]
-    print(
-        f"\nIntegrated Gradients with the vision tower run per batch row (fast path off) / with the image features "
-        f"reused (on): {ig_ratio:.2f}×"
-    )
+    if ig_full in timings and ig_fast in timings:
+        ig_ratio = timings[ig_full] / timings[ig_fast]
+        print(
+            f"\nIntegrated Gradients with the vision tower run per batch row (fast path off) / with the image "
+            f"features reused (on): {ig_ratio:.2f}×"
+        )
+    if not {"relevancy, 4 targets", "relevancy, 1 target"} <= set(timings):
+        return
     marginal = (timings["relevancy, 4 targets"] - timings["relevancy, 1 target"]) / 3
     verdict = "PASS" if marginal <= unit_fb * 1.1 else "FAIL"
     print(

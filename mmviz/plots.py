@@ -52,7 +52,7 @@ from bokeh.plotting import figure
 from bokeh.resources import INLINE
 from jupyter_bokeh import BokehModel
 
-from mmviz import selection
+from mmviz import interventions, selection
 from mmviz.errors import InputError
 from mmviz.evaluation.comparison import Comparison
 from mmviz.methods import LogitLens, Projection, logit_lens
@@ -383,6 +383,101 @@ def _link_projection(
     scatter.add_tools(TapTool(renderers=dots))
     points.selected.on_change("indices", pin_clicked)
     _link(inspector, layout, layer_axes=[gap], updates={"layer": show_layer, "pinned": show_pinned})
+
+
+def knockout_curve(
+    source: Source,
+    *,
+    curve: interventions.KnockoutCurve | None = None,
+    width: int = 1,
+    to: Literal["answer", "last_prompt"] = "answer",
+) -> figure:
+    """Knockout by window: Δ log p of every answer token (thin lines) and their mean (thick) when the image is cut
+    off from the ``to`` rows in a window of layers, one point per window, drawn at the window's first layer.
+
+    ``curve`` reuses a :func:`mmviz.interventions.knockout_curve` result; otherwise the trace's kept curve is used
+    when it has this ``width`` and ``to``, else one is computed (one forward per window, kept in the trace). A curve
+    kept before per-token deltas were recorded draws the first answer token only. Linked, a click on a window
+    selects its first layer in the inspector, and the pinned answer token's line is emphasised.
+
+    Example:
+        >>> show(knockout_curve(trace, width=2))                        # doctest: +SKIP
+    """
+    trace, inspector = _resolve(source)
+    if curve is None:
+        kept = trace.results.get(interventions.CURVE_KEY)
+        matches = isinstance(kept, interventions.KnockoutCurve) and (kept.width, kept.to) == (width, to)
+        curve = kept if matches else interventions.knockout_curve(trace, width, to=to)  # type: ignore[assignment]
+    assert curve is not None
+    per_token = curve.per_token()  # (W, A)
+    starts = np.asarray(curve.starts, np.int64)
+    positions = (
+        np.asarray(curve.positions, np.int64) if curve.positions is not None else np.array([trace.answer_start])
+    )
+    windows = [f"{s}" if curve.width == 1 else f"{s}–{s + curve.width - 1}" for s in starts]
+    rows = "the answer's rows" if curve.to == "answer" else "the last prompt token's row"
+    plot = _layer_figure(
+        f"Knockout by window: image cut off from {rows}, {curve.width} layer{'s' if curve.width > 1 else ''} each",
+        y_axis_label="Δ log p (nats; < 0: the window was needed)",
+    )
+    plot.xaxis.axis_label = "knocked-out layer" if curve.width == 1 else f"first layer of the window ({curve.width})"
+    plot.add_layout(Span(location=0, dimension="width", line_color="#888888", line_width=1))
+    answer = np.asarray(trace.answer_logprobs, np.float64)
+    logprobs = {trace.answer_start + i: float(v) for i, v in enumerate(answer)}  # without a knockout
+    palette = Category20_20 if per_token.shape[1] > 10 else Category10_10
+    lines, items = [], []
+    for index, position in enumerate(positions):
+        token = trace.tokens[position]
+        data = ColumnDataSource(
+            {
+                "x": starts,
+                "y": per_token[:, index],
+                "window": windows,
+                "token": [f"{token!r} @{position}"] * len(starts),
+                "clean": [logprobs.get(int(position), float("nan"))] * len(starts),
+            }
+        )
+        colour = palette[index % len(palette)]
+        line = plot.line("x", "y", source=data, color=colour, line_width=1.5, name=f"knockout:{position}")
+        dots = plot.scatter("x", "y", source=data, color=colour, size=4)
+        lines.append(line)
+        items.append(LegendItem(label=f"{token!r} @{position}", renderers=[line, dots]))
+    if len(positions) > 1:
+        mean = ColumnDataSource(
+            {
+                "x": starts,
+                "y": per_token.mean(axis=1),
+                "window": windows,
+                "token": [f"mean of {len(positions)} answer tokens"] * len(starts),
+                "clean": [float(np.mean([logprobs.get(int(p), np.nan) for p in positions]))] * len(starts),
+            }
+        )
+        line = plot.line("x", "y", source=mean, color="#222222", line_width=3, name="knockout:mean")
+        lines.append(line)
+        items.insert(0, LegendItem(label="mean over answer tokens", renderers=[line]))
+    plot.add_layout(Legend(items=items, click_policy="hide", label_text_font_size="8pt"), "right")
+    plot.add_tools(
+        HoverTool(
+            renderers=lines,
+            tooltips=[
+                ("token", "@token"),
+                ("layers", "@window"),
+                ("Δ log p", "@y{+0.000}"),
+                ("log p without knockout", "@clean{0.000}"),
+            ],
+        )
+    )
+    if inspector is not None:
+        by_position = dict(zip(positions.tolist(), lines, strict=False))
+
+        def emphasise(pinned: int) -> None:
+            for position, line in by_position.items():
+                chosen = position == pinned
+                line.glyph.line_width = 3 if chosen else 1.5
+                line.glyph.line_alpha = 1.0 if chosen or pinned not in by_position else 0.3
+
+        _link(inspector, plot, layer_axes=[plot], updates={"pinned": emphasise})
+    return plot
 
 
 def faithfulness_curves(result: Evaluation) -> LayoutDOM:

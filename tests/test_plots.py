@@ -19,7 +19,7 @@ from bokeh.models import Slider, Span
 from bokeh.plotting import figure
 
 import mmviz
-from mmviz import plots
+from mmviz import interventions, plots
 from mmviz.errors import InputError
 from mmviz.methods import image_share, logit_lens, projection
 
@@ -28,6 +28,7 @@ PLOTS = {
     "entropy": plots.entropy,
     "lens_ranks": plots.lens_ranks,
     "projection": plots.projection,
+    "knockout_curve": plots.knockout_curve,
 }
 
 
@@ -172,6 +173,47 @@ def test_projection_rejects_a_depth_it_does_not_have(small_trace, beyond):
     depth = small_trace.num_layers + beyond if beyond == 1 else beyond  # depths are 0 … num_layers
     with pytest.raises(InputError, match=rf"depth .*0…{small_trace.num_layers}"):
         plots.projection(small_trace, depth=depth)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_knockout_curve_draws_every_answer_tokens_delta_and_their_mean(small_trace, width):
+    trace = dataclasses.replace(small_trace, maps={})  # results start empty too
+    plot = plots.knockout_curve(trace, width=width)
+    curve = trace.results[interventions.CURVE_KEY]  # computed and kept
+    positions = list(range(trace.answer_start, len(trace.tokens)))
+    assert curve.width == width and curve.positions.tolist() == positions and len(positions) > 1
+    for index, position in enumerate(positions):
+        data = renderer(plot, f"knockout:{position}").data_source.data
+        np.testing.assert_array_equal(data["x"], np.arange(trace.num_layers - width + 1))
+        # The numbers of an independent knockout per window (every answer row cut, every answer token read).
+        expected = [
+            interventions.Knockout(range(start, start + width)).apply(trace).delta[index] for start in data["x"]
+        ]
+        np.testing.assert_allclose(data["y"], expected, atol=1e-6)
+        np.testing.assert_allclose(data["clean"], trace.answer_logprobs[index], atol=1e-6)
+        assert data["window"][0] == ("0" if width == 1 else f"0–{width - 1}")
+    mean = renderer(plot, "knockout:mean").data_source.data
+    np.testing.assert_allclose(mean["y"], curve.token_delta.mean(axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(renderer(plot, f"knockout:{positions[0]}").data_source.data["y"], curve.delta)
+    (hover,) = [tool for tool in plot.tools if tool.__class__.__name__ == "HoverTool"]
+    assert dict(hover.tooltips)["Δ log p"] == "@y{+0.000}"
+    assert "Δ log p" in plot.yaxis.axis_label and "layer" in plot.xaxis.axis_label
+    assert not markers(plot)
+
+
+def test_knockout_curve_reuses_a_kept_or_given_curve(small_trace, monkeypatch):
+    trace = dataclasses.replace(small_trace, maps={})
+    kept = interventions.knockout_curve(trace, 2)
+    monkeypatch.setattr(interventions, "knockout_curve", lambda *a, **k: pytest.fail("computed again"))
+    plot = plots.knockout_curve(trace, width=2)
+    np.testing.assert_array_equal(renderer(plot, "knockout:mean").data_source.data["y"], kept.token_delta.mean(1))
+    # A curve kept before per-token deltas were recorded: the first answer token only, no mean.
+    old = interventions.KnockoutCurve(
+        width=1, sources="image", to="answer", starts=np.arange(3), delta=np.array([-1.0, -0.5, 0.25]), clean=-0.1
+    )
+    plot = plots.knockout_curve(trace, curve=old)
+    np.testing.assert_array_equal(renderer(plot, f"knockout:{trace.answer_start}").data_source.data["y"], old.delta)
+    assert not plot.select({"name": "knockout:mean"})
 
 
 def test_faithfulness_curves_draw_each_methods_mean_curves():

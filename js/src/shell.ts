@@ -16,6 +16,7 @@ import { ATTENTION, parseInterventionsMeta, type LensData, type MethodInfo, type
 import type { Panel, Store, ViewState } from "./store";
 import { Caption } from "./views/caption";
 import { FeaturesPanel } from "./views/features";
+import { FrameStrip } from "./views/frame-strip";
 import { Controls } from "./views/controls";
 import { InterventionsPanel } from "./views/interventions";
 import { ImageView } from "./views/image-view";
@@ -24,6 +25,7 @@ import { LensPanel } from "./views/lens-panel";
 import { MethodSwitcher, type SwitcherEntry } from "./views/method-switcher";
 import { Overview } from "./views/overview";
 import { ProjectionPanel } from "./views/projection-panel";
+import { RelianceBar } from "./views/reliance";
 import { TokenStrip } from "./views/token-strip";
 
 /** Status text of a side panel's extra: why it is not shown yet. */
@@ -51,12 +53,16 @@ export class Shell {
   readonly legend: Legend;
   tokens: TokenStrip;
   readonly images: ImageView[] = [];
+  /** A video trace's frame strip (its one image view shows the chosen frame); null for images. */
+  readonly frameStrip: FrameStrip | null = null;
   readonly caption: Caption;
   readonly overview: Overview | null;
   readonly lens: LensPanel | null;
   readonly projection: ProjectionPanel | null;
   readonly features: FeaturesPanel | null;
   readonly interventions: InterventionsPanel | null;
+  /** Image reliance per answer token under the strip: shown when measured or measurable. */
+  readonly reliance: RelianceBar | null;
   readonly frames: FrameBuilder;
   private readonly tabs = new Map<Panel, HTMLButtonElement>();
   private readonly side: HTMLDivElement;
@@ -90,8 +96,21 @@ export class Shell {
       views[image] = code;
       store.set({ views });
     };
-    for (let i = 0; i < data.nImages; i++) this.images.push(new ImageView(data, store, i, undefined, onView));
+    const video = data.meta.video;
+    const nViews = video === null ? data.nImages : Math.min(1, data.nImages); // a video: one view, frame by frame
+    for (let i = 0; i < nViews; i++) this.images.push(new ImageView(data, store, i, undefined, onView));
     const imgs = h("div", { className: "mmviz-images", hidden: data.nImages === 0 }, ...this.images.map((v) => v.el));
+    const frameView = this.images[0];
+    if (video !== null && frameView !== undefined) {
+      const source = { ...video, columnsOf: (i: number) => data.columnsOf(i), bitmap: (i: number) => data.bitmap(i) };
+      this.frameStrip = new FrameStrip(source, (frame, columns) => {
+        frameView.showFrame(frame, columns);
+        this.interventions?.showFrame(frame, columns); // its image and "Select this frame's tokens" follow the strip
+      });
+      imgs.classList.add("mmviz-video");
+      imgs.append(this.frameStrip.el);
+      this.frameStrip.select(0);
+    }
     this.tokens = new TokenStrip(data, store, store.get().words);
     const body = h("div", { className: "mmviz-body" }, imgs, this.tokens.el);
 
@@ -107,6 +126,17 @@ export class Shell {
     const live = extras !== null && extras.live && channel !== null;
     const hasKept = ivMeta.history.length > 0 || ivMeta.curve !== null;
     this.interventions = (live && ivMeta.canRun) || hasKept ? new InterventionsPanel(data, store, live ? channel : null, ivMeta) : null;
+    const rel = ivMeta.reliance;
+    this.reliance = rel.kept.length > 0 || (live && rel.canMeasure) ? new RelianceBar(data, store, live ? channel : null, rel) : null;
+    if (this.reliance) {
+      // Under the token strip: one column of the body holds both (the strip is replaced in place on rebuilds).
+      const column = h("div", { className: "mmviz-token-column" });
+      Object.assign(column.style, { flex: "1 1 280px", minWidth: "240px" });
+      this.reliance.el.style.marginTop = "6px";
+      this.tokens.el.replaceWith(column);
+      column.append(this.tokens.el, this.reliance.el);
+      this.reliance.onChange = () => this.repaint();
+    }
     const tabBar = h("div", { className: "mmviz-tabs", attrs: { role: "tablist" } });
     for (const [panel, text, view] of [
       ["lens", "Logit lens", this.lens],
@@ -136,11 +166,21 @@ export class Shell {
     if (this.interventions) {
       this.side.append(this.interventions.el);
       const panel = this.interventions;
+      panel.onShow = () => this.repaint(); // the strip's Δ bars follow the shown run
+      if (this.frameStrip && frameView) panel.showFrame(this.frameStrip.frame, frameView.columns);
       // While the panel is open, a click on a patch of the main image toggles it in the selection (shift: adds).
       for (const v of this.images) {
         this.listeners.on(v.heat.parentElement ?? v.el, "click", (ev) => {
           if (store.get().panel === "interventions") panel.clickPatch((ev as MouseEvent).shiftKey);
         });
+        panel.attachRectangle(v, () => store.get().panel === "interventions"); // drag a rectangle: select
+      }
+      // Drag over the overview's rows: knock the image out of that layer window.
+      if (this.overview && live && ivMeta.canRun) {
+        this.overview.onLayerWindow = (first, last) => {
+          store.set({ panel: "interventions" });
+          panel.knockoutWindow(first, last);
+        };
       }
     }
     const panels = h("div", { className: "mmviz-panels" });
@@ -163,7 +203,11 @@ export class Shell {
   paint(s: Readonly<ViewState>, m: MethodContext): Frame {
     const { data } = this;
     if (this.tokens.words !== s.words) this.rebuildTokens(s.words);
-    const f = this.frames.build(s, m);
+    this.last = [s, m];
+    // A method map with nothing hovered or pinned shows the most image-reliant answer token (when measured).
+    const methodMap = s.method && s.method !== ATTENTION ? (m.maps.get(s.method) ?? null) : null;
+    const fallback = this.reliance?.defaultFocus(s, methodMap) ?? null;
+    const f = this.frames.build(fallback === null ? s : { ...s, hoverToken: fallback }, m);
     const entries = switcherEntries(data, m);
     const info = entries.find((e) => e.info.name === f.method)?.info;
     this.images.forEach((v, i) => {
@@ -179,6 +223,7 @@ export class Shell {
       v.paintTooltip(s.hoverPatch, value === undefined ? "" : `${this.patchLabel(s.hoverPatch!)}: ${formatValue(value)}`);
     });
 
+    this.frameStrip?.update(f.map, f.mapKey);
     if (f.methodMap !== null) {
       const map = f.methodMap;
       this.tokens.setRows(`${f.method}|${m.mapsGeneration}`, (pos) => map.hasRow(pos), map.positions.length < data.n);
@@ -195,6 +240,10 @@ export class Shell {
       scale: tint?.scale ?? f.columnScale,
       key: tint?.key ?? f.columnKey,
     });
+    this.tokens.markDefault(fallback);
+    // While the Interventions panel is open, a Δ log p bar under every answer chip for the run it shows.
+    this.tokens.showDeltas(s.panel === "interventions" ? (this.interventions?.stripDeltas() ?? null) : null);
+    if (this.reliance) this.reliance.paintStrip(this.tokens);
     this.legend.update({
       vmax: f.map === null ? null : f.scale.range,
       tokenMax: f.column === null ? null : f.columnScale.range,
@@ -287,6 +336,14 @@ export class Shell {
     }
   }
 
+  /** The state and methods of the last paint (a reliance measurement arriving repaints with them). */
+  private last: [Readonly<ViewState>, MethodContext] | null = null;
+
+  /** Paint again with the last state (something the views show changed outside the store). */
+  private repaint(): void {
+    if (this.last !== null) this.paint(this.last[0], this.last[1]);
+  }
+
   /** Positions the arrow keys step through: those the drawn map has a row for. */
   rowPositions(f: Frame): number[] {
     if (f.methodMap !== null) return [...new Set(f.methodMap.positions)].sort((a, b) => a - b);
@@ -303,6 +360,8 @@ export class Shell {
     this.projection?.dispose();
     this.features?.dispose();
     this.interventions?.dispose();
+    this.reliance?.dispose();
     for (const v of this.images) v.dispose();
+    this.frameStrip?.dispose();
   }
 }

@@ -36,7 +36,15 @@ describe("interventions parsers", () => {
   it("keep what is readable of a kept history", () => {
     const meta = parseInterventionsMeta({ can_run: true, default_fill: "blur", history: [run(0, [5], [-1]), { junk: 1 }], curve: { bad: 1 } }, 8);
     expect([meta.canRun, meta.defaultFill, meta.history.length, meta.curve]).toEqual([true, "blur", 1, null]);
-    expect(parseInterventionsMeta(undefined, 8)).toEqual({ canRun: false, defaultFill: "zero", history: [], curve: null });
+    expect(parseInterventionsMeta(undefined, 8)).toEqual({
+      canRun: false,
+      fills: ["mean", "zero", "blur"],
+      defaultFill: "zero",
+      history: [],
+      curve: null,
+      maxNewTokens: 0,
+      reliance: { canMeasure: false, baselines: [], defaultBaseline: "blank", kept: [] },
+    });
   });
 
   it("select the top k % of a map and check a layer window", () => {
@@ -68,6 +76,7 @@ describe("the Interventions panel", () => {
     q('.mmviz-tab[data-panel="interventions"]').click();
     const panel = q(".mmviz-interventions");
     expect(panel.hidden).toBe(false);
+    expect(el.querySelector(".mmviz-iv-select-frame")).toBeNull(); // images: no frame to select
     // Click patch 0 and 1 of the panel's image (hover sets the patch, a click toggles it), then toggle 1 off again.
     const stack = q(".mmviz-iv-image .mmviz-image-stack");
     // happy-dom lays nothing out: the stack's rect is the image's own pixels, so client coordinates are pixels.
@@ -125,6 +134,71 @@ describe("the Interventions panel", () => {
     q(".mmviz-iv-run-curve").click();
     model.receive({ type: "curved", request: last().request, ok: false, error: "width must be <b>x</b>" });
     expect(q(".mmviz-iv-status").textContent).toContain("<b>x</b>");
+  });
+
+  it("draws the shown run's Δ under every answer chip of the token strip, equal to the panel's, while the panel is open", () => {
+    const { data } = realData([]);
+    const state = realState([]);
+    const answer = Array.from({ length: data.n - data.answerStart }, (_, i) => data.answerStart + i);
+    expect(answer.length).toBe(2);
+    const kept = [run(0, answer, [-2.5, 0.75]), run(1, answer, [0.0004, -0.0001])];
+    const meta = { ...(state.meta as Record<string, unknown>), interventions: { can_run: true, default_fill: "zero", history: kept, curve: null } };
+    const model = createStaticModel({ ...state, meta }, { kernel: true });
+    const { q, el, unmount } = mountWidget(model);
+    cleanups.push(unmount);
+    const chips = () => [...el.querySelectorAll<HTMLElement>(".mmviz-tokens .mmviz-has-delta")];
+    const strip = () => chips().map((c) => [Number(c.dataset.pos), Number(c.dataset.delta)]);
+    const widths = (sel: string) => [...el.querySelectorAll<HTMLElement>(sel)].map((b) => Number.parseFloat(b.style.width));
+    const titleBefore = q(`.mmviz-token[data-pos="${answer[0]}"]`).title;
+    const text = q(`.mmviz-token[data-pos="${answer[0]}"]`).textContent;
+    expect(chips()).toEqual([]); // the panel is closed: no bars
+    q('.mmviz-tab[data-panel="interventions"]').click();
+    // The last kept run is shown: Δ ≈ 0 everywhere, so the bars are ≈ empty (the scale's floor is 1 nat).
+    expect(strip()).toEqual([[answer[0], 0.0004], [answer[1], -0.0001]]);
+    expect(q(".mmviz-tokens").dataset.deltaScale).toBe("1");
+    expect(widths(".mmviz-tokens .mmviz-delta-fill")).toEqual([0.02, 0.01]);
+    expect(widths(".mmviz-iv-result .mmviz-iv-bar")).toEqual([0.02, 0.01]);
+    expect(q(".mmviz-iv-result").dataset.scale).toBe("1");
+    expect(q(".mmviz-iv-scale").textContent).toContain("±1.00 nats");
+
+    // Show run #1: the strip follows, scaled to its largest |Δ|; each chip's tooltip states its value and the run.
+    q('.mmviz-iv-history li[data-index="0"]').click();
+    const panelRows = [...el.querySelectorAll<HTMLElement>(".mmviz-iv-result .mmviz-iv-bar-row")].map((r) => [Number(r.dataset.pos), Number(r.dataset.delta)]);
+    expect(strip()).toEqual(panelRows);
+    expect(strip()).toEqual([[answer[0], -2.5], [answer[1], 0.75]]);
+    expect(widths(".mmviz-tokens .mmviz-delta-fill")).toEqual([50, 15]);
+    expect(widths(".mmviz-iv-result .mmviz-iv-bar")).toEqual([50, 15]);
+    const fills = [...el.querySelectorAll<HTMLElement>(".mmviz-tokens .mmviz-delta-fill")];
+    expect(fills.map((f) => f.classList.contains("mmviz-neg"))).toEqual([true, false]);
+    const first = q(`.mmviz-token[data-pos="${answer[0]}"]`);
+    expect(first.title).toContain("Δ log p -2.500 under #1");
+    expect(first.title).toContain("±2.50 nats");
+    expect(first.textContent).toBe(text); // the bar adds no text to the chip
+    expect(el.querySelector("img")).toBeNull(); // the hostile label stays text in the tooltip
+
+    // The words toggle rebuilds the strip: the bars come back on the new chips.
+    q<HTMLInputElement>(".mmviz-words-toggle").checked = true;
+    q(".mmviz-words-toggle").dispatchEvent(new Event("change"));
+    expect(strip()).toEqual([[answer[0], -2.5], [answer[1], 0.75]]);
+
+    // Closing the panel clears them and restores the tooltips.
+    q('.mmviz-tab[data-panel="interventions"]').click();
+    expect(chips()).toEqual([]);
+    expect(el.querySelectorAll(".mmviz-tokens .mmviz-delta").length).toBe(0);
+    q<HTMLInputElement>(".mmviz-words-toggle").checked = false;
+    q(".mmviz-words-toggle").dispatchEvent(new Event("change"));
+    expect(q(`.mmviz-token[data-pos="${answer[0]}"]`).title).toBe(titleBefore);
+
+    // A new run's reply moves the bars to it at once.
+    q('.mmviz-tab[data-panel="interventions"]').click();
+    q<HTMLInputElement>(".mmviz-iv-first").value = "0";
+    q<HTMLInputElement>(".mmviz-iv-last").value = "0";
+    q(".mmviz-iv-run-knockout").click();
+    const request = (model.sent.at(-1)!.content as { request: string }).request;
+    model.receive({ type: "intervened", request, ok: true, payload: run(2, answer, [-0.5, -4]), buffer_paths: [] });
+    expect(strip()).toEqual([[answer[0], -0.5], [answer[1], -4]]);
+    expect(q(".mmviz-tokens").dataset.deltaScale).toBe("4");
+    expect(q(`.mmviz-token[data-pos="${answer[0]}"]`).title).toContain("under #3");
   });
 
   it("shows kept runs without a kernel, with Run disabled; no panel without kept runs", () => {

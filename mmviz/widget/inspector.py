@@ -15,7 +15,7 @@ from ipywidgets.widgets.widget import _remove_buffers
 from mmviz import selection
 from mmviz.errors import InputError
 from mmviz.features import SparseAutoencoder
-from mmviz.inputs import ImageLike
+from mmviz.inputs import ImageLike, load_image
 from mmviz.methods import CATALOGUE, Map
 from mmviz.records import load
 from mmviz.selection import HeadChoice, LayerChoice
@@ -48,7 +48,10 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
     at a time); ``prefetch=False`` (or ``inspector.prefetch = False``) makes the kernel decline them.
 
     The Interventions panel ablates selected image patches or knocks the image out of a window of layers and shows
-    Δ log p of every answer token (:mod:`mmviz.widget.interventions`); its runs are kept in the trace.
+    Δ log p of every answer token (:mod:`mmviz.widget.interventions`); its runs are kept in the trace. On request it
+    decodes the greedy answer with the intervention applied. ``other_image`` offers the "other" fill (another image's
+    tokens); ``reliance`` measures each answer token's image reliance at once (the token strip shades and sorts by
+    it; without it the strip measures on request).
 
     The Features panel lists the MLP neurons of any decoder layer (with the model attached) and, given ``sae``
     (:func:`mmviz.features.load_sae`), that SAE's latents at the focused patch or token; a unit's map, its card
@@ -90,6 +93,8 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         head: HeadChoice = "mean",
         prefetch: bool = True,
         sae: SparseAutoencoder | None = None,
+        other_image: ImageLike | None = None,
+        reliance: str | None = None,
     ) -> None:
         if not isinstance(trace, Trace):
             raise TypeError(f"Inspector takes an mmviz.Trace (from mmviz.trace(...)), not {type(trace).__name__}")
@@ -102,7 +107,9 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         self._trace = trace
         self._extras: dict[tuple[str, LayerChoice], dict[str, Any]] = {}
         self._features = Features(trace, sae)  # checks the SAE fits the trace before anything is shown
-        self._interventions = Interventions(trace)
+        self._interventions = Interventions(trace, None if other_image is None else load_image(other_image))
+        if reliance is not None:  # measured now, so the token strip is shaded and sorted from the first render
+            self._interventions.measure_reliance({"baseline": reliance})
         self.prefetch = prefetch
         super().__init__()
         with self.hold_sync():
@@ -115,6 +122,8 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             "clamp": self._clamp_command,
             "intervene": self._intervene_command,
             "curve": self._curve_command,
+            "generate": self._generate_command,
+            "reliance": self._reliance_command,
         }
         self.on_msg(self._on_message)
 
@@ -228,6 +237,17 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
         self._refresh_interventions()
         return {"payload": payload, "buffer_paths": []}, []
 
+    def _generate_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """``{"type": "generate", "intervention", "max_new_tokens"?}``: the greedy answer with the intervention
+        applied (nothing kept)."""
+        return {"payload": self._interventions.generate(content), "buffer_paths": []}, []
+
+    def _reliance_command(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+        """``{"type": "reliance", "baseline"?}``: every answer token's image reliance (kept in the trace)."""
+        payload = self._interventions.measure_reliance(content)
+        self._refresh_interventions()
+        return {"payload": payload, "buffer_paths": []}, []
+
     def _refresh_interventions(self) -> None:
         # meta carries the kept runs so that to_html (and a new view after a re-render) shows them; no revision bump:
         # the views that asked already have the reply.
@@ -303,6 +323,8 @@ class Inspector(BrowserOwned, anywidget.AnyWidget):
             "features": self._features.meta(),
             "interventions": self._interventions.meta(),
         }
+        if trace.layout.is_video:
+            self.meta = {**self.meta, "video": payloads.video_meta(trace)}
         self.methods = payloads.method_catalogue(trace)
         self.maps = {name: payloads.map_payload(result, trace.layout) for name, result in trace.maps.items()}
         self.revision += 1
@@ -363,6 +385,8 @@ _REPLIES = {
     "clamp": "clamped",
     "intervene": "intervened",
     "curve": "curved",
+    "generate": "generated",
+    "reliance": "relied",
 }
 """The reply type of each browser command."""
 
@@ -380,9 +404,13 @@ def inspect(
     **options: Any,
 ) -> Inspector:
     """Trace ``model`` on ``image`` and ``prompt`` and return an :class:`Inspector`; ``options`` are
-    :func:`mmviz.trace`'s (``answer``, ``max_new_tokens``, ``capture``, ``methods``). Or show a trace that exists
+    :func:`mmviz.trace`'s (``answer``, ``max_new_tokens``, ``capture``, ``methods``, ``video`` instead of the image:
+    the widget then shows one frame at a time with a frame strip). Or show a trace that exists
     already: a :class:`~mmviz.Trace`, or the path of a trace file (:func:`mmviz.load`), with ``methods`` only.
     ``sae`` (:func:`mmviz.features.load_sae`) is the widget's, not the trace's: the Features panel shows its latents.
+    ``other_image`` (an image) offers the Interventions panel's "other" fill: the selected patches' tokens replaced by
+    that image's tokens at the same positions. ``reliance`` (``"blank"``, ``"blur"`` or ``"mean"``) measures every
+    answer token's image reliance now (else the token strip measures it on request).
 
     ``methods`` are computed right away (e.g. ``("relevancy",)``); the widget's method switcher computes the others
     on request (those that run the model only while the trace has it).
@@ -393,7 +421,8 @@ def inspect(
         ... # doctest: +SKIP
         >>> mmviz.inspect("cat.mmviz")                     # a saved trace, no model needed   # doctest: +SKIP
     """
-    sae = options.pop("sae", None)  # the Inspector's option, never forwarded to mmviz.trace
+    sae = options.pop("sae", None)  # the Inspector's options, never forwarded to mmviz.trace
+    widget = {key: options.pop(key) for key in ("other_image", "reliance") if key in options}
     if isinstance(model, Trace | str | Path):
         methods = options.pop("methods", ())
         if processor is not None or image is not None or prompt is not None or options:
@@ -401,7 +430,10 @@ def inspect(
         shown = load(model) if isinstance(model, str | Path) else model
         for name in methods:
             shown.compute(name)
-        return Inspector(shown, sae=sae)
-    if processor is None or image is None or prompt is None:
-        raise InputError("mmviz.inspect(model, processor, image, prompt) needs all four (or one trace: inspect(trace))")
-    return Inspector(trace(model, processor, image, prompt, **options), sae=sae)
+        return Inspector(shown, sae=sae, **widget)
+    if processor is None or prompt is None or (image is None and options.get("video") is None):
+        raise InputError(
+            "mmviz.inspect(model, processor, image, prompt) needs all four (video=frames instead of the image for a "
+            "video; or one trace: inspect(trace))"
+        )
+    return Inspector(trace(model, processor, image, prompt, **options), sae=sae, **widget)

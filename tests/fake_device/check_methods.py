@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import mmviz
+import mmviz.interventions
 from mmviz.capture import snapshot
 from mmviz.methods import CATALOGUE
 from mmviz.zoo import tiny_llava
@@ -26,6 +27,8 @@ QUICK = {"integrated_gradients": {"steps": 4}, "rise": {"n_masks": 8}, "occlusio
 """Cheap settings: the question is where tensors live, not how good the maps are."""
 
 PROMPT, ANSWER = "What is in the picture?", "A red square."
+OTHER = np.random.default_rng(3).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+"""Another image for the ``"other"`` fill (another size: resized to the traced image's)."""
 FORWARD_ONLY = ("attention", "attention_max", "rollout", "logit_lens", "occlusion", "rise", "knockout")
 
 
@@ -82,7 +85,8 @@ def test_every_method_runs_on_the_device_and_matches_the_cpu(models, name):
 
 
 def _beyond_the_catalogue(trace: mmviz.Trace) -> tuple[np.ndarray, ...]:
-    """Interventions, the lens, image share, a faithfulness curve, neurons and an SAE."""
+    """Interventions (every ablation fill that re-runs pixels or tokens, a knockout curve), the lens, image share, a
+    faithfulness curve, neurons and an SAE."""
     from mmviz.evaluation import deletion_insertion
     from mmviz.methods import Target
 
@@ -99,6 +103,10 @@ def _beyond_the_catalogue(trace: mmviz.Trace) -> tuple[np.ndarray, ...]:
     )
     return (
         mmviz.methods.ablate(trace, columns).delta,
+        mmviz.methods.ablate(trace, columns, baseline="paint").delta,
+        mmviz.methods.ablate(trace, columns, baseline="other", other_image=OTHER).delta,
+        mmviz.interventions.Ablate(columns, "other", other_image=OTHER).apply(trace).delta,
+        mmviz.interventions.knockout_curve(trace, 1).token_delta,
         mmviz.methods.knockout(trace).delta,
         mmviz.methods.logit_lens(trace).answer_probs,
         mmviz.methods.image_share(trace).share,

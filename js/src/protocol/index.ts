@@ -18,7 +18,8 @@
  * - `Inspector._on_message` → fetch / compute / clamp requests and replies             → messages.ts
  * - `features.features_payload`, `unit_payload`, `clamp_payload` → fetched `neurons` / `sae` / `unit`, `clamped`
  *                                                                   → features.ts
- * - `interventions.run_payload`, `curve_payload`, `Interventions.meta` → `intervened`, `curved`, `meta.interventions`
+ * - `interventions.run_payload`, `curve_payload`, `generation_payload`, `reliance_payload`, `Interventions.meta`
+ *   → `intervened`, `curved`, `generated`, `relied`, `meta.interventions`
  *                                                                   → interventions.ts
  * - `comparison_payload`   → `comparison_data` trait of a ComparisonWidget  → comparison.ts `parseComparison`
  * - `sweep_payload`        → `table_data` trait of a SweepWidget (+ `sort`, `text_filter`, `ranges`, `open`) → sweep.ts
@@ -41,7 +42,9 @@ export {
   parseMeta,
   parsePrefetched,
   parseTokens,
+  parseVideoMeta,
   type Meta,
+  type VideoMeta,
 } from "./inspector-traits";
 export {
   isImageKind,
@@ -72,13 +75,18 @@ export {
   FILLS,
   parseCurve,
   parseInterventionsMeta,
+  parseGeneration,
+  parseReliance,
   parseRun,
   PRESETS,
   type CurveData,
   type Fill,
+  type GenerationData,
   type Intervention,
   type InterventionsMeta,
   type Preset,
+  type RelianceData,
+  type RelianceMeta,
   type RunData,
 } from "./interventions";
 export { parseLens, type LensData } from "./lens";
@@ -96,7 +104,9 @@ export {
   type ComputeRequest,
   type CurveRequest,
   type FetchRequest,
+  type GenerateRequest,
   type InterveneRequest,
+  type RelianceRequest,
   type FetchWhat,
   type Reply,
   type ReplyType,

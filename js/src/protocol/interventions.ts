@@ -7,9 +7,12 @@
 
 import { fail, lenientRecord, lenientText, record, type Fields } from "./validate";
 
-export type Fill = "mean" | "zero" | "blur";
+export type Fill = "mean" | "zero" | "blur" | "paint" | "other";
 export type Preset = "answer" | "last_prompt";
-export const FILLS: readonly Fill[] = ["mean", "zero", "blur"];
+/** Every fill a kept run may name; `meta.interventions.fills` says which this kernel offers ("other" needs an image). */
+export const FILLS: readonly Fill[] = ["mean", "zero", "blur", "paint", "other"];
+/** The fills an older kernel, which sends no list, offers. */
+const OLDER_FILLS: readonly Fill[] = ["mean", "zero", "blur"];
 export const PRESETS: readonly Preset[] = ["answer", "last_prompt"];
 
 /** An intervention as `to_dict()` writes it (the browser only ever sends image sources and preset targets). */
@@ -37,11 +40,43 @@ export interface CurveData {
   clean: number;
 }
 
+/** Image reliance per answer token against a baseline image (`reliance_payload`). */
+export interface RelianceData {
+  baseline: string;
+  positions: number[];
+  /** KL(p_real ‖ p_baseline) of the next-token distribution, nats (≥ 0). */
+  kl: number[];
+  /** log p_real − log p_baseline of the token. */
+  pcxmi: number[];
+}
+
+/** `meta.interventions.reliance`: whether the kernel can measure it, its baselines, and what the trace keeps. */
+export interface RelianceMeta {
+  canMeasure: boolean;
+  baselines: string[];
+  defaultBaseline: string;
+  kept: RelianceData[];
+}
+
+/** A greedy answer decoded with an intervention applied (`generation_payload`). */
+export interface GenerationData {
+  label: string;
+  text: string;
+  tokens: string[];
+  original: string;
+  stopped: string;
+}
+
 export interface InterventionsMeta {
   canRun: boolean;
+  /** The fills this kernel offers, in its order. */
+  fills: Fill[];
   defaultFill: Fill;
   history: RunData[];
   curve: CurveData | null;
+  /** The longest greedy answer a `generate` request may ask for (0: an older kernel, no generation). */
+  maxNewTokens: number;
+  reliance: RelianceMeta;
 }
 
 function numbers(x: unknown, field: string, whole: boolean): number[] {
@@ -97,6 +132,47 @@ export function parseCurve(raw: unknown): CurveData {
   return { width, to: presetOf(o.to, "curve.to"), starts, delta, clean };
 }
 
+/** Parse a `relied` reply's payload (or a kept measurement) over `n` positions. */
+export function parseReliance(raw: unknown, n: number): RelianceData {
+  const o = record(raw, "reliance");
+  const positions = numbers(o.positions, "reliance.positions", true);
+  for (const p of positions) if (!(p >= 0 && p < n)) fail("reliance.positions", `holds ${p}, outside the positions 0…${n - 1}`);
+  const kl = numbers(o.kl, "reliance.kl", false);
+  const pcxmi = numbers(o.pcxmi, "reliance.pcxmi", false);
+  if (kl.length !== positions.length || pcxmi.length !== positions.length) fail("reliance", "positions, kl and pcxmi differ in length");
+  if (kl.some((v) => v < 0)) fail("reliance.kl", "must be ≥ 0");
+  return { baseline: lenientText(o.baseline) || "baseline", positions, kl, pcxmi };
+}
+
+/** Parse a `generated` reply's payload. */
+export function parseGeneration(raw: unknown): GenerationData {
+  const o = record(raw, "generation");
+  if (!Array.isArray(o.tokens)) fail("generation.tokens", "must be a list of strings");
+  return {
+    label: lenientText(o.label),
+    text: lenientText(o.text),
+    tokens: (o.tokens as unknown[]).map((t) => lenientText(t)),
+    original: lenientText(o.original),
+    stopped: o.stopped === "eos" ? "eos" : "length",
+  };
+}
+
+function relianceMetaOf(raw: unknown, n: number): RelianceMeta {
+  const o = lenientRecord(raw);
+  const baselines = Array.isArray(o.baselines) ? o.baselines.filter((b): b is string => typeof b === "string" && b.length <= 40) : [];
+  const kept: RelianceData[] = [];
+  for (const entry of Array.isArray(o.kept) ? o.kept : []) {
+    try {
+      kept.push(parseReliance(entry, n));
+    } catch {
+      // a damaged measurement is dropped; the rest still shades
+    }
+  }
+  const fallback = baselines[0] ?? "blank";
+  const defaultBaseline = typeof o.default_baseline === "string" && baselines.includes(o.default_baseline) ? o.default_baseline : fallback;
+  return { canMeasure: o.can_measure === true && baselines.length > 0, baselines, defaultBaseline, kept };
+}
+
 /** `meta.interventions` (lenient: an older kernel sends none; a damaged history entry is dropped, not fatal). */
 export function parseInterventionsMeta(raw: unknown, n: number): InterventionsMeta {
   const o = lenientRecord(raw);
@@ -114,5 +190,9 @@ export function parseInterventionsMeta(raw: unknown, n: number): InterventionsMe
   } catch {
     curve = null;
   }
-  return { canRun: o.can_run === true, defaultFill: FILLS.includes(o.default_fill as Fill) ? (o.default_fill as Fill) : "zero", history, curve };
+  const offered = Array.isArray(o.fills) ? FILLS.filter((f) => (o.fills as unknown[]).includes(f)) : [...OLDER_FILLS];
+  const fills = offered.length > 0 ? offered : [...OLDER_FILLS];
+  const defaultFill = fills.includes(o.default_fill as Fill) ? (o.default_fill as Fill) : fills.includes("zero") ? "zero" : fills[0]!;
+  const maxNewTokens = typeof o.max_new_tokens === "number" && Number.isInteger(o.max_new_tokens) && o.max_new_tokens > 0 ? Math.min(o.max_new_tokens, 1024) : 0;
+  return { canRun: o.can_run === true, fills, defaultFill, history, curve, maxNewTokens, reliance: relianceMetaOf(o.reliance, n) };
 }

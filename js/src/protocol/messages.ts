@@ -1,6 +1,7 @@
 /**
  * The custom messages between the browser and the kernel (`Inspector._on_message`): fetch, compute, clamp,
- * intervene and curve requests, and their `fetched` / `computed` / `clamped` / `intervened` / `curved` replies. Every request carries a `request` id and its reply carries it back
+ * intervene, curve, generate and reliance requests, and their `fetched` / `computed` / `clamped` / `intervened` /
+ * `curved` / `generated` / `relied` replies. Every request carries a `request` id and its reply carries it back
  * (channel.ts matches them).
  */
 
@@ -62,7 +63,23 @@ export interface CurveRequest {
   to: Preset;
 }
 
-export type Request = FetchRequest | ComputeRequest | ClampRequest | InterveneRequest | CurveRequest;
+/**
+ * `{"type": "generate", "intervention", "max_new_tokens"}`: the greedy answer with the intervention applied (null: the
+ * clean model); answered `generated`. Nothing is kept.
+ */
+export interface GenerateRequest {
+  type: "generate";
+  intervention: Intervention | null;
+  max_new_tokens: number;
+}
+
+/** `{"type": "reliance", "baseline"}`: every answer token's image reliance (kept in the trace); answered `relied`. */
+export interface RelianceRequest {
+  type: "reliance";
+  baseline: string;
+}
+
+export type Request = FetchRequest | ComputeRequest | ClampRequest | InterveneRequest | CurveRequest | GenerateRequest | RelianceRequest;
 
 /** The reply type the kernel answers each request type with. */
 export const REPLY_TYPE = {
@@ -71,6 +88,8 @@ export const REPLY_TYPE = {
   clamp: "clamped",
   intervene: "intervened",
   curve: "curved",
+  generate: "generated",
+  reliance: "relied",
 } as const;
 export type ReplyType = (typeof REPLY_TYPE)[Request["type"]];
 

@@ -1,9 +1,17 @@
 /**
  * The Interventions panel: ask the model, not the map. Select image patches (click toggles one, shift-click adds,
- * "Top k %" takes the strongest of the map shown), choose a fill and Run: the kernel ablates them (`intervene`,
- * one forward) and replies Δ log p of every answer token, drawn as one sign-coloured bar each. A knockout cuts the
- * image out of a window of layers (first … last) for the answer rows or the last prompt token; "Curve" slides a
- * window of w layers over the depth and draws Δ of the first answer token as an SVG line.
+ * drag a rectangle to take every patch it touches, shift-drag to add them; "Top k %" takes the strongest of the map
+ * shown), choose a fill and Run: the kernel ablates them (`intervene`, one forward) and replies Δ log p of every
+ * answer token, drawn as one sign-coloured bar each. A knockout cuts the image out of a window of layers (first …
+ * last, or dragged over the rows of the layer × head overview) for the answer rows or the last prompt token;
+ * "Curve" slides a window of w layers over the depth and draws Δ of the first answer token as an SVG line. "New
+ * greedy answer" asks the kernel to decode the answer again with the shown run's intervention applied.
+ *
+ * Δ bars (here, and under the answer chips of the token strip while the panel is open: {@link stripDeltas}) are
+ * scaled to the largest |Δ| but at least {@link DELTA_FLOOR_NATS} nat, so a run that changes nothing draws ≈ empty
+ * bars; the scale is stated under the title. On a video the panel's one image shows the frame the frame strip shows,
+ * clicks and rectangles select among that frame's group of tokens, and "Select this frame's tokens" takes the whole
+ * group in one gesture (Run ablation then ablates exactly `mmviz.interventions.frame_positions(trace, frame)`).
  *
  * Every run is kept (in the trace too, so exports and loaded traces show them): the history lists them, a click
  * shows one again, "compare" draws a second run's bars beside it. Without a kernel (a standalone page, a trace
@@ -13,15 +21,18 @@
 import type { Channel, PendingRequest } from "../channel";
 import { scaleOf } from "../colormap";
 import type { WidgetData } from "../data";
+import type { Rect } from "../protocol";
 import { button, h, Listeners, option } from "../dom";
 import {
   FILLS,
   fetchedPayload,
   parseCurve,
+  parseGeneration,
   parseRun,
   PRESETS,
   type CurveData,
   type Fill,
+  type GenerationData,
   type Intervention,
   type InterventionsMeta,
   type Preset,
@@ -30,7 +41,8 @@ import {
 } from "../protocol";
 import type { Store, ViewState } from "../store";
 import { ImageView } from "./image-view";
-import { displayToken } from "./token-strip";
+import { groupOf } from "./frame-strip";
+import { DELTA_FLOOR_NATS, deltaScale, deltaWidth, displayToken, signedText, type StripDeltas } from "./token-strip";
 
 /** An intervention reruns the model once (a curve once per window): allow for a large model. */
 export const INTERVENE_TIMEOUT_MS = 10 * 60 * 1000;
@@ -44,6 +56,23 @@ export function topColumns(map: ArrayLike<number>, percent: number): number[] {
   if (finite.length === 0 || !(percent > 0)) return [];
   const k = Math.max(1, Math.min(finite.length, Math.round((finite.length * Math.min(percent, 100)) / 100)));
   return finite.sort((a, b) => map[b]! - map[a]! || a - b).slice(0, k).sort((a, b) => a - b);
+}
+
+/** A drag shorter than this (display pixels) is a click, not a rectangle. */
+export const DRAG_THRESHOLD_PX = 4;
+
+/**
+ * The columns among `columns` whose box (original pixels, half-open) intersects the rectangle spanned by the two
+ * corners `a` and `b` (any order; a rectangle of zero width or height touches the boxes it lies in).
+ */
+export function columnsInRect(box: (p: number) => Rect, columns: readonly number[], a: readonly [number, number], b: readonly [number, number]): number[] {
+  const x0 = Math.min(a[0], b[0]), x1 = Math.max(a[0], b[0]), y0 = Math.min(a[1], b[1]), y1 = Math.max(a[1], b[1]); // prettier-ignore
+  const out: number[] = [];
+  for (const p of columns) {
+    const [bx0, by0, bx1, by1] = box(p);
+    if (bx0 <= x1 && bx1 > x0 && by0 <= y1 && by1 > y0) out.push(p);
+  }
+  return out.sort((u, v) => u - v);
 }
 
 /** The layers of a window `first … last` (validated: whole numbers in 0 … L−1, first ≤ last), or an error. */
@@ -80,6 +109,19 @@ export class InterventionsPanel {
   private readonly compare: HTMLSelectElement;
   private readonly history: HTMLOListElement;
   private readonly curveBox: HTMLDivElement;
+  private readonly answerButton: HTMLButtonElement;
+  private readonly answerBox: HTMLDivElement;
+  /** Greedy answers already decoded, by run index (asked once each). */
+  private readonly answers = new Map<number, GenerationData>();
+  /** A drag just ended: the click that follows it is not a patch click. */
+  private dragged = false;
+  /** Video: the frame the frame strip shows, and the columns of its temporal group (the panel's one image). */
+  private frame = 0;
+  private frameCols: readonly number[] = [];
+  private readonly frameRow: HTMLDivElement;
+  private readonly frameLabel: HTMLSpanElement;
+  /** Called when the shown run changes (the token strip draws its Δ bars). */
+  onShow: () => void = () => {};
   private readonly listeners = new Listeners();
 
   constructor(
@@ -92,7 +134,8 @@ export class InterventionsPanel {
     this.curve = meta.curve;
     this.canRun = channel !== null && meta.canRun;
     this.fill = h("select", { className: "mmviz-iv-fill", attrs: { "aria-label": "fill" } });
-    for (const f of FILLS) this.fill.append(option(f, `${f} fill`));
+    const fillNames: Record<Fill, string> = { mean: "mean fill", zero: "zero fill", blur: "blur fill", paint: "paint the boxes (pixels)", other: "another image's tokens" };
+    for (const f of meta.fills.length > 0 ? meta.fills : FILLS) this.fill.append(option(f, fillNames[f]));
     this.fill.value = meta.defaultFill;
     this.percent = h("input", { className: "mmviz-iv-percent", attrs: { type: "number", min: "1", max: "100", step: "1", "aria-label": "top percent" } });
     this.percent.value = "10";
@@ -117,8 +160,14 @@ export class InterventionsPanel {
     const knockRow = h("div", { className: "mmviz-iv-row" }, h("span", { text: "Knockout layers" }), this.first, h("span", { text: "…" }), this.last, this.preset, knock);
     const curveRow = h("div", { className: "mmviz-iv-row" }, h("span", { text: "window w" }), this.width, curve);
     this.runButtons = [ablate, knock, curve];
+    const selectFrame = button({ className: "mmviz-iv-select-frame", text: "Select this frame's tokens", title: "Select every video token of the shown frame's temporal group (shift-click adds them); Run ablation then ablates exactly mmviz.interventions.frame_positions(trace, frame)" });
+    this.frameLabel = h("span", { className: "mmviz-iv-frame-label" });
+    this.frameRow = h("div", { className: "mmviz-iv-row mmviz-iv-frame-row", hidden: data.meta.video === null }, this.frameLabel, selectFrame);
+    const selectHint = h("div", { className: "mmviz-iv-hint", text: "Click a patch to toggle it, shift-click to add; drag a rectangle to select the patches it touches (shift-drag adds). Drag over the rows of the layer × head overview to knock out that layer window." });
 
     this.status = h("div", { className: "mmviz-iv-status", data: { state: "idle" } });
+    this.answerButton = button({ className: "mmviz-iv-run-answer", text: "New greedy answer", title: "Decode the answer again, greedily, with the shown run's intervention applied" });
+    this.answerBox = h("div", { className: "mmviz-iv-answer", data: { index: "-1" } });
     this.compare = h("select", { className: "mmviz-iv-compare", attrs: { "aria-label": "compare with" } });
     this.result = h("div", { className: "mmviz-iv-result", data: { index: "-1" } });
     this.history = h("ol", { className: "mmviz-iv-history" });
@@ -126,18 +175,21 @@ export class InterventionsPanel {
     this.el = h(
       "div",
       { className: "mmviz-interventions", data: { selected: "", canRun: this.canRun ? "1" : "0" } },
-      this.mapBox, selectRow, ablateRow, knockRow, curveRow, this.status,
+      this.mapBox, selectHint, ...(data.meta.video === null ? [] : [this.frameRow]), selectRow, ablateRow, knockRow, curveRow, this.status,
       h("label", { className: "mmviz-control" }, h("span", { text: "compare with" }), this.compare),
-      this.result, this.history, this.curveBox,
+      this.result, h("div", { className: "mmviz-iv-row" }, this.answerButton, this.answerBox), this.history, this.curveBox,
     ); // prettier-ignore
-    for (const b of this.runButtons) b.disabled = !this.canRun;
+    this.answerButton.hidden = meta.maxNewTokens === 0;
+    for (const b of [...this.runButtons, this.answerButton]) b.disabled = !this.canRun;
     if (!this.canRun) this.showStatus(channel === null ? "Kept runs only: this page has no kernel to run new ones." : "Kept runs only: the trace has no model attached to run new ones.", "idle");
 
     this.listeners.on(top, "click", () => this.selectTop());
+    this.listeners.on(selectFrame, "click", (ev) => this.selectFrame((ev as MouseEvent).shiftKey));
     this.listeners.on(clear, "click", () => this.setSelection([]));
     this.listeners.on(ablate, "click", () => this.runAblate());
     this.listeners.on(knock, "click", () => this.runKnockout());
     this.listeners.on(curve, "click", () => this.runCurve());
+    this.listeners.on(this.answerButton, "click", () => this.runAnswer());
     this.listeners.on(this.compare, "change", () => {
       this.compared = this.compare.value === "" ? null : Number(this.compare.value);
       this.paintResult();
@@ -155,12 +207,114 @@ export class InterventionsPanel {
 
   /** A click on an image patch (main image or the panel's own): toggle it, or with shift add it. */
   clickPatch(shift: boolean): void {
+    if (this.dragged) {
+      this.dragged = false; // the click that ends a rectangle drag
+      return;
+    }
     const p = this.store.get().hoverPatch;
     if (p === null || p < 0 || p >= this.data.P) return;
     if (shift) this.selected.add(p);
     else if (this.selected.has(p)) this.selected.delete(p);
     else this.selected.add(p);
     this.paintSelection();
+  }
+
+  /**
+   * Let `view` (the panel's image or the main one) select by dragging a rectangle: every patch of its drawn view
+   * whose box the rectangle touches, in the ORIGINAL image's pixels; shift adds them to the selection. A press that
+   * moves less than {@link DRAG_THRESHOLD_PX} stays a click. The window listeners of a drag are removed when it ends
+   * (and on dispose). `active` says whether a press may start one (the main image: while the panel is open).
+   */
+  attachRectangle(view: ImageView, active: () => boolean = () => true): void {
+    const stack = view.heat.parentElement;
+    if (stack === null) return;
+    const rect = h("div", { className: "mmviz-iv-rect", hidden: true, attrs: { "aria-hidden": "true" } });
+    Object.assign(rect.style, { position: "absolute", border: "2px dashed #000", outline: "1px solid #fff", pointerEvents: "none", boxSizing: "border-box" });
+    stack.append(rect);
+    const meta = this.data.images[view.index];
+    const original = (ev: MouseEvent): [number, number] | null => {
+      const r = stack.getBoundingClientRect();
+      if (meta === undefined || r.width === 0 || r.height === 0) return null;
+      const fx = Math.max(0, Math.min(1, (ev.clientX - r.left) / r.width));
+      const fy = Math.max(0, Math.min(1, (ev.clientY - r.top) / r.height));
+      return [fx * meta.width, fy * meta.height];
+    };
+    let stop: (() => void) | null = null;
+    this.listeners.add(() => stop?.());
+    this.listeners.on(stack, "pointerdown", (ev) => {
+      if (ev.button !== 0 || stop !== null || !active()) return;
+      const start = original(ev);
+      if (start === null || meta === undefined) return;
+      this.dragged = false;
+      const [sx, sy] = [ev.clientX, ev.clientY];
+      let moved = false;
+      let end = start;
+      const move = (e: PointerEvent): void => {
+        if (!moved && Math.hypot(e.clientX - sx, e.clientY - sy) < DRAG_THRESHOLD_PX) return;
+        moved = true;
+        end = original(e) ?? end;
+        const [x0, x1] = [Math.min(start[0], end[0]), Math.max(start[0], end[0])];
+        const [y0, y1] = [Math.min(start[1], end[1]), Math.max(start[1], end[1])];
+        Object.assign(rect.style, { left: `${(100 * x0) / meta.width}%`, top: `${(100 * y0) / meta.height}%`, width: `${(100 * (x1 - x0)) / meta.width}%`, height: `${(100 * (y1 - y0)) / meta.height}%` });
+        rect.hidden = false;
+      };
+      const up = (e: PointerEvent): void => {
+        stop?.();
+        if (!moved) return;
+        this.dragged = true;
+        const columns = columnsInRect((p) => this.data.box(p), view.columns, start, original(e) ?? end);
+        this.setSelection(e.shiftKey ? [...this.selected, ...columns] : columns);
+        this.el.dataset.rect = [start, original(e) ?? end].flat().map((v) => v.toFixed(1)).join(",");
+      };
+      const cancel = (): void => stop?.();
+      window.addEventListener("pointermove", move);
+      window.addEventListener("pointerup", up);
+      window.addEventListener("pointercancel", cancel);
+      stop = () => {
+        window.removeEventListener("pointermove", move);
+        window.removeEventListener("pointerup", up);
+        window.removeEventListener("pointercancel", cancel);
+        rect.hidden = true;
+        stop = null;
+      };
+    });
+  }
+
+  /**
+   * Video: the frame strip shows `frame`, whose temporal group's tokens are `columns`: the panel's image shows it
+   * too, and "Select this frame's tokens" takes them.
+   */
+  showFrame(frame: number, columns: readonly number[]): void {
+    this.frame = frame;
+    this.frameCols = [...columns];
+    this.el.dataset.frame = String(frame);
+    const video = this.data.meta.video;
+    const g = video === null ? -1 : groupOf(video.groups, frame);
+    const span = video !== null && g >= 0 ? video.groups[g]! : null;
+    this.frameLabel.textContent = `Frame ${frame}${span === null ? "" : span[0] === span[1] ? ` (its group: frame ${span[0]})` : ` (its group: frames ${span[0]}–${span[1]})`} · ${columns.length} tokens`;
+    this.images[0]?.showFrame(frame, this.frameCols);
+  }
+
+  /** Select the shown frame's group of video tokens (`add`: added to the selection). */
+  selectFrame(add = false): void {
+    if (this.data.meta.video === null) return;
+    if (this.frameCols.length === 0) return this.showStatus(`Frame ${this.frame} has no video tokens to select.`, "error");
+    this.setSelection(add ? [...this.selected, ...this.frameCols] : this.frameCols);
+  }
+
+  /** Δ log p of the shown run for the token strip's bars (null when no run is shown). */
+  stripDeltas(): StripDeltas | null {
+    const index = this.shown;
+    const run = index === null ? undefined : this.runs[index];
+    if (index === null || run === undefined) return null;
+    return { values: new Map(run.positions.map((p, i) => [p, run.delta[i]!])), label: `#${index + 1} ${run.label}`, key: `run ${index}` };
+  }
+
+  /** A layer window picked elsewhere (dragged over the overview's rows): show it and, with a kernel, knock it out. */
+  knockoutWindow(first: number, last: number): void {
+    this.first.value = String(Math.min(first, last));
+    this.last.value = String(Math.max(first, last));
+    if (this.canRun) this.runKnockout();
   }
 
   setSelection(columns: Iterable<number>): void {
@@ -184,11 +338,12 @@ export class InterventionsPanel {
   private ask(request: Request, what: string, done: (payload: unknown) => void): void {
     if (this.channel === null || !this.canRun) return;
     this.pending?.cancel();
-    for (const b of this.runButtons) b.disabled = true;
+    const buttons = [...this.runButtons, this.answerButton];
+    for (const b of buttons) b.disabled = true;
     this.showStatus(`Running the model (${what})…`, "pending");
     const finish = (): void => {
       this.pending = null;
-      for (const b of this.runButtons) b.disabled = false;
+      for (const b of buttons) b.disabled = false;
     };
     const pending = this.channel.ask(request, INTERVENE_TIMEOUT_MS, {
       reply: (reply) => {
@@ -231,6 +386,36 @@ export class InterventionsPanel {
     this.send({ kind: "knockout", layers, sources: "image", to: this.preset.value as Preset }, "knockout");
   }
 
+  /** Ask for the greedy answer with the shown run's intervention applied (once per run; kept here). */
+  private runAnswer(): void {
+    const index = this.shown;
+    const run = index === null ? undefined : this.runs[index];
+    if (index === null || run === undefined) return this.showStatus("Run an ablation or a knockout first: the new answer applies the shown run.", "error");
+    if (this.answers.has(index)) return this.paintAnswer();
+    const max_new_tokens = Math.max(1, Math.min(32, this.meta.maxNewTokens));
+    this.ask({ type: "generate", intervention: run.intervention, max_new_tokens }, "greedy answer", (payload) => {
+      this.answers.set(index, parseGeneration(payload));
+      this.paintAnswer();
+    });
+  }
+
+  /** The shown run's greedy answer, if it was asked for: "new answer (was: …)". Text only. */
+  private paintAnswer(): void {
+    const index = this.shown ?? -1;
+    const answer = this.answers.get(index);
+    this.answerBox.dataset.index = answer === undefined ? "-1" : String(index);
+    if (answer === undefined) return void this.answerBox.replaceChildren();
+    const changed = answer.text.trim() !== answer.original.trim();
+    this.answerBox.dataset.changed = changed ? "1" : "0";
+    this.answerBox.dataset.text = answer.text;
+    const tail = answer.stopped === "length" ? " …" : "";
+    this.answerBox.replaceChildren(
+      h("span", { className: "mmviz-iv-answer-text", text: `“${answer.text}${tail}”` }),
+      h("span", { className: "mmviz-iv-answer-was", text: changed ? ` (was “${answer.original}”)` : " (unchanged)" }),
+    );
+    this.answerBox.title = `${answer.label}: ${answer.tokens.join(" · ")}`;
+  }
+
   private runCurve(): void {
     const width = Number(this.width.value);
     if (!Number.isInteger(width) || width < 1 || width > this.data.L) return this.showStatus(`Curve: w must be a whole number in 1 … ${this.data.L}.`, "error");
@@ -251,6 +436,8 @@ export class InterventionsPanel {
     }
     for (const li of this.history.children) if (li instanceof HTMLElement) li.classList.toggle("mmviz-on", Number(li.dataset.index) === index);
     this.paintResult();
+    this.paintAnswer();
+    this.onShow();
   }
 
   private paintHistory(): void {
@@ -278,14 +465,18 @@ export class InterventionsPanel {
     if (run === undefined) return void this.result.replaceChildren();
     const other = this.compared === null || this.compared === this.shown ? undefined : this.runs[this.compared];
     this.result.dataset.compared = String(other === undefined ? -1 : this.compared);
-    let largest = 0;
-    for (const d of [...run.delta, ...(other?.delta ?? [])]) largest = Math.max(largest, Math.abs(d));
+    // Scaled to the largest |Δ| but never below the floor: a run whose Δ are all ≈ 0 draws ≈ empty bars.
+    const scale = deltaScale([...run.delta, ...(other?.delta ?? [])]);
+    this.result.dataset.scale = String(scale);
     const bar = (delta: number | undefined, cls: string): HTMLElement => {
       const el = h("span", { className: `mmviz-clamp-bar ${cls} ${delta !== undefined && delta < 0 ? "mmviz-neg" : "mmviz-pos"}` });
-      el.style.width = `${delta === undefined || largest === 0 ? 0 : Math.round((50 * Math.abs(delta)) / largest)}%`;
+      el.style.width = `${delta === undefined ? 0 : deltaWidth(delta, scale).toFixed(2)}%`;
       return el;
     };
-    const rows: HTMLElement[] = [h("div", { className: "mmviz-iv-title", text: `Δ log p of each answer token: #${this.shown! + 1} ${run.label}${other ? ` vs #${this.compared! + 1} ${other.label}` : ""}` })];
+    const rows: HTMLElement[] = [
+      h("div", { className: "mmviz-iv-title", text: `Δ log p of each answer token: #${this.shown! + 1} ${run.label}${other ? ` vs #${this.compared! + 1} ${other.label}` : ""}` }),
+      h("div", { className: "mmviz-iv-scale", text: `bars: ±${scale.toFixed(2)} nats at the track's ends (the largest |Δ|, at least ±${DELTA_FLOOR_NATS})` }),
+    ];
     run.positions.forEach((pos, i) => {
       const delta = run.delta[i]!;
       const j = other?.positions.indexOf(pos) ?? -1;
@@ -298,7 +489,7 @@ export class InterventionsPanel {
           { className: "mmviz-clamp-row mmviz-iv-bar-row", data: { pos: String(pos), delta: delta.toFixed(6), compare: second === undefined ? "" : second.toFixed(6) }, title: `log p ${run.clean[i]!.toFixed(3)} → ${(run.clean[i]! + delta).toFixed(3)}` },
           h("span", { className: "mmviz-clamp-token", text: displayToken(this.data.tokens[pos] ?? "") }),
           ...tracks,
-          h("span", { className: "mmviz-clamp-value", text: `${delta >= 0 ? "+" : ""}${delta.toFixed(3)}${second === undefined ? "" : ` | ${second >= 0 ? "+" : ""}${second.toFixed(3)}`}` }),
+          h("span", { className: "mmviz-clamp-value", text: `${signedText(delta)}${second === undefined ? "" : ` | ${signedText(second)}`}` }),
         ),
       );
     });
@@ -344,14 +535,18 @@ export class InterventionsPanel {
 
   private paintImages(s: Readonly<ViewState>): void {
     if (this.images.length === 0) {
-      for (let i = 0; i < this.data.nImages; i++) {
+      // A video: one image, the frame the frame strip shows (its group's tokens), as in the main view.
+      const nViews = this.data.meta.video === null ? this.data.nImages : Math.min(1, this.data.nImages);
+      for (let i = 0; i < nViews; i++) {
         const v = new ImageView(this.data, this.store, i, MAP_SIDE);
         v.el.classList.add("mmviz-iv-image");
         v.heat.classList.add("mmviz-iv-heat");
         this.listeners.on(v.heat.parentElement ?? v.el, "click", (ev) => this.clickPatch((ev as MouseEvent).shiftKey));
+        this.attachRectangle(v);
         this.images.push(v);
         this.mapBox.append(v.el);
       }
+      if (this.data.meta.video !== null && this.frameCols.length > 0) this.images[0]?.showFrame(this.frame, this.frameCols);
     }
     const key = `${this.el.dataset.selected}|${s.views.join(",")}`;
     if (key !== this.paintedKey) {

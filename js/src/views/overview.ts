@@ -7,6 +7,11 @@
  *
  * Share and entropy come with the first payload (`head_stats`); the patch statistic needs every layer's per-head
  * maps, which are fetched in the background (cells fill in as layers arrive).
+ *
+ * Dragging over rows (of the cells or of the layer headers) picks a window of layers for the Interventions panel's
+ * knockout (`onLayerWindow`, set when the panel can use it); the window stays outlined until the next one. The
+ * knockout cuts every head of those layers (mmviz.interventions.Knockout has no per-head cut), so a drag spans whole
+ * rows; a plain click still selects one cell.
  */
 
 import { colorFor } from "../colormap";
@@ -22,6 +27,12 @@ const STAT_LABELS: Record<Statistic, string> = {
   entropy: "entropy (nats)",
   patch: "attention on the hovered patch",
 };
+
+/** The layer window `[first, last]` (ascending) of a drag between layers `a` and `b`, clamped to 0 … L−1. */
+export function dragWindow(a: number, b: number, L: number): [number, number] {
+  const clamp = (v: number): number => Math.max(0, Math.min(L - 1, Math.floor(v)));
+  return [Math.min(clamp(a), clamp(b)), Math.max(clamp(a), clamp(b))];
+}
 
 /** Rows the statistics average over: the focused positions' rows, else the answer's rows, else every row. */
 export function statRows(data: WidgetData, focusPositions: readonly number[]): { rows: number[]; which: string } {
@@ -49,6 +60,13 @@ export class Overview {
   private paintKey = "";
   /** The patch the patch statistic is about: the last one hovered (the mouse leaves the image to reach here). */
   private patch: number | null = null;
+  /** Called with the layer window a drag over rows picked (null: dragging picks nothing). */
+  onLayerWindow: ((first: number, last: number) => void) | null = null;
+  /** The last dragged window, outlined on the grid. */
+  private window: [number, number] | null = null;
+  /** A drag just ended: the click that follows it selects nothing. */
+  private dragged = false;
+  private stopDrag: (() => void) | null = null;
 
   constructor(
     private readonly data: WidgetData,
@@ -119,10 +137,66 @@ export class Overview {
     });
     on(grid, "mouseleave", () => store.set({ preview: null }));
     on(grid, "click", (ev) => {
+      if (this.dragged) {
+        this.dragged = false;
+        return;
+      }
       const c = cellAt(ev);
       if (c !== null) store.set({ layer: c.layer, head: c.head, preview: null });
     });
     on(select, "change", () => store.set({ stat: select.value as Statistic }));
+    // Drag over rows → a knockout layer window. The layer under the pointer is read off the grid's rows (the layer
+    // headers line up with them), so a drag may start on either.
+    const layerAt = (ev: MouseEvent): number => {
+      const r = grid.getBoundingClientRect();
+      return r.height === 0 ? 0 : ((ev.clientY - r.top) / r.height) * L;
+    };
+    const start = (ev: PointerEvent): void => {
+      if (ev.button !== 0 || this.onLayerWindow === null || this.stopDrag !== null) return;
+      const from = layerAt(ev);
+      if (!(from >= 0 && from < L)) return;
+      this.dragged = false;
+      let moved = false;
+      const move = (e: PointerEvent): void => {
+        const [first, last] = dragWindow(from, layerAt(e), L);
+        if (!moved && first === last) return;
+        moved = true;
+        this.window = [first, last];
+        this.paintKey = "";
+        this.paint(store.get());
+      };
+      const up = (e: PointerEvent): void => {
+        this.stopDrag?.();
+        if (!moved) return;
+        this.dragged = true;
+        const [first, last] = dragWindow(from, layerAt(e), L);
+        this.window = [first, last];
+        this.paintKey = "";
+        this.paint(store.get());
+        this.onLayerWindow?.(first, last);
+      };
+      const cancel = (): void => this.stopDrag?.();
+      window.addEventListener("pointermove", move);
+      window.addEventListener("pointerup", up);
+      window.addEventListener("pointercancel", cancel);
+      this.stopDrag = () => {
+        window.removeEventListener("pointermove", move);
+        window.removeEventListener("pointerup", up);
+        window.removeEventListener("pointercancel", cancel);
+        this.stopDrag = null;
+      };
+    };
+    on(grid, "pointerdown", start);
+    on(layers, "pointerdown", start);
+    // A drag that ends on a layer header must not also select that layer.
+    const swallow = (ev: Event): void => {
+      if (!this.dragged) return;
+      this.dragged = false;
+      ev.stopPropagation(); // capture phase: the header button never sees it
+    };
+    layers.addEventListener("click", swallow, true);
+    this.listeners.add(() => layers.removeEventListener("click", swallow, true));
+    this.listeners.add(() => this.stopDrag?.());
   }
 
   private button(text: string, className: string, title: string, data: Record<string, string>, onClick: () => void): HTMLButtonElement {
@@ -190,12 +264,13 @@ export class Overview {
     if (stat === "patch" && this.patch === null) return "Hover a patch of the image: cells show the attention paid to it.";
     const missing = Number(this.el.dataset.missing ?? 0);
     const loading = missing > 0 ? ` Loading ${missing} layer${missing === 1 ? "" : "s"}…` : "";
-    return `${STAT_LABELS[stat]} of ${over}, per layer (rows) and head (columns); 0 … ${formatValue(this.range)}.${loading} Hover a cell to preview its map, click to select it.`;
+    return `${STAT_LABELS[stat]} of ${over}, per layer (rows) and head (columns); 0 … ${formatValue(this.range)}.${loading} Hover a cell to preview its map, click to select it.${this.onLayerWindow === null ? "" : " Drag over rows to knock the image out of those layers."}`;
   }
 
   private paint(s: Readonly<ViewState>): void {
     this.grid.dataset.selected = `${s.layer},${s.head}`;
     this.grid.dataset.preview = s.preview === null ? "" : `${s.preview.layer},${s.preview.head}`;
+    this.grid.dataset.window = this.window === null ? "" : this.window.join(",");
     const ctx = this.grid.getContext("2d");
     if (!ctx) return;
     const { L, H } = this.data;
@@ -228,6 +303,13 @@ export class Overview {
     const [y, hgt] = s.layer === MEAN ? [0, L * c] : [s.layer * c, c];
     outline(x, y, w, hgt, false);
     if (s.preview !== null) outline(s.preview.head * c, s.preview.layer * c, c, c, true);
+    if (this.window !== null) {
+      const [first, last] = this.window;
+      ctx.setLineDash([5, 3]);
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = "#e67e22";
+      ctx.strokeRect(1.5, first * c + 1.5, H * c - 3, (last - first + 1) * c - 3);
+    }
     ctx.setLineDash([]);
   }
 

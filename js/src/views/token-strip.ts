@@ -1,13 +1,16 @@
 /**
  * The sequence as a strip of token chips. Image positions collapse into one chip per contiguous run. In word mode
  * the sub-word pieces of a word are one chip (its map is the mean of its pieces' maps). Token text is only ever
- * set with textContent.
+ * set with textContent. Answer tokens can carry a second, independent shade: a stripe along their bottom edge
+ * coloured by their image reliance ({@link TokenStrip.shade}), which the hover tint (the background) never hides,
+ * and a compact Δ log p bar under the chip for the run the Interventions panel shows ({@link TokenStrip.showDeltas}).
+ * A video's chip reads "video · N frames · M tokens".
  */
 
-import { scaleColor, textColorOn, type ColorScale } from "../colormap";
+import { colorFor, scaleColor, textColorOn, type ColorScale } from "../colormap";
 import type { WidgetData } from "../data";
 import { h, Listeners } from "../dom";
-import { isImageKind, KIND_QUERY, KIND_SPECIAL } from "../protocol";
+import { isImageKind, KIND_QUERY, KIND_SPECIAL, type VideoMeta } from "../protocol";
 import type { Store } from "../store";
 
 /** "p = 0.83" for a log-probability (answer tokens), "" for NaN. */
@@ -52,11 +55,51 @@ export function imageRuns(data: WidgetData): ImageRun[] {
   return runs;
 }
 
-export function chipLabel(run: ImageRun, nImages: number): string {
+/**
+ * The label of an image run's chip. For a video (`video`: `meta.video`) "video · N frames · M tokens", N the
+ * original frames of the temporal groups whose tokens lie in the run (a group's tokens are its first frame's).
+ */
+export function chipLabel(run: ImageRun, nImages: number, video: VideoMeta | null = null): string {
   const tokens = `${run.count} token${run.count === 1 ? "" : "s"}`;
+  if (video !== null) {
+    const firsts = new Set(run.images);
+    const frames = video.groups.reduce((n, [first, last]) => n + (firsts.has(first) ? last - first + 1 : 0), 0);
+    return `video · ${frames} frame${frames === 1 ? "" : "s"} · ${tokens}`;
+  }
   if (run.images.length > 1) return `${run.images.length} images · ${tokens}`;
   if (nImages > 1 && run.images.length === 1) return `image ${run.images[0]! + 1} · ${tokens}`;
   return `image · ${tokens}`;
+}
+
+/** Δ log p bars are scaled to at least this many nats, so a run whose Δ are all ≈ 0 draws ≈ empty bars. */
+export const DELTA_FLOOR_NATS = 1;
+
+/** The half-width of a Δ bar track, in nats: the largest finite |Δ| of `values`, at least {@link DELTA_FLOOR_NATS}. */
+export function deltaScale(values: Iterable<number>): number {
+  let largest = 0;
+  for (const v of values) if (Number.isFinite(v)) largest = Math.max(largest, Math.abs(v));
+  return Math.max(DELTA_FLOOR_NATS, largest);
+}
+
+/** The width of a Δ bar, in % of its centred track (50 % = |Δ| equals `scale`; 0 for NaN). */
+export function deltaWidth(delta: number, scale: number): number {
+  if (!Number.isFinite(delta) || !(scale > 0)) return 0;
+  return Math.min(50, (50 * Math.abs(delta)) / scale);
+}
+
+/** "+0.123" / "−1.500" (three decimals, the sign always shown). */
+export function signedText(v: number): string {
+  return `${v >= 0 ? "+" : ""}${v.toFixed(3)}`;
+}
+
+/** Δ log p of one run per answer position, for {@link TokenStrip.showDeltas}. */
+export interface StripDeltas {
+  /** Δ log p by sequence position. */
+  values: ReadonlyMap<number, number>;
+  /** What the run is ("#2 ablate 12 image tokens (zero fill)"), for the tooltip. Text only. */
+  label: string;
+  /** Identifies the run: the bars are rewritten only when it changes. */
+  key: string;
 }
 
 export interface TokenPaint {
@@ -82,6 +125,12 @@ export class TokenStrip {
   private lastKey = "";
   private rowsKey = "attention";
   private readonly listeners = new Listeners();
+  private readonly shaded = new Set<HTMLSpanElement>();
+  private shadeKey = "";
+  private defaultEl: HTMLSpanElement | undefined;
+  /** Chips carrying a Δ bar, with the title they had before it. */
+  private readonly deltaTitles = new Map<HTMLSpanElement, string>();
+  private deltaKey = "";
 
   constructor(
     private readonly data: WidgetData,
@@ -106,7 +155,7 @@ export class TokenStrip {
       if (run) {
         const chip = h("span", {
           className: "mmviz-image-chip",
-          text: chipLabel(run, nImages),
+          text: chipLabel(run, nImages, data.meta.video),
           data: { start: String(run.start), count: String(run.count) },
           title: `positions ${run.start}–${run.start + run.count - 1}`,
         });
@@ -189,6 +238,87 @@ export class TokenStrip {
       if (span !== undefined && hasRow(pos)) marked.add(span);
     });
     for (const span of new Set(this.spans)) span?.classList.toggle("mmviz-has-row", marked.has(span));
+  }
+
+  /**
+   * Shade chips by a per-position value (image reliance of answer tokens): a 4 px stripe along the bottom edge,
+   * viridis from 0 to `max`, with the value in `data-reliance`; a word's stripe is the largest of its pieces'.
+   * `key` identifies the values; null clears every stripe.
+   */
+  shade(values: ReadonlyMap<number, number> | null, max: number, key: string): void {
+    if (key === this.shadeKey) return;
+    this.shadeKey = key;
+    for (const span of this.shaded) {
+      span.style.removeProperty("box-shadow");
+      span.classList.remove("mmviz-shaded");
+      delete span.dataset.reliance;
+    }
+    this.shaded.clear();
+    if (values === null) return;
+    const bySpan = new Map<HTMLSpanElement, number>();
+    for (const [pos, v] of values) {
+      const span = this.spans[pos];
+      if (span === undefined || !Number.isFinite(v)) continue;
+      bySpan.set(span, Math.max(bySpan.get(span) ?? -Infinity, v));
+    }
+    for (const [span, v] of bySpan) {
+      const [r, g, b] = colorFor(max > 0 ? v / max : 0);
+      span.style.boxShadow = `inset 0 -4px 0 rgb(${r}, ${g}, ${b})`;
+      span.classList.add("mmviz-shaded");
+      span.dataset.reliance = v.toFixed(6);
+      this.shaded.add(span);
+    }
+  }
+
+  /**
+   * Draw a compact Δ log p bar under every chip of `deltas` (the run the Interventions panel shows): a centred
+   * track, decreases red to the left, increases blue to the right, scaled to {@link deltaScale} of the run; the
+   * value (a word's: the sum of its pieces', as log p of a word is) in `data-delta` and in the chip's tooltip.
+   * null removes every bar and restores the tooltips. Rewritten only when `deltas.key` changes.
+   */
+  showDeltas(deltas: StripDeltas | null): void {
+    const key = deltas === null ? "" : deltas.key;
+    if (key === this.deltaKey) return;
+    this.deltaKey = key;
+    for (const [span, title] of this.deltaTitles) {
+      span.querySelector(":scope > .mmviz-delta")?.remove();
+      span.classList.remove("mmviz-has-delta");
+      span.title = title;
+      delete span.dataset.delta;
+    }
+    this.deltaTitles.clear();
+    this.el.dataset.deltaScale = "";
+    if (deltas === null) return;
+    const bySpan = new Map<HTMLSpanElement, number>();
+    for (const [pos, v] of deltas.values) {
+      const span = this.spans[pos];
+      if (span === undefined || !Number.isFinite(v)) continue;
+      bySpan.set(span, (bySpan.get(span) ?? 0) + v);
+    }
+    const scale = deltaScale(bySpan.values());
+    this.el.dataset.deltaScale = String(scale);
+    for (const [span, v] of bySpan) {
+      const fill = h("span", { className: `mmviz-delta-fill ${v < 0 ? "mmviz-neg" : "mmviz-pos"}` });
+      fill.style.width = `${deltaWidth(v, scale).toFixed(2)}%`;
+      const bar = h("span", { className: "mmviz-delta", attrs: { "aria-hidden": "true" } }, fill);
+      this.deltaTitles.set(span, span.title);
+      span.append(bar);
+      span.classList.add("mmviz-has-delta");
+      span.dataset.delta = v.toFixed(6);
+      span.title = `${span.title} · Δ log p ${signedText(v)} under ${deltas.label} (bar: ±${scale.toFixed(2)} nats full width, at least ±${DELTA_FLOOR_NATS})`;
+    }
+  }
+
+  /** Mark the chip of `pos` as the one a method map shows while nothing is hovered or pinned (null: none). */
+  markDefault(pos: number | null): void {
+    const el = pos === null ? undefined : this.spans[pos];
+    this.el.dataset.defaultFocus = pos === null || el === undefined ? "" : String(pos);
+    if (el === this.defaultEl) return;
+    this.defaultEl?.classList.remove("mmviz-default-focus");
+    if (this.defaultEl) this.defaultEl.style.removeProperty("outline");
+    el?.classList.add("mmviz-default-focus");
+    if (el) el.style.outline = "2px dotted currentColor";
+    this.defaultEl = el;
   }
 
   spanAt(pos: number): HTMLSpanElement | undefined {
