@@ -8,7 +8,8 @@ One image span holds, in this order (``LlavaNextModel.pack_image_features``):
    pasted centred on that canvas, cut into ``S × S`` tiles and encoded tile by tile; the ``(n_h·g) × (n_w·g)``
    feature grid is un-padded in feature cells (whole rows or columns of padding dropped) and emitted row by row,
    each row followed by one ``image_newline`` token. OneVision bilinearly down-samples that grid when it holds
-   more than ``N·g²`` cells (``vision_aspect_ratio = "anyres_max_N"``); a OneVision image in a multi-image prompt
+   more than ``N·g²`` cells (``vision_aspect_ratio = "anyres_max_N"``; each token then reads its neighbours' cells
+   too, so those boxes overlap); a OneVision image in a multi-image prompt
    has no high-res grid, only one ``image_newline`` after its base view.
 
 A box is what its token reads (checked against the model by ``mmviz.adapters.verify``): the strips of real image
@@ -218,13 +219,12 @@ class LlavaNextAdapter(GenerativeAdapter):
         rows_f, cols_f = n_h * g, n_w * g
         r0, r1, c0, c1 = _unpadded_cells(height, width, rows_f, cols_f)
         rows, cols = self.packed_shape(r1 - r0, c1 - c0)
-        row_edges = np.interp(
-            np.linspace(r0, r1, rows + 1), np.arange(rows_f + 1), _cell_edges(n_h, g, self.patch_size, S)
-        )
-        col_edges = np.interp(
-            np.linspace(c0, c1, cols + 1), np.arange(cols_f + 1), _cell_edges(n_w, g, self.patch_size, S)
-        )
-        crop = geometry.clip_boxes(self._grid_to_original((row_edges, col_edges), to_canvas), width, height)
+        row_edges, col_edges = _cell_edges(n_h, g, self.patch_size, S), _cell_edges(n_w, g, self.patch_size, S)
+        row_first, row_end = _bilinear_reads(r1 - r0, rows)
+        col_first, col_end = _bilinear_reads(c1 - c0, cols)
+        row_spans = row_edges[r0 + row_first], row_edges[r0 + row_end]
+        col_spans = col_edges[c0 + col_first], col_edges[c0 + col_end]
+        crop = geometry.clip_boxes(self._spans_to_original(row_spans, col_spans, to_canvas), width, height)
         return ImagePlan(base, (g, g), crop, (rows, cols), row_newlines=self.has_newline)
 
     def single_view_plan(self, width: int, height: int) -> ImagePlan:
@@ -244,9 +244,19 @@ class LlavaNextAdapter(GenerativeAdapter):
         this view, and a box must not claim them (the model reads them through the base view only).
         """
         row_edges, col_edges = edges if isinstance(edges, tuple) else (edges, edges)
-        row_edges, col_edges = np.array(row_edges, np.float64), np.array(col_edges, np.float64)
-        r, c = np.divmod(np.arange((len(row_edges) - 1) * (len(col_edges) - 1)), len(col_edges) - 1)
-        boxes = np.stack([col_edges[c], row_edges[r], col_edges[c + 1], row_edges[r + 1]], axis=1)
+        return self._spans_to_original((row_edges[:-1], row_edges[1:]), (col_edges[:-1], col_edges[1:]), to_canvas)
+
+    @staticmethod
+    def _spans_to_original(
+        rows: tuple[np.ndarray, np.ndarray], cols: tuple[np.ndarray, np.ndarray], to_canvas: geometry.Affine
+    ) -> np.ndarray:
+        """Boxes of the grid whose row ``i`` spans canvas ``rows[0][i]…rows[1][i]`` (columns likewise), raster order,
+        in original pixels (not clipped). Spans tile the canvas, or overlap where a down-sampled token reads its
+        neighbours' cells too."""
+        top, bottom = (np.asarray(edge, np.float64) for edge in rows)
+        left, right = (np.asarray(edge, np.float64) for edge in cols)
+        r, c = np.divmod(np.arange(len(top) * len(left)), len(left))
+        boxes = np.stack([left[c], top[r], right[c], bottom[r]], axis=1)
         # rounded to a millionth of a pixel: 199.99999999999997 is the image's edge (its covered region is exact)
         return np.round(to_canvas.to_original(boxes), 6)
 
@@ -485,6 +495,26 @@ def _cell_edges(n_tiles: int, g: int, patch: int, tile: int) -> np.ndarray:
     """
     k = np.arange(n_tiles * g + 1)
     return (k // g) * tile + (k % g) * patch
+
+
+def _bilinear_reads(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``n_out`` cells of a bilinear resize of ``n_in`` cells (``torch.nn.functional.interpolate``,
+    ``align_corners=False``, as OneVision's down-sampling): the first input cell it reads and one past the last.
+
+    Output cell ``i`` samples input coordinate ``(i + ½)·n_in/n_out − ½`` (clamped at 0) and mixes the two cells
+    around it, so a down-sampled token reads its neighbour's cell too and the boxes overlap; at ``n_out = n_in``
+    every cell reads itself.
+
+    Example:
+        >>> _bilinear_reads(3, 2)
+        (array([0, 1]), array([2, 3]))
+    """
+    if n_out in (0, n_in):  # no cells (an image thinner than one cell), or no resize
+        return np.arange(n_out), np.arange(n_out) + 1
+    source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    first = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
+    mixes = (source - first > 1e-9) & (first < n_in - 1)  # weight 0 on the next cell: it is not read
+    return first, first + 1 + mixes
 
 
 def _unpadded_cells(height: int, width: int, rows: int, cols: int) -> tuple[int, int, int, int]:

@@ -16,8 +16,8 @@ The probe, for one prompt:
    ``r_i`` and per-token codes ``c_k(i)`` the pass ``k`` differentiates ``Σ_i c_k(i)·⟨r_i, f_i⟩``; a pixel read
    by one token ``i`` gets the gradient ``c_k(i)·g`` in every pass (the same ``g``), so the ratio to the all-ones
    pass spells ``i`` in base-16 digits, and two last passes with independent codes reject pixels shared by
-   several tokens (their ratios are mixtures). Shared pixels (bilinear down-sampling) are resolved by a second
-   round over groups of tokens far enough apart not to share pixels.
+   several tokens (their ratios are mixtures). Shared pixels (bilinear down-sampling) are resolved by further
+   rounds over groups of tokens far enough apart not to share pixels.
 2. **Where a processed pixel comes from.** Resizing, cropping, padding, tiling, normalising and patch
    flattening are affine per element, so the same processor is run on constant images and on x / y ramp images
    of the original size: ``(ramp − black) / (white − black)`` is each element's original coordinate, and
@@ -392,48 +392,66 @@ def _probe(
 
 
 def _split_shared(
-    owner: np.ndarray, coords: _Coordinates, count: int, run: Any
+    owner: np.ndarray, coords: _Coordinates, count: int, run: Any, rounds: int = 3
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Second round for elements read by several tokens: tokens grouped so that no two in a group come near each
-    other (by the boxes of their unshared pixels); within a group a pixel then has one reader, so decoding works.
+    """Further rounds for elements read by several tokens: tokens grouped so that no two in a group come near each
+    other (by the boxes of the pixels known to be theirs, in a tile they share); within a group a pixel then has
+    one reader, so decoding works.
+
+    A token whose every pixel is shared has no known position in the first round, so it may land in a group with
+    its neighbours; the pixels it shares with tokens of other groups place it, and the next round (at most
+    ``rounds``, stopping when nothing is left or nothing changes) groups it correctly.
 
     Returns the owners with the split elements marked ``-3`` and the ``(elements, tokens)`` pairs that read them.
     """
-    known = owner >= 0
+    shared = owner == -2
+    found: dict[tuple[int, int], None] = {}  # (element, token) pairs, in the order found
+    tile_id = coords.tile * 1000 + coords.image
+    known = np.flatnonzero(owner >= 0)
+    for _ in range(rounds):
+        pairs = np.array(list(found), np.int64).reshape(-1, 2)
+        elements, tokens = np.concatenate([known, pairs[:, 0]]), np.concatenate([owner[known], pairs[:, 1]])
+        colours, placed = _colour_tokens(elements, tokens, coords, tile_id, count)
+        for colour in range(int(colours.max()) + 1):
+            decoded = run([np.where(colours == colour, code, 0.0) for code in _codes(count)])
+            for element in np.flatnonzero((decoded >= 0) & shared).tolist():
+                found[(element, int(decoded[element]))] = None
+        split = np.zeros(len(owner), bool)
+        split[[e for e, _ in found]] = True
+        # grouped with every token placed and nothing left: another round would find the same pairs
+        if placed and not (shared & ~split & (coords.image >= 0)).any():
+            break
+    result = owner.copy()
+    result[shared & split] = -3  # read by several tokens, listed in the pairs
+    pairs = np.array(list(found), np.int64).reshape(-1, 2)
+    return result, (pairs[:, 0], pairs[:, 1])
+
+
+def _colour_tokens(
+    elements: np.ndarray, tokens: np.ndarray, coords: _Coordinates, tile_id: np.ndarray, count: int
+) -> tuple[np.ndarray, bool]:
+    """Greedy colouring of the "may share pixels" graph: two tokens are near when they read a common tile and
+    their known pixels' centres lie within three token extents. Tokens of different tiles never share a processed
+    pixel, however close their boxes are in the original image; a down-sampled token near a tile edge reads two
+    tiles. Tokens with no known pixel get colour 0; the second result says whether every token had one."""
     centre = np.full((count, 2), np.nan)
     extent = np.zeros(count)
-    for token in np.unique(owner[known]):
-        mine = owner == token
-        xs, ys = coords.x[mine], coords.y[mine]
+    tiles = np.zeros((count, int(tile_id.max(initial=0)) + 1), bool)
+    tiles[tokens, tile_id[elements]] = True
+    for token in np.unique(tokens):
+        xs, ys = coords.x[elements[tokens == token]], coords.y[elements[tokens == token]]
         centre[token] = (xs.mean(), ys.mean())
         extent[token] = max(xs.max() - xs.min(), ys.max() - ys.min())
     radius = 3.0 * np.nanmax(extent) if np.isfinite(extent).any() else np.inf
-    tile_of = np.full(count, -1)
-    for token in np.unique(owner[known]):
-        tile_of[token] = coords.tile[owner == token][0] * 1000 + coords.image[owner == token][0]
     colours = np.full(count, -1)
-    for token in range(count):  # greedy colouring of the "may share pixels" graph
+    for token in range(count):
         if not np.isfinite(centre[token, 0]):
             colours[token] = 0
             continue
-        near = (tile_of == tile_of[token]) & (np.abs(centre - centre[token]).max(axis=1) < radius)
+        near = (tiles & tiles[token]).any(axis=1) & (np.abs(centre - centre[token]).max(axis=1) < radius)
         used = set(colours[near & (colours >= 0)].tolist())
         colours[token] = next(c for c in range(count + 1) if c not in used)
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    result = owner.copy()
-    unresolved = owner == -2
-    for colour in range(int(colours.max()) + 1):
-        group = colours == colour
-        codes = [np.where(group, code, 0.0) for code in _codes(count)]
-        decoded = run(codes)
-        hit = (decoded >= 0) & unresolved
-        pairs.append((np.flatnonzero(hit), decoded[hit]))
-    elements = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, np.int64)
-    tokens = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, np.int64)
-    resolved = np.zeros(len(owner), bool)
-    resolved[elements] = True
-    result[resolved & unresolved] = -3  # read by several tokens, listed in the pairs
-    return result, (elements, tokens)
+    return colours, bool(np.isfinite(centre[:, 0]).all())
 
 
 def _aggregate(

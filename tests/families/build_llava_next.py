@@ -128,7 +128,7 @@ def build_llava_next():
     return _finish(LlavaNextForConditionalGeneration, config, tokenizer, seed=5), processor
 
 
-@family_case("llava_onevision", kind="tiled")
+@family_case("llava_onevision", kind="tiled", resampled=True)
 def build_llava_onevision():
     """Tiny LLaVA-OneVision: SigLIP tower ("full" strategy), Qwen2 decoder, torchvision image processor."""
     tokenizer = tiny_tokenizer()

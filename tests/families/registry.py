@@ -27,6 +27,7 @@ class FamilyCase:
     multi_image: bool = True  # the family's processor takes several images in one prompt
     gradients: bool = True  # gradient methods apply (the image reaches the language model through embeddings)
     measured: bool = False  # no adapter: the generic adapter lays it out from what the model reads (measure_layout)
+    resampled: bool = False  # bilinearly down-samples a view's grid, so that view's boxes overlap (see checks.py)
 
     @property
     def id(self) -> str:

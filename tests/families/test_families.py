@@ -50,7 +50,7 @@ def test_trace_end_to_end(case):
         assert trace.attention_rows.shape[-1] == len(trace.tokens)
         np.testing.assert_allclose(trace.attention_rows.sum(-1), 1.0, atol=1e-4)
     assert np.isfinite(trace.answer_logprobs).all()
-    assert_views_tile(trace.layout)
+    assert_views_tile(trace.layout, resampled=case.resampled)
     assert_boxes_inside(trace.layout)
 
 
@@ -63,7 +63,7 @@ def test_layout_matches_processor(case, image):
     layout = adapter.layout(inputs["input_ids"][0].numpy(), [image], inputs)
     marked = layout.positions("image", "image_newline", "image_sep", "query")
     assert len(marked) >= _placeholder_count(adapter, inputs, case.measured) > 0
-    assert_views_tile(layout)
+    assert_views_tile(layout, resampled=case.resampled)
     assert_boxes_inside(layout)
 
 
@@ -74,7 +74,7 @@ def test_multi_image(case):
     trace = mmviz.trace(model, processor, [WIDE, TALL], "Compare the two pictures.", answer="same")
     assert [image.width for image in trace.layout.images] == [WIDE.width, TALL.width]
     assert set(np.unique(trace.layout.column_table.image_index[trace.image_positions])) == {0, 1}
-    assert_views_tile(trace.layout)
+    assert_views_tile(trace.layout, resampled=case.resampled)
 
 
 def test_widget_payload(case):
