@@ -129,6 +129,46 @@ describe("in the widget", () => {
     expect(panel.dataset.selected).toBe(`${columns[0]},${columns.at(-1)}`);
   });
 
+  it("Undo steps back through the selections, whatever gesture made them, and is disabled when there is none", () => {
+    const { q, data } = mount(LIVE);
+    q('.mmviz-tab[data-panel="interventions"]').click();
+    const panel = q(".mmviz-interventions");
+    const undo = q<HTMLButtonElement>(".mmviz-iv-undo");
+    expect(undo.disabled).toBe(true);
+    const columns = data.columnsOf(0);
+    const stack = q(".mmviz-iv-image .mmviz-image-stack");
+    const image = data.images[0]!;
+    stack.getBoundingClientRect = () => ({ left: 0, top: 0, width: image.width, height: image.height }) as DOMRect;
+    const [x0, y0, x1, y1] = data.box(columns[0]!);
+    const [u0, v0, u1, v1] = data.box(columns[1]!);
+    const drag = (box: readonly number[], shift = false): void => {
+      stack.dispatchEvent(pointer("pointerdown", box[0]! + 1, box[1]! + 1, shift));
+      window.dispatchEvent(pointer("pointermove", box[2]! - 1, box[3]! - 1, shift));
+      window.dispatchEvent(pointer("pointerup", box[2]! - 1, box[3]! - 1, shift));
+    };
+    drag([x0, y0, x1, y1]);
+    drag([u0, v0, u1, v1], true);
+    expect(panel.dataset.selected).toBe(`${columns[0]},${columns[1]}`);
+    drag([0, 0, image.width, image.height]); // the whole image: every patch of it
+    expect(panel.dataset.selected).toBe(columns.join(","));
+    q(".mmviz-iv-clear").click();
+    expect(panel.dataset.selected).toBe("");
+    expect(undo.disabled).toBe(false);
+    undo.click();
+    expect(panel.dataset.selected).toBe(columns.join(","));
+    undo.click();
+    expect(panel.dataset.selected).toBe(`${columns[0]},${columns[1]}`);
+    undo.click();
+    expect(panel.dataset.selected).toBe(String(columns[0]));
+    undo.click();
+    expect(panel.dataset.selected).toBe("");
+    expect(undo.disabled).toBe(true);
+    undo.click(); // nothing left: a no-op
+    expect(panel.dataset.selected).toBe("");
+    q(".mmviz-iv-clear").click(); // clearing an empty selection changes nothing, so there is nothing to undo
+    expect(undo.disabled).toBe(true);
+  });
+
   it("on the main image a rectangle selects only while the Interventions tab is open", () => {
     const { q, data } = mount(LIVE);
     const main = q(".mmviz-images .mmviz-image-stack");

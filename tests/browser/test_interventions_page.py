@@ -2,7 +2,8 @@
 slow to start): clicking the queried object's patches selects them, Run ablates them and the Δ bars equal
 ``mmviz.methods.ablate`` for the same selection; a layer window's knockout equals ``mmviz.methods.knockout``; the
 history keeps both. Then the gestures: a rectangle dragged on the image selects every patch whose box it touches
-(checked against an intersection computed in the kernel) and its Δ bars equal ``ablate``; a drag over rows 1…3 of
+(checked against an intersection computed in the kernel) and its Δ bars equal ``ablate``, Undo restores the
+selection before it; a drag over rows 1…3 of
 the layer × head overview knocks the image out of those layers and equals ``knockout(layers=[1, 2, 3])``; "New
 greedy answer" shows the kernel's greedy decode under that knockout; and the image-reliance stripes of the answer
 tokens equal a KL computed by hand in the notebook (plain ``model(...)`` forwards with the real and a grey image, no
@@ -160,6 +161,9 @@ def test_ablating_the_clicked_object_and_a_knockout_match_the_api(browser, tmp_p
             shown = bars(panel)
             for pos, delta in zip(expected["positions"], expected["rect_ablate"], strict=True):
                 assert shown[pos] == pytest.approx(delta, abs=1e-4)
+            # Undo: back to the selection before the rectangle (the first run's, which the history restored).
+            panel.query_selector(".mmviz-iv-undo").click()
+            assert panel.get_attribute("data-selected") == ",".join(map(str, sorted(expected["columns"])))
 
             # Drag over rows 1 … 3 of the layer × head overview: a knockout of that window runs at once.
             grid = root.query_selector(".mmviz-overview-grid")

@@ -60,6 +60,8 @@ export function topColumns(map: ArrayLike<number>, percent: number): number[] {
 
 /** A drag shorter than this (display pixels) is a click, not a rectangle. */
 export const DRAG_THRESHOLD_PX = 4;
+/** How many earlier selections Undo keeps. */
+export const UNDO_DEPTH = 50;
 
 /**
  * The columns among `columns` whose box (original pixels, half-open) intersects the rectangle spanned by the two
@@ -115,6 +117,9 @@ export class InterventionsPanel {
   private readonly answers = new Map<number, GenerationData>();
   /** A drag just ended: the click that follows it is not a patch click. */
   private dragged = false;
+  /** Earlier selections, newest last (Undo restores them); at most {@link UNDO_DEPTH}. */
+  private readonly undoStack: number[][] = [];
+  private readonly undoButton: HTMLButtonElement;
   /** Video: the frame the frame strip shows, and the columns of its temporal group (the panel's one image). */
   private frame = 0;
   private frameCols: readonly number[] = [];
@@ -141,10 +146,11 @@ export class InterventionsPanel {
     this.percent.value = "10";
     const top = button({ className: "mmviz-iv-top", text: "Top k % of the map", title: "Select the strongest k % of the patches of the map shown" });
     const clear = button({ className: "mmviz-iv-clear", text: "Clear" });
+    this.undoButton = button({ className: "mmviz-iv-undo", text: "Undo", title: "Restore the selection before the last change" });
     const ablate = button({ className: "mmviz-iv-run-ablate", text: "Run ablation", title: "Replace the selected patches' tokens by the fill and rerun once" });
     this.count = h("span", { className: "mmviz-iv-count" });
     this.mapBox = h("div", { className: "mmviz-iv-maps" });
-    const selectRow = h("div", { className: "mmviz-iv-row" }, this.percent, top, clear, this.count);
+    const selectRow = h("div", { className: "mmviz-iv-row" }, this.percent, top, clear, this.undoButton, this.count);
     const ablateRow = h("div", { className: "mmviz-iv-row" }, this.fill, ablate);
 
     this.first = h("input", { className: "mmviz-iv-first", attrs: { type: "number", min: "0", max: String(data.L - 1), step: "1", "aria-label": "first layer" } });
@@ -186,6 +192,7 @@ export class InterventionsPanel {
     this.listeners.on(top, "click", () => this.selectTop());
     this.listeners.on(selectFrame, "click", (ev) => this.selectFrame((ev as MouseEvent).shiftKey));
     this.listeners.on(clear, "click", () => this.setSelection([]));
+    this.listeners.on(this.undoButton, "click", () => this.undo());
     this.listeners.on(ablate, "click", () => this.runAblate());
     this.listeners.on(knock, "click", () => this.runKnockout());
     this.listeners.on(curve, "click", () => this.runCurve());
@@ -200,6 +207,8 @@ export class InterventionsPanel {
     });
     this.paintHistory();
     if (this.runs.length > 0) this.show(this.runs.length - 1);
+    this.undoStack.length = 0; // the selection a page opens with is not a change to undo
+    this.undoButton.disabled = true;
     this.paintCurve();
   }
 
@@ -213,10 +222,10 @@ export class InterventionsPanel {
     }
     const p = this.store.get().hoverPatch;
     if (p === null || p < 0 || p >= this.data.P) return;
-    if (shift) this.selected.add(p);
-    else if (this.selected.has(p)) this.selected.delete(p);
-    else this.selected.add(p);
-    this.paintSelection();
+    const next = new Set(this.selected);
+    if (shift || !next.has(p)) next.add(p);
+    else next.delete(p);
+    this.setSelection(next);
   }
 
   /**
@@ -317,9 +326,25 @@ export class InterventionsPanel {
     if (this.canRun) this.runKnockout();
   }
 
+  /** Select exactly `columns` (invalid ones dropped); a change can be undone. */
   setSelection(columns: Iterable<number>): void {
+    const before = [...this.selected].sort((a, b) => a - b);
     this.selected.clear();
     for (const c of columns) if (Number.isInteger(c) && c >= 0 && c < this.data.P) this.selected.add(c);
+    const after = [...this.selected].sort((a, b) => a - b);
+    if (after.length !== before.length || after.some((c, i) => c !== before[i])) {
+      this.undoStack.push(before);
+      if (this.undoStack.length > UNDO_DEPTH) this.undoStack.shift();
+    }
+    this.paintSelection();
+  }
+
+  /** Restore the selection before the last change (nothing when there is none). */
+  undo(): void {
+    const previous = this.undoStack.pop();
+    if (previous === undefined) return;
+    this.selected.clear();
+    for (const c of previous) this.selected.add(c);
     this.paintSelection();
   }
 
@@ -529,6 +554,7 @@ export class InterventionsPanel {
     const cols = [...this.selected].sort((a, b) => a - b);
     this.el.dataset.selected = cols.join(",");
     this.count.textContent = `${cols.length} patch${cols.length === 1 ? "" : "es"} selected`;
+    this.undoButton.disabled = this.undoStack.length === 0;
     this.paintedKey = "";
     this.paintImages(this.store.get());
   }
