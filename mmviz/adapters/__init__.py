@@ -12,6 +12,7 @@ from mmviz.adapters.blip2 import Blip2Adapter
 from mmviz.adapters.clip import CLIPAdapter, SiglipAdapter
 from mmviz.adapters.dual_encoder import DualEncoderAdapter
 from mmviz.adapters.gemma3 import Gemma3Adapter
+from mmviz.adapters.gemma3n import Gemma3nAdapter
 from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.generic import GenericAdapter, generic_unsupported_reason
 from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
@@ -92,6 +93,7 @@ register_adapter(CLIPAdapter)
 register_adapter(SiglipAdapter)
 register_adapter(PaliGemmaAdapter)
 register_adapter(Gemma3Adapter)
+register_adapter(Gemma3nAdapter)
 register_adapter(Blip2Adapter)
 register_adapter(Qwen3VLAdapter)
 register_adapter(Qwen3VLMoeAdapter)
@@ -110,6 +112,7 @@ __all__ = [
     "CrossKeys",
     "DualEncoderAdapter",
     "Gemma3Adapter",
+    "Gemma3nAdapter",
     "GenerativeAdapter",
     "GenericAdapter",
     "Idefics3Adapter",

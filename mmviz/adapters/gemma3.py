@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -51,13 +52,28 @@ class Gemma3Adapter(GenerativeAdapter):
         return int(config.boi_token_id), int(config.eoi_token_id)
 
     @property
+    def tokens_per_image(self) -> int:
+        """Soft tokens per image (``mm_tokens_per_image``)."""
+        return int(self.model.config.mm_tokens_per_image)
+
+    @property
     def grid_size(self) -> int:
         """``G``: tokens per side of the pooled grid."""
-        tokens = int(self.model.config.mm_tokens_per_image)
+        tokens = self.tokens_per_image
         side = math.isqrt(tokens)
         if side * side != tokens:
-            raise ProcessorMismatchError(f"mm_tokens_per_image = {tokens} is not a square number of tokens")
+            raise ProcessorMismatchError(f"{tokens} soft tokens per image are not a square grid of tokens")
         return side
+
+    @property
+    def canvas_size(self) -> int:
+        """``S``: the side of the square canvas the vision tower takes (the vision ``image_size``)."""
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def cell_size(self) -> float:
+        """Canvas pixels per token side: ``k·P``."""
+        return float(self.pool_size * int(self.model.config.vision_config.patch_size))
 
     @property
     def pool_size(self) -> int:
@@ -73,20 +89,20 @@ class Gemma3Adapter(GenerativeAdapter):
     def check(self) -> None:
         soft = getattr(self.tokenizer, "image_token", None)
         soft_id = None if soft is None else self.tokenizer.convert_tokens_to_ids(soft)
-        boi_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        boi = getattr(self.tokenizer, "boi_token", None) or self.image_token
+        boi_id = self.tokenizer.convert_tokens_to_ids(boi)
         if soft_id != self.image_token_id or boi_id != self.marker_ids[0]:
             raise ProcessorMismatchError(
-                f"the processor's image tokens ({self.image_token!r} id {boi_id}, {soft!r} id {soft_id}) are not the "
+                f"the processor's image tokens ({boi!r} id {boi_id}, {soft!r} id {soft_id}) are not the "
                 f"model's (ids {self.marker_ids[0]} and {self.image_token_id}); load the processor from the same "
                 f"checkpoint as the model"
             )
         self.check_vocabulary()
-        seq_length = int(getattr(self.processor, "image_seq_length", self.model.config.mm_tokens_per_image))
-        if seq_length != int(self.model.config.mm_tokens_per_image):
+        seq_length = int(getattr(self.processor, "image_seq_length", self.tokens_per_image))
+        if seq_length != self.tokens_per_image:
             raise ProcessorMismatchError(
                 f"the processor expands each image into {seq_length} tokens but the model gives "
-                f"{self.model.config.mm_tokens_per_image} (mm_tokens_per_image); load the processor from the same "
-                f"checkpoint as the model"
+                f"{self.tokens_per_image} per image; load the processor from the same checkpoint as the model"
             )
 
     # -- prompt and inputs -------------------------------------------------------------------------------------
@@ -104,8 +120,7 @@ class Gemma3Adapter(GenerativeAdapter):
         bos = self.tokenizer.bos_token
         options = {"add_special_tokens": False} if bos and text.startswith(bos) else {}
         inputs = dict(self.processor(images=list(images), text=text, return_tensors="pt", **options))
-        size = int(self.model.config.vision_config.image_size)
-        self.check_canvas(inputs["pixel_values"], size, " (Gemma 3 checkpoints use 896)")
+        self.check_canvas(inputs["pixel_values"], self.canvas_size, self.canvas_hint)
         n_views = int(inputs["pixel_values"].shape[0])
         if n_views != len(images):
             raise ProcessorMismatchError(
@@ -114,9 +129,9 @@ class Gemma3Adapter(GenerativeAdapter):
             )
         self.check_image_token_count(
             inputs["input_ids"],
-            int(self.model.config.mm_tokens_per_image) * len(images),
+            self.tokens_per_image * len(images),
             len(images),
-            "mm_tokens_per_image per image; the processor's image_seq_length does not match",
+            "the processor's image_seq_length does not match the model's soft tokens per image",
         )
         return inputs
 
@@ -130,7 +145,7 @@ class Gemma3Adapter(GenerativeAdapter):
     ) -> TokenLayout:
         is_image = input_ids == self.image_token_id
         builder = self.layout_builder(input_ids)
-        g, k, patch = self.grid_size, self.pool_size, int(self.model.config.vision_config.patch_size)
+        g = self.grid_size
         starts = np.flatnonzero(input_ids == self.marker_ids[0])
         ends = np.flatnonzero(input_ids == self.marker_ids[1])
         if not (len(starts) == len(ends) == len(images)):
@@ -143,9 +158,9 @@ class Gemma3Adapter(GenerativeAdapter):
             if len(span) != g * g or not is_image[span].all():
                 raise ProcessorMismatchError(
                     f"image {index}'s block holds {len(span)} tokens between its markers, expected {g * g} image "
-                    f"tokens (mm_tokens_per_image)"
+                    f"tokens (soft tokens per image)"
                 )
-            boxes, covered = self.square_grid(image, g, k * patch)
+            boxes, covered = self.square_grid(image, g, self.cell_size)
             builder.mark_grid(span, image_index=index, view="base", grid_shape=(g, g), boxes=boxes)
             for marker in (start, end):
                 builder.kinds[marker] = IMAGE_SEP
@@ -154,6 +169,8 @@ class Gemma3Adapter(GenerativeAdapter):
         if int(is_image.sum()) != g * g * len(images):
             raise ProcessorMismatchError("image tokens were found outside the <start_of_image> … <end_of_image> blocks")
         return builder.build()
+
+    canvas_hint: ClassVar[str] = " (Gemma 3 checkpoints use 896)"
 
     def canvas_map(self, width: int, height: int) -> geometry.Affine:
         """Original pixels → the processor's ``S × S`` canvas: a stretch (each axis resized on its own)."""

@@ -94,6 +94,16 @@ class GenerativeAdapter(Adapter):
             f"the neuron view needs one named mlp.down_proj or fc2"
         )
 
+    def residual(self, state: Any) -> torch.Tensor:
+        """The ``(B, N, d)`` residual state in a decoder layer's input or output (the first item of a tuple); a
+        family whose layers carry several stacked streams merges them as its model's last step does."""
+        return state[0] if isinstance(state, tuple) else state
+
+    def active_stream(self, output: torch.Tensor) -> torch.Tensor:
+        """The ``(B, N, d)`` part of a decoder layer's output tensor (or of its gradient) that Grad-CAM weighs: the
+        state itself; the first of stacked streams in a family that carries several."""
+        return output
+
     def final_norm(self) -> torch.nn.Module:
         """The norm applied once after the last decoder layer (the logit lens applies it exactly once)."""
         return self.language_model().norm

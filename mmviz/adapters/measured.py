@@ -49,6 +49,7 @@ from PIL import Image
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from mmviz.errors import UnsupportedModelError
 from mmviz.model_state import preserved, uncompiled
 
 SILENCED = "mmviz_silenced"
@@ -57,6 +58,9 @@ SILENCED = "mmviz_silenced"
 _BASE = 16  # code digits: a ratio must be read to ±_TOLERANCE
 _CHECKS = (17, 13)  # check codes, coprime with the digit base, so a mixture of tokens rarely passes them all
 _TOLERANCE = 0.05  # float32 gradients give ratios to ~1e-5; a mixture's ratios land anywhere between codes
+NOT_PATCH_LOCAL = 0.5
+"""Above this share of read pixel values left shared after the splitting rounds, the tokens are not patch-local and
+:func:`measure_layout` refuses (rounding leaves a few; a convolutional tower leaves nearly all)."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,10 @@ def measure_layout(
         >>> measured = measure_layout(adapter_for(model, processor), [Image.new("RGB", (200, 120))])  # doctest: +SKIP
         >>> measured.passes                                                                           # doctest: +SKIP
         {'forward': 1, 'backward': 5, 'processor': 4}
+
+    Raises:
+        UnsupportedModelError: the tokens are not patch-local (most pixels feed several tokens that no grouping
+            tells apart: Gemma 3n's convolutional MobileNetV5 tower, say).
     """
     images = [image.convert("RGB") for image in images]
     text = adapter.format_prompt("Describe the image.", len(images)) if text is None else text
@@ -182,6 +190,14 @@ def measure_layout(
             placeholders = np.arange(len(_placeholder_features(adapter, inputs, None)))
     owner, extra, passes = _probe(adapter, inputs, placeholders, coords, seed)
     result = _aggregate(placeholders, owner, extra, coords, [(image.width, image.height) for image in images])
+    read = int(((owner != -1) & (coords.image >= 0)).sum())
+    if result.shared > NOT_PATCH_LOCAL * max(read, 1):
+        raise UnsupportedModelError(
+            f"{adapter.family or type(adapter).__name__}: {result.shared} of the {read} image pixel values the image "
+            f"tokens read feed several tokens that cannot be told apart, with the vision tower's attention silenced "
+            f"(a convolutional tower, or attention that does not run through transformers' attention functions); "
+            f"its tokens are not patch-local, so their layout cannot be measured"
+        )
     result = MeasuredLayout(
         **{**result.__dict__, "passes": passes, "seconds": time.perf_counter() - start, "resolution": coords.step}
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ def recording_hidden_states(
     layers: Sequence[int] | None = None,
     *,
     into: torch.Tensor | None = None,
+    readout: Callable[[Any], torch.Tensor] | None = None,
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Record ``h_ℓ`` (float32, CPU, ``(B, N, d)``) during the block; the hooks are removed afterwards.
 
@@ -22,6 +23,8 @@ def recording_hidden_states(
     ``ℓ + 1`` is the output of layer ``ℓ``, before the final norm (apply it exactly once for a logit lens).
     ``into`` (float32 CPU ``(len(recorded), N, d)``, recorded indices in increasing order) receives batch item 0
     of each, in place, so that the recording is the only copy (the dict then holds ``(1, N, d)`` views of it).
+    ``readout`` turns a layer's input or output into that ``(B, N, d)`` state (``adapter.residual``: the first item
+    of a tuple, or the merge of stacked residual streams); by default the first item of a tuple.
 
     Example:
         >>> with recording_hidden_states(model.model.language_model.layers) as states:   # doctest: +SKIP
@@ -34,7 +37,8 @@ def recording_hidden_states(
     handles = []
     slots = {index: slot for slot, index in enumerate(sorted(wanted))}
 
-    def keep(index: int, hidden: torch.Tensor) -> None:
+    def keep(index: int, raw: Any) -> None:
+        hidden = readout(raw) if readout is not None else raw[0] if isinstance(raw, tuple) else raw
         if into is None:
             states[index] = hidden.detach().float().cpu()
         else:
@@ -51,7 +55,7 @@ def recording_hidden_states(
         if index + 1 in wanted:
 
             def after(module: torch.nn.Module, args: Any, output: Any, index: int = index) -> None:
-                keep(index + 1, output[0] if isinstance(output, tuple) else output)
+                keep(index + 1, output)
 
             handles.append(layer.register_forward_hook(after))
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmviz.errors import InputError
+from mmviz.errors import InputError, UnsupportedModelError
 from mmviz.features.sae import SparseAutoencoder
 from mmviz.features.states import check_depth
 from mmviz.methods.common import Effect, effect, model_run, scores
@@ -67,6 +67,12 @@ def _editing(
     positions: np.ndarray,
 ) -> Iterator[None]:
     def edit(hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.ndim != 3:
+            raise UnsupportedModelError(
+                f"clamping an SAE latent edits the one (B, N, d) residual stream of a layer; this model's layers carry "
+                f"{hidden.shape[0]} stacked streams (AltUp), so there is no single state to edit. Read the latents "
+                f"(they are read from the merged state) without clamping"
+            )
         index = torch.as_tensor(positions, device=hidden.device)
         current = sae.encode(hidden[:, index])[..., latent]  # (B, P)
         direction = sae.W_dec[latent].to(hidden.device)

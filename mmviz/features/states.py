@@ -33,7 +33,9 @@ def residual_stream(trace: Trace, depth: int) -> torch.Tensor:
     if trace.hidden_states is not None:
         return torch.from_numpy(trace.hidden_states[depth]).float()
     run = model_run(trace)
-    with inference_context(run), recording_hidden_states(run.adapter.decoder_layers(), [depth]) as hidden:
+    with inference_context(run), recording_hidden_states(
+        run.adapter.decoder_layers(), [depth], readout=run.adapter.residual
+    ) as hidden:
         run.forward(first_logit=run.length - 1)
     return hidden[depth][0]
 

@@ -50,9 +50,10 @@ def grad_cam(trace: Trace, targets: TargetLike = None) -> Map:
 
     def keep(index: int) -> Any:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            outputs[index] = hidden.detach()[0, columns].float()
-            hidden.register_hook(lambda grad: grads.__setitem__(index, grad.detach()[0, columns].float()))
+            hidden = output[0] if isinstance(output, tuple) else output  # the tensor the next layer reads
+            active = run.adapter.active_stream
+            outputs[index] = active(hidden.detach())[0, columns].float()
+            hidden.register_hook(lambda grad: grads.__setitem__(index, active(grad.detach())[0, columns].float()))
 
         return hook
 

@@ -86,7 +86,8 @@ def _decode(trace: Trace, k: int) -> LogitLens:
     if trace.hidden_states is not None:
         states = torch.from_numpy(trace.hidden_states)
     else:
-        with inference_context(run), recording_hidden_states(adapter.decoder_layers()) as hidden:
+        layers = adapter.decoder_layers()
+        with inference_context(run), recording_hidden_states(layers, readout=adapter.residual) as hidden:
             run.forward(first_logit=run.length - 1)
         states = torch.stack([hidden[i][0] for i in sorted(hidden)])
     unembedding = adapter.unembedding()

@@ -100,6 +100,7 @@ def _hidden_states(trace: Trace) -> np.ndarray:
     if trace.hidden_states is not None:
         return trace.hidden_states.astype(np.float32)
     run = model_run(trace)
-    with inference_context(run), recording_hidden_states(run.adapter.decoder_layers()) as hidden:
+    layers = run.adapter.decoder_layers()
+    with inference_context(run), recording_hidden_states(layers, readout=run.adapter.residual) as hidden:
         run.forward(first_logit=run.length - 1)
     return torch.stack([hidden[i][0] for i in sorted(hidden)]).numpy()

@@ -108,7 +108,7 @@ def trace_generative(
                 torch.no_grad(),
                 recording(model, recorders, cross_layers=cross_layers, cross_recorder=cross),
                 recording_hidden_states(
-                    adapter.decoder_layers(), None if plan.hidden_states else [], into=states
+                    adapter.decoder_layers(), None if plan.hidden_states else [], into=states, readout=adapter.residual
                 ) as hidden,
             ):
                 output = model(

@@ -28,6 +28,7 @@ class FamilyCase:
     gradients: bool = True  # gradient methods apply (the image reaches the language model through embeddings)
     measured: bool = False  # no adapter: the generic adapter lays it out from what the model reads (measure_layout)
     resampled: bool = False  # bilinearly down-samples a view's grid, so that view's boxes overlap (see checks.py)
+    not_patch_local: str = ""  # why no token reads only its own patch (then no layout can be measured)
 
     @property
     def id(self) -> str:

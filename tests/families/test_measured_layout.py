@@ -35,6 +35,8 @@ NOT_PATCH_LOCAL = {
 def _check(case, images):
     if case.kind in NOT_PATCH_LOCAL:
         pytest.skip(f"{case.model_type}: {NOT_PATCH_LOCAL[case.kind]}")
+    if case.not_patch_local:
+        pytest.skip(f"{case.model_type}: {case.not_patch_local}")
     model, processor = case.build()
     report = verify(model, processor, images, tolerance=TOLERANCE)
     assert len(report.positions) > 0
