@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmviz.adapters.base import Adapter, ModelShape
 from mmviz.adapters.layout import TokenLayout
-from mmviz.errors import ProcessorMismatchError, UnsupportedModelError
+from mmviz.errors import InputError, ProcessorMismatchError, UnsupportedModelError
 
 
 def video_families() -> list[str]:
@@ -175,8 +175,28 @@ class GenerativeAdapter(Adapter):
 
     def format_video_prompt(self, prompt: str, n_frames: int) -> str:
         """The text the processor gets for ``prompt`` about one video of ``n_frames`` frames (families with a
-        video path override it)."""
+        video path override it, usually with :meth:`video_chat_prompt`)."""
         raise self.no_video()
+
+    def video_chat_prompt(self, prompt: str, video_token: str, fallback_block: str) -> str:
+        """``prompt`` as is when it holds ``video_token``; else the chat template with one video item, or (no
+        template, or one that does not write the token once) :attr:`fallback_template` around ``fallback_block``
+        (the video placeholder as the family writes it). An image placeholder in a video prompt is refused."""
+        if video_token in prompt:
+            return prompt
+        if self.image_token in prompt:
+            raise InputError(
+                f"the prompt holds the image placeholder {self.image_token!r} but a video was passed; use "
+                f"{video_token!r} (or no placeholder: mmviz adds it)"
+            )
+        if getattr(self.processor, "chat_template", None):
+            content = [{"type": "video"}, {"type": "text", "text": prompt}]
+            text = self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+            if text.count(video_token) == 1:
+                return str(text)
+        return self.fallback_template.format(image=fallback_block, prompt=prompt)
 
     def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         """Run the processor on one video (every frame used as given); returns tensors for one sequence."""

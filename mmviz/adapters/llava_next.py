@@ -31,7 +31,7 @@ from transformers.image_processing_utils import get_patch_output_size, select_be
 from mmviz.adapters import geometry
 from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.layout import IMAGE_NEWLINE, VIEWS, ImageGeometry, LayoutBuilder, TokenLayout
-from mmviz.errors import InputError, ProcessorMismatchError
+from mmviz.errors import ProcessorMismatchError
 
 
 @dataclass(frozen=True)
@@ -304,21 +304,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     def format_video_prompt(self, prompt: str, n_frames: int) -> str:
         """The chat template with one video item (or OneVision's ChatML format around the video token)."""
-        if self.video_token in prompt:
-            return prompt
-        if self.image_token in prompt:
-            raise InputError(
-                f"the prompt holds the image placeholder {self.image_token!r} but a video was passed; use "
-                f"{self.video_token!r} (or no placeholder: mmviz adds it)"
-            )
-        if getattr(self.processor, "chat_template", None):
-            content = [{"type": "video"}, {"type": "text", "text": prompt}]
-            text = self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-            )
-            if text.count(self.video_token) == 1:
-                return str(text)
-        return self.fallback_template.format(image=self.video_token, prompt=prompt)
+        return self.video_chat_prompt(prompt, self.video_token, self.video_token)
 
     def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         """The processor's output for one video, every frame kept (``do_sample_frames=False``), each frame

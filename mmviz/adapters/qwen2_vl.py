@@ -109,22 +109,7 @@ class Qwen2VLAdapter(GenerativeAdapter):
 
     def format_video_prompt(self, prompt: str, n_frames: int) -> str:
         """The chat template (or Qwen's ``<|im_start|>`` format) with one vision block holding the video token."""
-        if self.video_token in prompt:
-            return prompt
-        if self.image_token in prompt:
-            raise InputError(
-                f"the prompt holds the image placeholder {self.image_token!r} but a video was passed; use "
-                f"{self.video_token!r} (or no placeholder: mmviz adds it)"
-            )
-        if getattr(self.processor, "chat_template", None):
-            content = [{"type": "video"}, {"type": "text", "text": prompt}]
-            text = self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-            )
-            if text.count(self.video_token) == 1:
-                return str(text)
-        block = f"<|vision_start|>{self.video_token}<|vision_end|>"
-        return self.fallback_template.format(image=block, prompt=prompt)
+        return self.video_chat_prompt(prompt, self.video_token, f"<|vision_start|>{self.video_token}<|vision_end|>")
 
     def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         """The processor's output for one video: EVERY frame is used (``do_sample_frames=False``), grouped by
