@@ -651,20 +651,21 @@ def object_patches(
     chosen = shares >= coverage if coverage > 0 else shares > 0
     if border > 0 and chosen.any():
         # Grid neighbours (Chebyshev distance ≤ border) of a chosen cell, in the same image only.
-        layout = trace.layout
-        grid = np.asarray(layout.grid)[columns]
-        same = np.asarray(layout.image_index)[columns] == image
+        table = trace.layout.column_table  # positions, or a cross-attention family's keys
+        grid = np.asarray(table.grid)[columns]
+        same = np.asarray(table.image_index)[columns] == image
         near = (np.abs(grid[:, None, :] - grid[chosen][None, :, :]).max(axis=2) <= border).any(axis=1)
         chosen = chosen | (near & same)
     return columns[chosen]
 
 
 def coverage_of(trace: Trace, mask: np.ndarray, *, image: int = 0) -> np.ndarray:
-    """For every image position, the share of its box (original pixels) that ``mask`` covers (0 for other images)."""
+    """For every image position (a cross-attention family: every key), the share of its box (original pixels) that
+    ``mask`` covers (0 for other images)."""
     mask = np.asarray(mask, bool)
     columns = np.asarray(trace.image_positions)
-    boxes = np.asarray(trace.layout.boxes)[columns]
-    which = np.asarray(trace.layout.image_index)[columns]
+    table = trace.layout.column_table
+    boxes, which = np.asarray(table.boxes)[columns], np.asarray(table.image_index)[columns]
     shares = np.zeros(len(columns), np.float64)
     height, width = mask.shape
     for i, (x0, y0, x1, y1) in enumerate(boxes):

@@ -291,6 +291,23 @@ def test_pointing_game_reads_the_keys_boxes(traced):
     assert not pointing_game(values, traced.layout, mask)
 
 
+def test_object_patches_read_the_keys_boxes(traced):
+    """Selecting by an object mask picks the keys whose boxes it covers (keys index the column table, not the
+    sequence), and their ablation runs."""
+    from mmviz.interventions import Ablate, coverage_of, object_patches
+
+    mask = np.zeros((40, 120), bool)
+    mask[10:20, 40:50] = True  # exactly the box of key column 20 (tile 1, patch (1, 0))
+    shares = coverage_of(traced, mask)
+    assert shares.argmax() == 20 and shares[20] == 1.0 and np.sort(shares)[-2] < 1.0
+    chosen = object_patches(traced, mask, border=0)
+    assert chosen.tolist() == [int(traced.image_positions[20])]
+    with_border = object_patches(traced, mask, border=1)
+    table = traced.layout.keys
+    assert len(with_border) > 1 and set(table.image_index[with_border].tolist()) == {0}
+    assert np.isfinite(Ablate(chosen.tolist(), fill="zero").apply(traced).delta).all()
+
+
 def test_a_greedy_answer_under_a_cross_attention_knockout(traced, built):
     """``mmviz.interventions.generate`` cuts text → image keys in the cross layer too: its first new token is the
     argmax of the prompt's last row with that row's cross-attention to the image masked by hand."""
