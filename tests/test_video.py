@@ -1,5 +1,6 @@
 """The video path: ``mmviz.trace(model, processor, video=frames, prompt=...)`` for the Qwen2-VL family (Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL: two frames per token) and LLaVA-OneVision (one frame per token group).
+Qwen2.5-VL, Qwen3-VL: two frames per token), LLaVA-OneVision (one frame per token group) and SmolVLM (one global
+view per frame).
 
 Checked against independent references:
 
@@ -28,7 +29,7 @@ from mmviz.interventions import Ablate, frame_positions
 from mmviz.zoo import tiny_llava
 from tests.families.build_2026 import build_qwen3_vl
 from tests.families.build_llava_next import build_llava_onevision
-from tests.families.build_qwen_idefics import build_qwen2_5_vl, build_qwen2_vl
+from tests.families.build_qwen_idefics import build_qwen2_5_vl, build_qwen2_vl, build_smolvlm
 
 BUILDERS = {"qwen2_vl": build_qwen2_vl, "qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl}
 N_FRAMES = 5  # odd: the last temporal group holds the last frame twice (the processor pads)
@@ -112,32 +113,33 @@ def test_frame_spans_are_what_the_vision_tower_fuses(family):
 LOW, HIGH = 48, 207  # probe grey levels: resampling overshoot stays inside 0…255 (as mmviz.adapters.measured)
 
 
-def _processed(processor, text: str, frames: np.ndarray) -> np.ndarray:
-    """The video processor's ``pixel_values_videos`` for ``frames`` (every frame kept), float64."""
+def _processed(processor, text: str, frames: np.ndarray, key: str = "pixel_values_videos") -> np.ndarray:
+    """The video processor's pixel values (``key``) for ``frames`` (every frame kept), float64."""
     out = processor(videos=[list(frames)], text=text, return_tensors="pt", do_sample_frames=False)
-    return out["pixel_values_videos"].double().numpy()
+    return out[key].double().numpy()
 
 
-def assert_measured(model, processor, trace, frames, features, half) -> None:
+def assert_measured(model, processor, trace, frames, features, half, key: str = "pixel_values_videos") -> None:
     """Measured, not stated: each processed element's original frame and pixel (constant, one-frame-white and ramp
     videos through the real processor: normalising and resizing are affine per element), and the elements each
     video token reads (gradients of the vision tower with its attention silenced, so a token reads only its own
     patches). A token's measured box (its elements' pixel centres ± ``half`` a processed pixel) is its layout box
     within 1.5 px, and the frames its elements come from are exactly its layout span.
 
-    ``features(pixels)`` returns the ``(M, D)`` merged video features of the processed ``pixel_values_videos``.
+    ``features(pixels)`` returns the ``(M, D)`` merged video features of the processed pixel values (``key``).
     """
     text = trace.prompt
+    processed = lambda video_: _processed(processor, text, video_, key)  # noqa: E731
     n, height, width = frames.shape[:3]
     constant = lambda level: np.full(frames.shape, level, np.uint8)  # noqa: E731
-    black = _processed(processor, text, constant(LOW))
-    scale = _processed(processor, text, constant(HIGH)) - black
+    black = processed(constant(LOW))
+    scale = processed(constant(HIGH)) - black
     assert np.abs(scale).min() > 0, "no padding in these videos: every element moves with its frame"
     presence = []
     for j in range(n):
         one = constant(LOW)
         one[j] = HIGH
-        presence.append(_processed(processor, text, one) - black)
+        presence.append(processed(one) - black)
     frame_of = np.argmax(np.stack(presence), axis=0)
     coordinates = []
     for length, axis in ((width, 2), (height, 1)):
@@ -146,12 +148,12 @@ def assert_measured(model, processor, trace, frames, features, half) -> None:
         shape = [1, 1, 1, 1]
         shape[axis] = length
         video_ = np.broadcast_to(ramp.reshape(shape), frames.shape).copy()
-        coordinates.append((HIGH - LOW) * (_processed(processor, text, video_) - black) / scale / slope + 0.5)
+        coordinates.append((HIGH - LOW) * (processed(video_) - black) / scale / slope + 0.5)
     x, y = coordinates
     inputs = processor(videos=[list(frames)], text=text, return_tensors="pt", do_sample_frames=False)
     positions = trace.image_positions
     with silenced(model, "vision_config"), torch.enable_grad():
-        pixels = inputs["pixel_values_videos"].clone().requires_grad_(True)
+        pixels = inputs[key].clone().requires_grad_(True)
         merged = features(pixels)
         assert len(merged) == len(positions)
         weights = torch.randn(merged.shape[-1], generator=torch.Generator().manual_seed(0))
@@ -310,12 +312,31 @@ def test_pixel_inputs_of_edited_frames(family):
 
     adapter = adapter_for(model, processor)
     edited = [image.rotate(180) for image in trace.images]
-    pixels = adapter.pixel_inputs(edited, trace.run.inputs)
+    pixels = adapter.video_pixel_inputs(edited, trace.run.inputs)
+    assert trace.run.video and torch.equal(
+        trace.run.pixel_inputs(edited)["pixel_values_videos"], pixels["pixel_values_videos"]
+    )
     assert set(pixels) == {"pixel_values_videos", "video_grid_thw"}
     direct = processor(videos=[edited], text=trace.prompt, return_tensors="pt", do_sample_frames=False)
     assert torch.equal(pixels["pixel_values_videos"], direct["pixel_values_videos"])
     assert torch.equal(pixels["video_grid_thw"], trace.run.inputs["video_grid_thw"])
     assert not torch.equal(pixels["pixel_values_videos"], trace.run.inputs["pixel_values_videos"])
+
+
+def test_paint_covers_every_frame_a_token_fuses(family):
+    """Painting frame group 0's tokens paints their boxes on frames 0 AND 1 (each token fuses both), nothing else."""
+    _, _, _, frames, trace = family
+    from mmviz.methods.ablation import painted_images
+
+    group = frame_positions(trace, 0)
+    painted = [np.asarray(image) for image in painted_images(trace, group[:3])]
+    changed = [not np.array_equal(image, frame) for image, frame in zip(painted, frames, strict=True)]
+    assert changed == [True, True] + [False] * (N_FRAMES - 2)
+    box = trace.layout.boxes[group[0]]
+    x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    assert (painted[1][:y1, :x1] == painted[1][0, 0]).all()  # the first token's box, one colour on frame 1
+    effect = Ablate(group, fill="paint").apply(trace)
+    assert np.abs(np.asarray(effect.delta)).max() > 1e-5
 
 
 def test_baselines_of_a_video_are_its_edited_frames(family):
@@ -413,3 +434,82 @@ def test_inspect_takes_a_video_and_vision_attention_is_refused():
         mmviz.trace(model, processor, video=frames, prompt="What?", capture=mmviz.CapturePlan(vision_attention=True))
     with pytest.raises(InputError, match="video=frames"):
         mmviz.inspect(model, processor, prompt="What?")
+
+
+# -- SmolVLM: a global view per frame, "Frame from MM:SS:" before each ---------------------------------------------
+@pytest.fixture(scope="module")
+def smolvlm():
+    model, processor = build_smolvlm()
+    frames = video(3, seed=2)
+    trace = mmviz.trace(model, processor, video=frames, prompt="What happens?", answer=ANSWER)
+    return model, processor, frames, trace
+
+
+def test_smolvlm_layout_one_global_view_per_frame(smolvlm):
+    """Each frame: the processor's own ``<global-img>`` block of G² tokens (counted here from its output), view
+    ``"frame"``, span ``(f, f)``, the frame stretched to the T × T canvas cut into G × G cells, scaled back per axis."""
+    model, processor, frames, trace = smolvlm
+    direct = processor(videos=[list(frames)], text=trace.prompt, return_tensors="pt", do_sample_frames=False)
+    side = int(direct["pixel_values"].shape[-1])
+    g = side // (model.config.vision_config.patch_size * model.config.scale_factor)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert direct["pixel_values"].shape[:2] == (1, 3)
+    assert np.array_equal(trace.image_positions, np.flatnonzero(trace.token_ids == image_id))
+    assert len(trace.image_positions) == 3 * g * g
+    cell = side / g
+    for k, position in enumerate(trace.image_positions):
+        frame, index = divmod(k, g * g)
+        r, c = divmod(index, g)
+        row = trace.layout.row(int(position))
+        assert row["frames"] == (frame, frame) and row["image_index"] == frame and row["view"] == "frame"
+        sx, sy = WIDTH / side, HEIGHT / side
+        np.testing.assert_allclose(row["box"], (c * cell * sx, r * cell * sy, (c + 1) * cell * sx, (r + 1) * cell * sy))
+    markers = [trace.layout.tokens[p] for p in trace.layout.positions("image_sep")]
+    assert markers == ["<fake_token_around_image>", "<global-img>", "<fake_token_around_image>"] * 3
+
+
+def test_smolvlm_boxes_and_spans_by_measurement(smolvlm):
+    model, processor, frames, trace = smolvlm
+    side = int(trace.run.inputs["pixel_values"].shape[-1])
+    mask = trace.run.inputs["pixel_attention_mask"]
+
+    def features(pixels: torch.Tensor) -> torch.Tensor:
+        out = model.model.get_image_features(pixels, mask)
+        return _pooled(out).reshape(-1, _pooled(out).shape[-1])
+
+    assert_measured(
+        model, processor, trace, frames, features, (0.5 * WIDTH / side, 0.5 * HEIGHT / side), "pixel_values"
+    )
+
+
+def test_smolvlm_rows_equal_eager_frame_knockout_and_edited_frames(smolvlm):
+    model, processor, _, trace = smolvlm
+    run = trace.run
+    reference = copy.deepcopy(model)
+    reference.set_attn_implementation({"text_config": "eager"})
+    with torch.no_grad():
+        attentions = reference(
+            input_ids=run.input_ids, attention_mask=torch.ones_like(run.input_ids), output_attentions=True, **run.inputs
+        ).attentions
+    for layer, expected in enumerate(attentions):
+        assert np.abs(trace.attention_rows[layer] - expected[0][:, trace.query_positions].numpy()).max() <= 1e-5
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    effect = Ablate(frame_positions(trace, 1), fill="zero").apply(trace)
+    assert np.abs(np.asarray(effect.delta)).max() > 1e-4
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    # edited frames go through the video processor (the image processor would tile them), same shapes
+    edited = [image.rotate(180) for image in trace.images]
+    pixels = run.pixel_inputs(edited)
+    direct = processor(videos=[edited], text=trace.prompt, return_tensors="pt", do_sample_frames=False)
+    assert torch.equal(pixels["pixel_values"], direct["pixel_values"])
+    assert pixels["pixel_values"].shape == run.inputs["pixel_values"].shape
+    assert mmviz.methods.image_reliance(trace, "blank").kl.max() > 1e-6
+
+
+def test_smolvlm_trace_file_round_trip_and_attach(smolvlm, tmp_path):
+    model, processor, _, trace = smolvlm
+    loaded = mmviz.load(trace.save(tmp_path / "smolvlm.mmviz"))
+    assert loaded.layout.is_video and np.array_equal(loaded.layout.frames, trace.layout.frames)
+    linked = loaded.attach(model, processor)
+    assert linked.run.video and torch.equal(linked.run.inputs["pixel_values"], trace.run.inputs["pixel_values"])
+    assert np.isfinite(linked.compute("gradient_x_input").values).all()

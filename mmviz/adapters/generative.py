@@ -202,6 +202,23 @@ class GenerativeAdapter(Adapter):
         """Run the processor on one video (every frame used as given); returns tensors for one sequence."""
         raise self.no_video()
 
+    def video_layout(
+        self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        """The layout of one video's tokens (:meth:`encode_video`'s inputs): view ``"frame"``, every image
+        token's span of original frames, boxes on the original frames."""
+        raise self.no_video()
+
+    def video_pixel_inputs(
+        self, frames: Sequence[Image.Image], like: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`pixel_inputs` for edited frames of a video trace: the video processor's output, every frame kept,
+        only the keys ``like`` (the traced inputs) holds."""
+        if not self.video_path:
+            raise self.no_video()
+        encoded = self.processor.video_processor(videos=[list(frames)], do_sample_frames=False, return_tensors="pt")
+        return {key: value for key, value in dict(encoded).items() if key in like}
+
     def pixel_inputs(self, images: Sequence[Image.Image], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The processor's pixel inputs for ``images`` (edited copies of the traced ones, same sizes, so the token
         grids are the same), only the keys that ``like`` (the traced inputs) holds: what a baseline (blurred or

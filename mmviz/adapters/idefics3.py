@@ -127,6 +127,11 @@ class Idefics3Adapter(GenerativeAdapter):
     # -- inputs ------------------------------------------------------------------------------------------------
     def encode(self, images: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         inputs = super().encode(images, text)
+        self._last_frames = self._check_token_count(inputs)
+        return inputs
+
+    def _check_token_count(self, inputs: dict[str, torch.Tensor]) -> int:
+        """The processor must put ``G²`` ``<image>`` tokens per tile / global image; returns how many it made."""
         pixel_values = inputs["pixel_values"]
         frames = int(pixel_values.shape[1]) if pixel_values.ndim == 5 else int(pixel_values.shape[0])
         found = int((inputs["input_ids"] == self.image_token_id).sum())
@@ -137,8 +142,7 @@ class Idefics3Adapter(GenerativeAdapter):
                 f"{self.tokens_per_side**2} tokens each ({expected}); the processor's image_seq_len does not "
                 f"match the model's"
             )
-        self._last_frames = frames
-        return inputs
+        return frames
 
     # -- layout ------------------------------------------------------------------------------------------------
     def layout(
@@ -178,13 +182,7 @@ class Idefics3Adapter(GenerativeAdapter):
             builder.mark_grid(
                 block.global_view, image_index=index, view="global", grid_shape=(per_side, per_side), boxes=boxes
             )
-            # the expansion's markers and the newlines between tile rows, from the first marker to the closing one
-            first = block.start - 1 - int(block.start >= 2 and input_ids[block.start - 2] == fake)
-            last = block.end + int(block.end + 1 < len(input_ids) and input_ids[block.end + 1] == fake)
-            region = np.arange(first, last + 1)
-            region = region[builder.kinds[region] != IMAGE]
-            builder.kinds[region[builder.kinds[region] != IMAGE_SEP]] = IMAGE_NEWLINE
-            builder.image_index[region] = index
+            _mark_block(builder, input_ids, block, index, fake)
             builder.images.append(ImageGeometry(width, height, (0.0, 0.0, float(width), float(height))))
         return builder.build()
 
@@ -218,13 +216,87 @@ class Idefics3Adapter(GenerativeAdapter):
         return blocks
 
 
+def _mark_block(builder: LayoutBuilder, input_ids: np.ndarray, block: _ImageBlock, index: int, fake: int) -> None:
+    """The expansion's markers and the newlines between tile rows, from the first marker to the closing one."""
+    first = block.start - 1 - int(block.start >= 2 and input_ids[block.start - 2] == fake)
+    last = block.end + int(block.end + 1 < len(input_ids) and input_ids[block.end + 1] == fake)
+    region = np.arange(first, last + 1)
+    region = region[builder.kinds[region] != IMAGE]
+    builder.kinds[region[builder.kinds[region] != IMAGE_SEP]] = IMAGE_NEWLINE
+    builder.image_index[region] = index
+
+
 class SmolVLMAdapter(Idefics3Adapter):
     """SmolVLM: Idefics3's tiles + global image layout (its processor and connector follow the same design).
 
+    Videos: the processor writes a short introduction, then per frame ``Frame from MM:SS:`` and one global-view
+    block (the frame resized, then stretched to ``T × T``, never split), so every frame has its own ``G × G``
+    tokens: view ``"frame"``, span ``(f, f)``, boxes on the original frame. Every frame passed is used
+    (``do_sample_frames=False``); the timestamps are the processor's (it assumes 24 fps when it is not told).
+
     Example:
         >>> trace = mmviz.trace(model, processor, "cat.png", "What is the cat doing?")   # doctest: +SKIP
+        >>> trace = mmviz.trace(model, processor, video=frames, prompt="What happens?")   # doctest: +SKIP
     """
 
     family = "SmolVLM"
     model_types = ("smolvlm",)
     fallback_template = "<|im_start|>User:{image}{prompt}<end_of_utterance>\nAssistant:"
+    video_path = True
+
+    @property
+    def video_token(self) -> str:
+        return str(getattr(self.processor, "video_token", None) or "<video>")
+
+    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
+        """The chat template with one video item (or SmolVLM's format around ``<video>``)."""
+        return self.video_chat_prompt(prompt, self.video_token, self.video_token)
+
+    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """The processor's output for one video, every frame kept, one global view per frame."""
+        if text.count(self.video_token) != 1 or self.image_token in text:
+            raise ProcessorMismatchError(
+                f"a video prompt needs exactly one video placeholder ({self.video_token!r}) and no image "
+                f"placeholder; pass a plain question (mmviz adds it)"
+            )
+        if getattr(self.processor, "video_processor", None) is None:
+            raise ProcessorMismatchError("the processor has no video_processor; pass the model's full processor")
+        inputs = dict(self.processor(videos=[list(frames)], text=[text], return_tensors="pt", do_sample_frames=False))
+        self._check_video(inputs, len(frames))
+        return inputs
+
+    def _check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+        pixels = inputs.get("pixel_values")
+        if pixels is None or pixels.ndim != 5 or int(pixels.shape[1]) != n_frames:
+            shape = None if pixels is None else tuple(pixels.shape)
+            raise ProcessorMismatchError(
+                f"the processor made pixel values of shape {shape} for {n_frames} frames (expected (1, {n_frames}, "
+                f"C, T, T)): it sampled frames although mmviz passes do_sample_frames=False"
+            )
+        self.check_canvas(pixels, self.tile_size, " (its video processor's max_image_size)")
+        self._last_frames = self._check_token_count(inputs)
+
+    def video_layout(
+        self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        self._check_video(inputs, len(frames))
+        blocks = self._blocks(input_ids)
+        if len(blocks) != len(frames) or any(block.tiles for block in blocks):
+            raise ProcessorMismatchError(
+                f"the sequence holds {len(blocks)} image blocks for {len(frames)} frames (one global view each "
+                f"expected); pass the inputs the processor made for this video"
+            )
+        fake, global_id, tile_ids = self._marker_ids()
+        builder = LayoutBuilder(self.display_tokens(input_ids), self.special_mask(input_ids))
+        builder.kinds[np.isin(input_ids, [fake, global_id, *tile_ids])] = IMAGE_SEP
+        side, per_side = self.tile_size, self.tokens_per_side
+        cells = geometry.grid_boxes(per_side, per_side, side / per_side, side / per_side)
+        for index, (block, frame) in enumerate(zip(blocks, frames, strict=True)):
+            to_canvas = geometry.resize(frame.width, frame.height, side, side)
+            boxes = geometry.clip_boxes(to_canvas.to_original(cells), frame.width, frame.height)
+            span = block.global_view
+            builder.mark_grid(span, image_index=index, view="frame", grid_shape=(per_side, per_side), boxes=boxes)
+            builder.mark_frames(span, index, index)
+            _mark_block(builder, input_ids, block, index, fake)
+            builder.images.append(ImageGeometry(frame.width, frame.height, (0.0, 0.0, frame.width, frame.height)))
+        return builder.build()

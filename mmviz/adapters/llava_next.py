@@ -338,23 +338,6 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                 f"({self.pooled_size}² pooled cells per frame + one newline); load the processor of this checkpoint"
             )
 
-    def pixel_inputs(self, images: Sequence[Image.Image], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """For a video trace (``like`` holds ``pixel_values_videos``) ``images`` are edited frames: the video
-        processor's output for them, every frame kept."""
-        if "pixel_values_videos" not in like:
-            return super().pixel_inputs(images, like)
-        encoded = dict(
-            self.processor.video_processor(videos=[list(images)], do_sample_frames=False, return_tensors="pt")
-        )
-        return {key: value for key, value in encoded.items() if key in like}
-
-    def layout(
-        self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
-    ) -> TokenLayout:
-        if "pixel_values_videos" in inputs and "pixel_values" not in inputs:
-            return self.video_layout(input_ids, images, inputs)
-        return super().layout(input_ids, images, inputs)
-
     def video_layout(
         self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:

@@ -149,16 +149,6 @@ class Qwen2VLAdapter(GenerativeAdapter):
         self._last_patches = h * w  # the tower attends per temporal patch
         return inputs
 
-    def pixel_inputs(self, images: Sequence[Image.Image], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """For a video trace (``like`` holds ``pixel_values_videos``) ``images`` are edited frames: the video
-        processor's output for them, every frame kept; otherwise the image processor's."""
-        if "pixel_values_videos" not in like:
-            return super().pixel_inputs(images, like)
-        encoded = dict(
-            self.processor.video_processor(videos=[list(images)], do_sample_frames=False, return_tensors="pt")
-        )
-        return {key: value for key, value in encoded.items() if key in like}
-
     def _video_grid(self, inputs: dict[str, torch.Tensor], n_frames: int) -> tuple[int, int, int]:
         """``(t, h, w)`` of the one video, checked: ``t`` temporal patches of ``temporal_patch_size`` frames."""
         grids = inputs.get("video_grid_thw")
@@ -226,8 +216,6 @@ class Qwen2VLAdapter(GenerativeAdapter):
     def layout(
         self, input_ids: np.ndarray, images: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
-        if "video_grid_thw" in inputs and "image_grid_thw" not in inputs:
-            return self.video_layout(input_ids, images, inputs)
         grids = self._grids(inputs, len(images))
         m, patch = self.merge_size, self.patch_size
         counts = grids.prod(axis=1) // m**2

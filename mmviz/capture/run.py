@@ -45,7 +45,8 @@ class ModelRun:
         adapter: its family adapter.
         input_ids: ``(1, N)`` prompt + answer ids.
         inputs: the other processor outputs (pixel values, grid sizes, ...), on the model's device.
-        images: the original images.
+        images: the original images (a video's frames).
+        video: ``images`` are the frames of one video (edited frames go through the video processor).
         reuse_image_features: let :meth:`edited_forward` run only the language model + head on the recorded
             clean forward's inputs (when the model confirms it gives the same logits); False: always the full
             forward (``dataclasses.replace(run, reuse_image_features=False)``).
@@ -57,6 +58,7 @@ class ModelRun:
     inputs: dict[str, torch.Tensor]
     images: tuple[Image.Image, ...]
     reuse_image_features: bool = True
+    video: bool = False
     # Mutable cache in a frozen record: decided once per run (a replaced run starts undecided).
     _edited: _EditedState = field(default_factory=lambda: _EditedState(), init=False, repr=False, compare=False)
 
@@ -205,10 +207,17 @@ class ModelRun:
         blurred = [image.filter(ImageFilter.GaussianBlur(radius or max(image.size) / 8)) for image in self.images]
         return self.with_pixels(blurred)
 
+    def pixel_inputs(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """The processor's pixel inputs for ``images`` (edited copies of the traced images, or of a video's frames
+        through the video processor), only the keys the traced inputs hold, not yet on the model's device."""
+        if self.video:
+            return self.adapter.video_pixel_inputs(images, self.inputs)
+        return self.adapter.pixel_inputs(images, self.inputs)
+
     def with_pixels(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
         """The traced inputs with the pixel inputs of ``images`` (edited copies of the traced images or frames, same
         sizes → same token grids, so only the pixel inputs change), on the model's device."""
-        return {**self.inputs, **to_device(self.adapter.pixel_inputs(images, self.inputs), self.model)}
+        return {**self.inputs, **to_device(self.pixel_inputs(images), self.model)}
 
 
 def to_device(inputs: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -259,7 +259,8 @@ def painted_images(
     """The traced images with the boxes of the image tokens at ``positions`` painted over (original pixels).
 
     Each box ``(x0, y0, x1, y1)`` is widened by ``margin`` × its width / height on every side, rounded outwards to
-    whole pixels and clipped to its image; images with no chosen token come back unchanged (as copies).
+    whole pixels and clipped to its image; images with no chosen token come back unchanged (as copies). A video
+    token's box is painted on every frame of its span (the frames the token fuses).
 
     Example:
         >>> painted_images(trace, trace.image_positions[:4])[0].size == trace.images[0].size   # doctest: +SKIP
@@ -269,6 +270,7 @@ def painted_images(
     wanted = np.asarray(positions, dtype=np.int64).reshape(-1)
     boxes = np.asarray(table.boxes, dtype=np.float64)[wanted]
     which = np.asarray(table.image_index)[wanted]
+    spans = np.stack([which, which], axis=1) if trace.layout.frames is None else trace.layout.frames[wanted]
     if not np.isfinite(boxes).all():
         raise InputError(
             "some chosen image tokens have no box in the image (query tokens, such as a Q-Former's, summarise the "
@@ -277,7 +279,7 @@ def painted_images(
     out = []
     for number, image in enumerate(trace.images):
         pixels = np.array(image.convert("RGB"), dtype=np.uint8)
-        mine = boxes[which == number]
+        mine = boxes[(spans[:, 0] <= number) & (number <= spans[:, 1])]
         if len(mine):
             if colour == "mean":
                 mean = np.rint(pixels.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
@@ -325,7 +327,7 @@ def image_inputs(run: ModelRun, images: Sequence[Image.Image]) -> dict[str, torc
             raise InputError(
                 f"a replacement image is {new.size[0]}×{new.size[1]}, the traced one {old.size[0]}×{old.size[1]}"
             )
-    pixels = run.adapter.pixel_inputs(list(images), run.inputs)  # a video's frames through its video processor
+    pixels = run.pixel_inputs(list(images))  # a video's frames through its video processor
     if not pixels:
         raise InputError("the image processor's outputs name none of the model's image inputs; cannot replace pixels")
     for key, value in pixels.items():

@@ -53,7 +53,9 @@ def attach(trace: Trace, model: torch.nn.Module, processor: Any) -> Trace:
         {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}, n_answer
     )
     input_ids = torch.as_tensor(np.asarray(trace.token_ids), device=inputs["input_ids"].device)[None]
-    linked = dataclasses.replace(trace, run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(trace.images)))
+    linked = dataclasses.replace(
+        trace, run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(trace.images), video=trace.layout.is_video)
+    )
     object.__setattr__(linked, "results", trace.results)  # one cache for both (the lens, the projection)
     return linked
 

@@ -48,7 +48,8 @@ def trace_generative(
     answer_ids = None if answer is None else _answer_ids(adapter, answer)
     # Check the budget before anything runs, with the longest answer generation may give.
     planned_length = prompt_ids.shape[1] + (max_new_tokens if answer_ids is None else len(answer_ids))
-    prompt_layout = adapter.layout(prompt_ids[0].cpu().numpy(), images, inputs)
+    lay_out = adapter.video_layout if video else adapter.layout
+    prompt_layout = lay_out(prompt_ids[0].cpu().numpy(), images, inputs)
     placeholders = _placeholder_ids(adapter, prompt_ids[0].cpu().numpy(), prompt_layout)
     if answer_ids is not None:
         _check_answer(adapter, answer_ids, placeholders)
@@ -67,7 +68,7 @@ def trace_generative(
             answer_ids = _generate(model, inputs, max_new_tokens, never=placeholders)
         input_ids = torch.cat([prompt_ids, answer_ids[None].to(prompt_ids.device)], dim=1)
         ids = input_ids[0].cpu().numpy()
-        layout = adapter.layout(ids, images, inputs)
+        layout = lay_out(ids, images, inputs)
         query_positions = _query_positions(plan, layout)
         # The final arrays, written layer by layer during the forward: the recording is the only copy.
         heads = 1 if plan.head_mean else adapter.num_heads
@@ -147,7 +148,7 @@ def trace_generative(
         head_mean=plan.head_mean,
         hidden_states=None if states is None else states.numpy(),
         vision_attention=None if vision is None else adapter.vision_attention(vision.calls, inputs),
-        run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(images)),
+        run=ModelRun(model, adapter, input_ids, forward_inputs, tuple(images), video=video),
     )
     return result
 
