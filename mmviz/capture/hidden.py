@@ -19,8 +19,9 @@ def recording_hidden_states(
 ) -> Iterator[dict[int, torch.Tensor]]:
     """Record ``h_ℓ`` (float32, CPU, ``(B, N, d)``) during the block; the hooks are removed afterwards.
 
-    Index 0 is the input of the first decoder layer (the embeddings, with image features scattered in); index
-    ``ℓ + 1`` is the output of layer ``ℓ``, before the final norm (apply it exactly once for a logit lens).
+    Index ``ℓ`` is the input of decoder layer ``ℓ`` (0: the embeddings, with image features scattered in), so it is
+    what layer ``ℓ − 1`` left plus anything the model adds between layers (Qwen3-VL's DeepStack features); index
+    ``L`` is the last layer's output, before the final norm (apply it exactly once for a logit lens).
     ``into`` (float32 CPU ``(len(recorded), N, d)``, recorded indices in increasing order) receives batch item 0
     of each, in place, so that the recording is the only copy (the dict then holds ``(1, N, d)`` views of it).
     ``readout`` turns a layer's input or output into that ``(B, N, d)`` state (``adapter.residual``: the first item
@@ -45,19 +46,22 @@ def recording_hidden_states(
             into[slots[index]].copy_(hidden.detach()[0])
             states[index] = into[slots[index]][None]
 
-    if 0 in wanted:
-
-        def before_first(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            keep(0, args[0] if args else kwargs["hidden_states"])
-
-        handles.append(decoder_layers[0].register_forward_pre_hook(before_first, with_kwargs=True))
+    last = len(decoder_layers)
     for index, layer in enumerate(decoder_layers):
-        if index + 1 in wanted:
+        if index in wanted:
 
-            def after(module: torch.nn.Module, args: Any, output: Any, index: int = index) -> None:
-                keep(index + 1, output)
+            def before(
+                module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], index: int = index
+            ) -> None:
+                keep(index, args[0] if args else kwargs["hidden_states"])
 
-            handles.append(layer.register_forward_hook(after))
+            handles.append(layer.register_forward_pre_hook(before, with_kwargs=True))
+    if last in wanted:
+
+        def after_last(module: torch.nn.Module, args: Any, output: Any) -> None:
+            keep(last, output)
+
+        handles.append(decoder_layers[-1].register_forward_hook(after_last))
     try:
         yield states
     finally:

@@ -80,14 +80,14 @@ def _editing(
         edited[:, index] += ((value - current)[..., None] * direction).to(hidden.dtype)
         return edited
 
-    if depth == 0:
+    if depth < len(decoder_layers):  # the state entering layer `depth`, as recording_hidden_states reads it
 
         def before(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if args:
                 return (edit(args[0]), *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
 
-        handle = decoder_layers[0].register_forward_pre_hook(before, with_kwargs=True)
+        handle = decoder_layers[depth].register_forward_pre_hook(before, with_kwargs=True)
     else:
 
         def after(module: torch.nn.Module, args: Any, output: Any) -> Any:

@@ -18,6 +18,7 @@ from PIL import Image
 
 import mmviz
 from mmviz.adapters import Qwen3VLAdapter, Qwen3VLMoeAdapter, adapter_for
+from mmviz.capture import recording_hidden_states
 from tests.families.build_2026 import QWEN3_PATCH, QWEN3_SIZE, build_qwen3_vl, build_qwen3_vl_moe
 from tests.families.checks import assert_boxes_inside, assert_views_tile, coordinate_image
 from tests.families.test_qwen2_vl import RAW, TOLERANCE, box_centres, decoded_blocks, encode
@@ -105,6 +106,34 @@ def test_deepstack_features_land_on_the_layouts_image_positions(qwen3):
     assert np.flatnonzero(seen["mask"].numpy()).tolist() == layout.image_positions.tolist()
     assert len(seen["deepstack"]) == len(adapter.deepstack_layers)
     assert seen["deepstack"][0].shape[0] == len(layout.image_positions)
+
+
+def test_recorded_states_hold_the_deepstack_features(qwen3):
+    """h_1 is what decoder layer 1 reads: layer 0's output plus the DeepStack features at the image positions (the
+    raw output misses them), so the lens and the projection see the state the model goes on with."""
+    model, _, adapter = qwen3
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    inputs, layout = encode(adapter, [image])
+    layers = adapter.decoder_layers()
+    outputs = {}
+    handle = layers[0].register_forward_hook(lambda module, args, output: outputs.__setitem__(0, output.detach()))
+    seen = {}
+
+    def keep(module, args, kwargs):
+        seen["deepstack"] = kwargs["deepstack_visual_embeds"][0].detach()
+
+    hook = model.model.language_model.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        with torch.no_grad(), recording_hidden_states(layers, readout=adapter.residual) as states:
+            model(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+        hook.remove()
+    image_positions = layout.image_positions
+    added = states[1][0] - outputs[0][0].float()
+    torch.testing.assert_close(added[image_positions], seen["deepstack"].float(), atol=1e-5, rtol=1e-5)
+    others = np.setdiff1d(np.arange(added.shape[0]), image_positions)
+    assert added[others].abs().max() == 0
 
 
 def test_rows_equal_eager_and_logits_are_unchanged(qwen3):
