@@ -55,6 +55,7 @@ export function switcherEntries(data: WidgetData, m: MethodContext): SwitcherEnt
       cost: "instant",
       computed: true,
       available: true,
+      unavailable: "",
     });
   }
   for (const [name, map] of m.maps) {
@@ -68,6 +69,7 @@ export function switcherEntries(data: WidgetData, m: MethodContext): SwitcherEnt
       cost: "fast",
       computed: true,
       available: false,
+      unavailable: "",
     });
   }
   return infos.map((info) => {

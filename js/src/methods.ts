@@ -140,7 +140,10 @@ export function costHint(cost: Cost): string {
 export function optionText(m: MethodInfo, state: { computed: boolean; pending: boolean; canCompute: boolean }): string {
   if (state.computed) return m.label;
   if (state.pending) return `${m.label} (computing…)`;
-  if (!state.canCompute) return m.available ? `${m.label} (not computed)` : `${m.label} (needs the model)`;
+  if (!state.canCompute) {
+    if (m.available) return `${m.label} (not computed)`;
+    return `${m.label} (${m.unavailable === "" ? "needs the model" : m.unavailable})`;
+  }
   return `${m.label} (compute · ${costHint(m.cost)})`;
 }
 

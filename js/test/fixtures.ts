@@ -232,7 +232,7 @@ export const LAYERED = [0.4, 0.3, 0.2, 0.1, 0.1, 0.2, 0.3, 0.4];
 
 export function catalogueEntry(
   name: string,
-  patch: Partial<{ label: string; meaning: string; signed: boolean; layered: boolean; cost: string; computed: boolean; available: boolean }> = {},
+  patch: Partial<{ label: string; meaning: string; signed: boolean; layered: boolean; cost: string; computed: boolean; available: boolean; unavailable: string }> = {},
 ): Record<string, unknown> {
   return {
     name,

@@ -5,7 +5,7 @@ import { buildData } from "../src/data";
 import { switcherEntries, type MethodContext } from "../src/method-state";
 import { costHint, explainsAnswerTokens, MethodMap, optionText, readMaps } from "../src/methods";
 import { labelOf, MEAN, parseCatalogue, parseMap as parseMapPayload } from "../src/protocol";
-import { LAYERED, makeMethodsState, mapEntry, P, RELEVANCY, SIGNED, source, TOKENS } from "./fixtures";
+import { catalogueEntry, LAYERED, makeMethodsState, mapEntry, P, RELEVANCY, SIGNED, source, TOKENS } from "./fixtures";
 import { int32Bytes } from "./helpers";
 
 const N = TOKENS.length;
@@ -128,6 +128,10 @@ describe("switcher entries", () => {
     expect(optionText(by.signed!.info, by.signed!)).toBe("Signed (computing…)");
     expect(optionText(by.layered!.info, by.layered!)).toBe(`Layered (compute · ${costHint("fast")})`);
     expect(optionText(by.missing!.info, by.missing!)).toBe("Missing (needs the model)");
+    // a method the family refuses says why, also with a kernel
+    const refused = parseCatalogue([catalogueEntry("rollout", { available: false, unavailable: "needs the image at sequence positions" })])[0]!;
+    expect(refused.unavailable).toBe("needs the image at sequence positions");
+    expect(optionText(refused, { computed: false, pending: false, canCompute: false })).toBe("Rollout (needs the image at sequence positions)");
   });
 
   it("offers nothing to compute without a kernel, and lists maps the catalogue lacks", () => {

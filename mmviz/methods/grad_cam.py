@@ -29,7 +29,7 @@ MEANING = (
 )
 
 
-@method("grad_cam", label=LABEL, meaning=MEANING, per_layer=True)
+@method("grad_cam", label=LABEL, meaning=MEANING, per_layer=True, sequence_positions=True)
 def grad_cam(trace: Trace, targets: TargetLike = None) -> Map:
     """Grad-CAM maps at every decoder layer's output, per target (default: each answer token).
 

@@ -63,7 +63,7 @@ class _OneLayerStash(AttentionStash):
             super().record(layer, module, query, key, value, attention_mask, scaling, kwargs, output)
 
 
-@method("grad_weighted_attention", label=LABEL, meaning=MEANING)
+@method("grad_weighted_attention", label=LABEL, meaning=MEANING, sequence_positions=True)
 def grad_weighted_attention(trace: Trace, targets: TargetLike = None, *, layer: int | None = None) -> Map:
     """Gradient-weighted attention of every target (default: each answer token) at decoder ``layer``.
 

@@ -144,7 +144,7 @@ def _decode(trace: Trace, k: int) -> LogitLens:
     )
 
 
-@method("logit_lens", label=LABEL, meaning=MEANING, per_layer=True, targeted=False)
+@method("logit_lens", label=LABEL, meaning=MEANING, per_layer=True, targeted=False, sequence_positions=True)
 def logit_lens_map(trace: Trace, *, k: int = 5) -> Map:
     """The logit lens's :class:`Map`: each answer token's probability at every image token after every layer."""
     sequence_image_positions(trace, "the logit lens map")  # no position of a cross-attention family holds the image

@@ -37,7 +37,7 @@ MEANING = (
 )
 
 
-@method("relative_attention", label=LABEL, meaning=MEANING, per_layer=True, targeted=False)
+@method("relative_attention", label=LABEL, meaning=MEANING, per_layer=True, targeted=False, sequence_positions=True)
 def relative_attention(trace: Trace, *, generic: str = GENERIC_PROMPT, layers: Sequence[int] | None = None) -> Map:
     """Relative attention of every answer token over the image tokens, one slice per captured decoder layer.
 

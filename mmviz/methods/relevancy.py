@@ -124,7 +124,7 @@ class AttentionStash(AttentionRecorder):
         return updated
 
 
-@method("relevancy", label=LABEL, meaning=MEANING)
+@method("relevancy", label=LABEL, meaning=MEANING, sequence_positions=True)
 def relevancy(
     trace: Trace, targets: TargetLike = None, *, vision: bool = False, budget_bytes: int | None = None
 ) -> Map:

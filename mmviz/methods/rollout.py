@@ -26,7 +26,7 @@ MEANING = (
 )
 
 
-@method("rollout", label=LABEL, meaning=MEANING, targeted=False, rows="queries")
+@method("rollout", label=LABEL, meaning=MEANING, targeted=False, rows="queries", sequence_positions=True)
 def rollout(
     trace: Trace,
     *,

@@ -40,7 +40,7 @@ KERNEL = 3
 """Neighbourhood side of the rank-Gaussian filter, in grid cells (the paper's 3)."""
 
 
-@method("tam", label=LABEL, meaning=MEANING)
+@method("tam", label=LABEL, meaning=MEANING, sequence_positions=True)
 def tam(trace: Trace, targets: TargetLike = None, *, filtered: bool = True) -> Map:
     """Token activation map of every target token (default: each answer token) over the image tokens.
 

@@ -53,6 +53,9 @@ class MethodSpec:
         rows: whether map rows are explained ``"targets"`` or attention ``"queries"`` (the row predicting token t
             is t − 1).
         settings: the preset arguments of a :func:`variant` (empty for a method's own entry).
+        sequence_positions: it needs the image at SEQUENCE positions (hidden states, residual streams or
+            position-to-position attention there), so a family whose text reads the image through cross-attention
+            keys refuses it (``mmviz.methods.common.sequence_image_positions``) and the widget says why.
     """
 
     name: str
@@ -65,6 +68,7 @@ class MethodSpec:
     cost: Cost = "fast"
     rows: Rows = "targets"
     settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    sequence_positions: bool = False
 
     def map(
         self,
@@ -142,11 +146,23 @@ def method(
     targeted: bool = True,
     cost: Cost = "fast",
     rows: Rows = "targets",
+    sequence_positions: bool = False,
 ) -> Callable[[_F], _F]:
     """Declare a map method: register the decorated function under ``name`` and attach its spec as ``.spec``."""
 
     def declare(function: _F) -> _F:
-        spec = MethodSpec(name, function, label, meaning, signed, per_layer, targeted, cost, rows)
+        spec = MethodSpec(
+            name,
+            function,
+            label,
+            meaning,
+            signed,
+            per_layer,
+            targeted,
+            cost,
+            rows,
+            sequence_positions=sequence_positions,
+        )
         function.spec = register(spec)  # type: ignore[attr-defined]
         return function
 

@@ -215,16 +215,22 @@ def available_extras(trace: Trace) -> dict[str, bool]:
 
 
 def method_catalogue(trace: Trace) -> list[dict[str, Any]]:
-    """The ``methods`` trait: every catalogue method (computed? computable: needs the model?), then any other map
-    the trace carries (e.g. a dual encoder's patch–text similarity), each described by its map's own spec."""
-    entries = [
-        {
-            **spec.describe(),
-            "computed": name == "attention" or name in trace.maps,
-            "available": trace.run is not None or spec.cost == "instant",  # instant: from the recorded rows alone
-        }
-        for name, spec in CATALOGUE.items()
-    ]
+    """The ``methods`` trait: every catalogue method (computed? computable: needs the model? refused by the family,
+    and why), then any other map the trace carries (e.g. a dual encoder's patch–text similarity), each described by
+    its map's own spec."""
+    cross = trace.layout.keys is not None  # the image is at cross-attention keys, at no sequence position
+    entries = []
+    for name, spec in CATALOGUE.items():
+        refused = cross and spec.sequence_positions
+        entries.append(
+            {
+                **spec.describe(),
+                "computed": name == "attention" or name in trace.maps,
+                # instant: from the recorded rows alone
+                "available": not refused and (trace.run is not None or spec.cost == "instant"),
+                **({"unavailable": "needs the image at sequence positions"} if refused else {}),
+            }
+        )
     for name, result in trace.maps.items():
         if name not in CATALOGUE:
             entries.append(

@@ -98,5 +98,9 @@ def test_cross_attention_maps_are_the_cross_layers_rows_over_the_tiles(page_watc
     assert (shown["rgba"][:, 3] == 255).all(), "every patch of the three real tiles is painted"
     assert shown["range"] == pytest.approx(float(expected.max()), rel=0.02)
     assert np.abs(shown["values"] - expected).max() <= 3 * float(expected.max()) / 255
+    # the methods this family refuses are listed, disabled, with the reason
+    rollout = page.query_selector('.mmviz-method option[value="rollout"]')
+    assert rollout.text_content() == "Attention rollout (needs the image at sequence positions)"
+    assert rollout.is_disabled()
     assert page.text_content(".mmviz-error") == ""
     watch.assert_clean()

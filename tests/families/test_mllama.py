@@ -15,6 +15,8 @@ from mmviz.adapters import MllamaAdapter, adapter_for
 from mmviz.adapters.layout import IMAGE_SEP
 from mmviz.capture import AttentionRecorder, recording
 from mmviz.errors import UnsupportedModelError
+from mmviz.records import CATALOGUE
+from mmviz.widget.payloads import method_catalogue
 from tests.families.build_mllama import MLLAMA_CROSS_LAYERS, MLLAMA_PATCH, MLLAMA_TILE, build_mllama
 from tests.families.checks import coordinate_image
 
@@ -224,10 +226,22 @@ def test_knockout_map_and_perturbations_run_on_keys(traced):
     assert traced.run.edited_path == "fast", traced.run.edited_path_reason
 
 
-@pytest.mark.parametrize("name", ["relevancy", "rollout", "grad_cam", "tam", "grad_weighted_attention"])
-def test_position_methods_are_refused(traced, name):
-    with pytest.raises(UnsupportedModelError, match="cross-attention layers"):
-        traced.compute(name)
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_the_catalogue_says_which_methods_a_cross_attention_family_refuses(traced, name):
+    """Walk the registry: a method whose spec needs the image at sequence positions is refused with why, the
+    widget's catalogue marks it unavailable with that reason; every other method gives a finite map over the keys."""
+    spec = CATALOGUE[name]
+    entry = next(e for e in method_catalogue(traced) if e["name"] == name)
+    if spec.sequence_positions:
+        with pytest.raises(UnsupportedModelError, match="cross-attention layers"):
+            traced.compute(name)
+        assert entry["available"] is False and "sequence positions" in entry["unavailable"]
+        return
+    assert entry["available"] is True and "unavailable" not in entry
+    if spec.cost == "slow":
+        pytest.skip(f"{name} is slow; test_knockout_map_and_perturbations_run_on_keys runs the slow ones")
+    result = traced.compute(name)
+    assert result.values.shape[-1] == len(traced.image_positions) and np.isfinite(result.values).all()
 
 
 def test_trace_file_keeps_the_keys(traced, tmp_path):

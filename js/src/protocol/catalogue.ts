@@ -17,8 +17,10 @@ export interface MethodInfo {
   cost: Cost;
   /** The catalogue says `maps` holds it (attention: always). */
   computed: boolean;
-  /** The kernel can compute it (false when the trace has no model attached). */
+  /** The kernel can compute it (false when the trace has no model attached, or the family refuses it). */
   available: boolean;
+  /** Why the family refuses it ("" when it does not): shown in the menu instead of "needs the model". */
+  unavailable: string;
 }
 
 /** Human label of a method name without a label: `grad_cam` → `Grad cam`. */
@@ -48,6 +50,7 @@ export function parseCatalogue(raw: unknown): MethodInfo[] {
       cost,
       computed: name === ATTENTION || lenientFlag(o.computed),
       available: lenientFlag(o.available, true),
+      unavailable: lenientText(o.unavailable),
     });
   }
   return out;
