@@ -1,6 +1,6 @@
 """The video path: ``mmviz.trace(model, processor, video=frames, prompt=...)`` for the Qwen2-VL family (Qwen2-VL,
-Qwen2.5-VL, Qwen3-VL: two frames per token), LLaVA-OneVision (one frame per token group) and SmolVLM (one global
-view per frame).
+Qwen2.5-VL, Qwen3-VL: two frames per token), LLaVA-OneVision (one frame per token group), SmolVLM (one global
+view per frame) and LLaVA-NeXT-Video (frames centre-cropped and pooled 2×2).
 
 Checked against independent references:
 
@@ -28,7 +28,7 @@ from mmviz.inputs import MAX_FRAMES, load_video
 from mmviz.interventions import Ablate, frame_positions
 from mmviz.zoo import tiny_llava
 from tests.families.build_2026 import build_qwen3_vl
-from tests.families.build_llava_next import build_llava_onevision
+from tests.families.build_llava_next import build_llava_next_video, build_llava_onevision
 from tests.families.build_qwen_idefics import build_qwen2_5_vl, build_qwen2_vl, build_smolvlm
 
 BUILDERS = {"qwen2_vl": build_qwen2_vl, "qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl}
@@ -513,3 +513,75 @@ def test_smolvlm_trace_file_round_trip_and_attach(smolvlm, tmp_path):
     linked = loaded.attach(model, processor)
     assert linked.run.video and torch.equal(linked.run.inputs["pixel_values"], trace.run.inputs["pixel_values"])
     assert np.isfinite(linked.compute("gradient_x_input").values).all()
+
+
+# -- LLaVA-NeXT-Video: frames resized, centre-cropped, pooled 2×2 by the vision resampler -------------------------
+@pytest.fixture(scope="module")
+def next_video():
+    model, processor = build_llava_next_video()
+    frames = video(3, seed=3)
+    trace = mmviz.trace(model, processor, video=frames, prompt="What happens?", answer=ANSWER)
+    return model, processor, frames, trace
+
+
+def test_next_video_layout_pooled_blocks_on_the_cropped_frame(next_video):
+    """⌊g/s⌋² tokens per frame (counted in the processor's own output), each the s × s patch block of the frame
+    resized to shortest edge S and centre-cropped (written out here: 70×50 → 39×28, crop offset 5 px)."""
+    model, processor, frames, trace = next_video
+    direct = processor(videos=[list(frames)], text=trace.prompt, return_tensors="pt", do_sample_frames=False)
+    side = int(direct["pixel_values_videos"].shape[-1])
+    vision = model.config.vision_config
+    stride = model.config.spatial_pool_stride
+    n = (vision.image_size // vision.patch_size) // stride
+    video_id = model.config.video_token_id
+    assert int((direct["input_ids"] == video_id).sum()) == 3 * n * n
+    assert np.array_equal(trace.image_positions, np.flatnonzero(trace.token_ids == video_id))
+    resized_w = int(side * WIDTH / HEIGHT)  # shortest edge (the height) to S, the width in proportion
+    offset = (resized_w - side) // 2
+    sx, sy = resized_w / WIDTH, side / HEIGHT
+    block = stride * vision.patch_size
+    for k, position in enumerate(trace.image_positions):
+        frame, index = divmod(k, n * n)
+        r, c = divmod(index, n)
+        row = trace.layout.row(int(position))
+        assert row["frames"] == (frame, frame) and row["view"] == "frame" and row["grid_shape"] == (n, n)
+        expected = ((offset + c * block) / sx, r * block / sy, (offset + (c + 1) * block) / sx, (r + 1) * block / sy)
+        np.testing.assert_allclose(row["box"], expected, atol=1e-4)
+    covered = trace.layout.images[0].covered
+    np.testing.assert_allclose(covered, (offset / sx, 0, (offset + n * block) / sx, HEIGHT), atol=1e-4)
+
+
+def test_next_video_boxes_and_spans_by_measurement(next_video):
+    model, processor, frames, trace = next_video
+    config = model.config
+    side = config.vision_config.image_size
+    resized_w = int(side * WIDTH / HEIGHT)
+
+    def features(pixels: torch.Tensor) -> torch.Tensor:
+        out = model.model.get_video_features(
+            pixels,
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        pooled = _pooled(out)
+        return pooled.reshape(-1, pooled.shape[-1])
+
+    assert_measured(model, processor, trace, frames, features, (0.5 * WIDTH / resized_w, 0.5 * HEIGHT / side))
+
+
+def test_next_video_rows_equal_eager_frame_knockout_and_edited_frames(next_video):
+    model, processor, _, trace = next_video
+    run = trace.run
+    reference = copy.deepcopy(model)
+    reference.set_attn_implementation({"text_config": "eager"})
+    with torch.no_grad():
+        attentions = reference(
+            input_ids=run.input_ids, attention_mask=torch.ones_like(run.input_ids), output_attentions=True, **run.inputs
+        ).attentions
+    for layer, expected in enumerate(attentions):
+        assert np.abs(trace.attention_rows[layer] - expected[0][:, trace.query_positions].numpy()).max() <= 1e-5
+    effect = Ablate(frame_positions(trace, 2), fill="zero").apply(trace)
+    assert np.abs(np.asarray(effect.delta)).max() > 1e-4
+    edited = [image.rotate(180) for image in trace.images]
+    direct = processor(videos=[edited], text=trace.prompt, return_tensors="pt", do_sample_frames=False)
+    assert torch.equal(run.pixel_inputs(edited)["pixel_values_videos"], direct["pixel_values_videos"])

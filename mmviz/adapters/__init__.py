@@ -19,7 +19,7 @@ from mmviz.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmviz.adapters.internvl import InternVLAdapter
 from mmviz.adapters.layout import KINDS, VIEWS, CrossKeys, ImageGeometry, SoftCells, TokenLayout
 from mmviz.adapters.llava import LlavaAdapter
-from mmviz.adapters.llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from mmviz.adapters.llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from mmviz.adapters.measured import LayoutReport, MeasuredLayout, measure_layout, verify
 from mmviz.adapters.mistral3 import Mistral3Adapter
 from mmviz.adapters.mllama import MllamaAdapter
@@ -85,6 +85,7 @@ def adapter_for(model: torch.nn.Module, processor: Any) -> Adapter:
 register_adapter(LlavaAdapter)
 register_adapter(LlavaNextAdapter)
 register_adapter(LlavaOnevisionAdapter)
+register_adapter(LlavaNextVideoAdapter)
 register_adapter(Qwen2VLAdapter)
 register_adapter(Qwen2_5_VLAdapter)
 register_adapter(Idefics3Adapter)
@@ -121,6 +122,7 @@ __all__ = [
     "LayoutReport",
     "LlavaAdapter",
     "LlavaNextAdapter",
+    "LlavaNextVideoAdapter",
     "LlavaOnevisionAdapter",
     "MeasuredLayout",
     "Mistral3Adapter",

@@ -78,22 +78,33 @@ class LlavaAdapter(GenerativeAdapter):
 
     def canvas_map(self, width: int, height: int) -> geometry.Affine:
         """Original pixels → the processor's square canvas, replaying its pad / resize / centre-crop chain."""
-        ip = self.processor.image_processor
-        transform = geometry.Affine()
-        if getattr(ip, "do_pad", False) and hasattr(ip, "pad_to_square"):  # LlavaImageProcessor's square padding
-            pad, side = geometry.pad_to_square(width, height)
-            transform, width, height = transform.then(pad), side, side
-        if getattr(ip, "do_resize", True):
-            size = dict(ip.size)
-            if "shortest_edge" in size:
-                new_w, new_h = geometry.shortest_edge_size(width, height, int(size["shortest_edge"]))
-            else:
-                new_w, new_h = int(size["width"]), int(size["height"])
-            transform, width, height = transform.then(geometry.resize(width, height, new_w, new_h)), new_w, new_h
-        if getattr(ip, "do_center_crop", False):
-            crop = dict(ip.crop_size)
-            transform = transform.then(geometry.center_crop(width, height, int(crop["width"]), int(crop["height"])))
-        return transform
+        return pad_resize_crop_map(self.processor.image_processor, width, height)
+
+
+def pad_resize_crop_map(processor: object, width: int, height: int) -> geometry.Affine:
+    """Original pixels → the canvas of an image or video ``processor`` that pads to a square (``do_pad`` with
+    ``pad_to_square``), resizes (shortest edge, or a fixed size) and centre-crops, as far as it does each.
+
+    Example:
+        >>> to_canvas = pad_resize_crop_map(processor.image_processor, 640, 480)          # doctest: +SKIP
+        >>> to_canvas.to_original(np.array([[0.0, 0.0, 336.0, 336.0]]))                   # doctest: +SKIP
+        array([[ 80.,   0., 560., 480.]])
+    """
+    transform = geometry.Affine()
+    if getattr(processor, "do_pad", False) and hasattr(processor, "pad_to_square"):  # LLaVA's square padding
+        pad, side = geometry.pad_to_square(width, height)
+        transform, width, height = transform.then(pad), side, side
+    if getattr(processor, "do_resize", True):
+        size = dict(processor.size)  # type: ignore[attr-defined]
+        if "shortest_edge" in size:
+            new_w, new_h = geometry.shortest_edge_size(width, height, int(size["shortest_edge"]))
+        else:
+            new_w, new_h = int(size["width"]), int(size["height"])
+        transform, width, height = transform.then(geometry.resize(width, height, new_w, new_h)), new_w, new_h
+    if getattr(processor, "do_center_crop", False):
+        crop = dict(processor.crop_size)  # type: ignore[attr-defined]
+        transform = transform.then(geometry.center_crop(width, height, int(crop["width"]), int(crop["height"])))
+    return transform
 
 
 def _contiguous_spans(positions: np.ndarray, span_length: int) -> list[np.ndarray]:

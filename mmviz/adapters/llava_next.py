@@ -31,6 +31,7 @@ from transformers.image_processing_utils import get_patch_output_size, select_be
 from mmviz.adapters import geometry
 from mmviz.adapters.generative import GenerativeAdapter
 from mmviz.adapters.layout import IMAGE_NEWLINE, VIEWS, ImageGeometry, LayoutBuilder, TokenLayout
+from mmviz.adapters.llava import pad_resize_crop_map
 from mmviz.errors import ProcessorMismatchError
 
 
@@ -421,6 +422,103 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         base = self._grid_to_original(_cell_edges(1, g, self.patch_size, S), to_canvas)
         base = geometry.clip_boxes(base, width, height)
         return ImagePlan(base, (g, g), tail_newlines=int(self.has_newline))
+
+
+class LlavaNextVideoAdapter(LlavaNextAdapter):
+    """LLaVA-NeXT-Video: LLaVA-NeXT's anyres layout for images; videos frame by frame.
+
+    Each frame goes through the video processor (shortest edge resized to the tile, centre-cropped to ``S × S``),
+    the vision tower, and the vision resampler's ``s × s`` pooling (``spatial_pool_stride``: average, max or a
+    stride-``s`` convolution, all reading the same block), so a frame gives ``⌊g/s⌋²`` tokens in raster order:
+    view ``"frame"``, span ``(f, f)``, each the box of its ``s × s`` block of patches on the original frame (the
+    pixels cropped away reach no token). No newline tokens.
+
+    Example:
+        >>> trace = mmviz.trace(model, processor, video=frames, prompt="What happens?")   # doctest: +SKIP
+        >>> trace.layout.row(int(trace.image_positions[0]))["frames"]                      # doctest: +SKIP
+        (0, 0)
+    """
+
+    family = "LLaVA-NeXT-Video"
+    model_types = ("llava_next_video",)
+    video_path = True
+
+    @property
+    def video_token(self) -> str:
+        return str(getattr(self.processor, "video_token", None) or "<video>")
+
+    @property
+    def video_token_id(self) -> int:
+        configured = getattr(self.model.config, "video_token_id", None)
+        if configured is None:
+            configured = getattr(self.model.config, "video_token_index", None)
+        if configured is not None:
+            return int(configured)
+        return int(self.tokenizer.convert_tokens_to_ids(self.video_token))
+
+    @property
+    def pool_stride(self) -> int:
+        """``s``: patches per side the vision resampler pools into one video token."""
+        return int(self.model.config.spatial_pool_stride)
+
+    @property
+    def pooled_size(self) -> int:
+        """``⌊g/s⌋``: video tokens per frame side."""
+        return self.grid_size // self.pool_stride
+
+    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
+        return self.video_chat_prompt(prompt, self.video_token, self.video_token)
+
+    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
+        """The processor's output for one video, every frame kept (``do_sample_frames=False``)."""
+        if text.count(self.video_token) != 1 or self.image_token in text:
+            raise ProcessorMismatchError(
+                f"a video prompt needs exactly one video placeholder ({self.video_token!r}) and no image "
+                f"placeholder; pass a plain question (mmviz adds it)"
+            )
+        if getattr(self.processor, "video_processor", None) is None:
+            raise ProcessorMismatchError("the processor has no video_processor; pass the model's full processor")
+        inputs = dict(self.processor(videos=[list(frames)], text=[text], return_tensors="pt", do_sample_frames=False))
+        self._check_video(inputs, len(frames))
+        return inputs
+
+    def _check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+        pixels = inputs.get("pixel_values_videos")
+        if pixels is None or pixels.ndim != 5 or int(pixels.shape[1]) != n_frames:
+            shape = None if pixels is None else tuple(pixels.shape)
+            raise ProcessorMismatchError(
+                f"the processor made pixel_values_videos of shape {shape} for {n_frames} frames: it sampled frames "
+                f"although mmviz passes do_sample_frames=False, or it is not this model's processor"
+            )
+        self.check_canvas(pixels, self.tile_size, " (its video processor's crop_size)")
+        found = int((inputs["input_ids"] == self.video_token_id).sum())
+        expected = n_frames * self.pooled_size**2
+        if found != expected:
+            raise ProcessorMismatchError(
+                f"the processor inserted {found} video tokens for {n_frames} frames, the model makes {expected} "
+                f"({self.pooled_size}² pooled cells per frame); load the processor of this checkpoint"
+            )
+
+    def video_layout(
+        self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
+    ) -> TokenLayout:
+        self._check_video(inputs, len(frames))
+        n, block = self.pooled_size, self.pool_stride * self.patch_size
+        positions = np.flatnonzero(input_ids == self.video_token_id)
+        per_frame = n * n
+        builder = LayoutBuilder(self.display_tokens(input_ids), self.special_mask(input_ids))
+        cells = geometry.grid_boxes(n, n, block, block)
+        for index, frame in enumerate(frames):
+            to_canvas = pad_resize_crop_map(self.processor.video_processor, frame.width, frame.height)
+            boxes = geometry.clip_boxes(to_canvas.to_original(cells), frame.width, frame.height)
+            span = positions[index * per_frame : (index + 1) * per_frame]
+            builder.mark_grid(span, image_index=index, view="frame", grid_shape=(n, n), boxes=boxes)
+            builder.mark_frames(span, index, index)
+            covered = geometry.clip_boxes(
+                to_canvas.to_original(np.array([[0.0, 0.0, n * block, n * block]])), frame.width, frame.height
+            )[0]
+            builder.images.append(ImageGeometry(frame.width, frame.height, tuple(float(v) for v in covered)))
+        return builder.build()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

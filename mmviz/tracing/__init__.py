@@ -50,8 +50,9 @@ def trace(
             formatted prompt that already holds one placeholder per image.
         video: instead of ``image``, the frames of ONE video (a list of PIL images / arrays / paths, or a
             ``(T, H, W, 3)`` uint8 array), for families with a video path (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-            LLaVA-OneVision, SmolVLM): every frame is used as given, each video token gets the span of original
-            frames it covers (``trace.layout.frames``) and its box on them; ``trace.images`` holds the frames.
+            LLaVA-OneVision, LLaVA-NeXT-Video, SmolVLM): every frame is used as given, each video token gets the span
+            of original frames it covers (``trace.layout.frames``) and its box on them; ``trace.images`` holds the
+            frames.
         answer: the answer to analyse (text, or token ids); None generates it.
         max_new_tokens: generation length limit when ``answer`` is None.
         capture: what to record (:class:`~mmviz.capture.CapturePlan`); the default records every text row of

@@ -1,4 +1,5 @@
-"""LLaVA-NeXT and LLaVA-OneVision: a stretched base view + an un-padded anyres high-res grid with row newlines.
+"""LLaVA-NeXT, LLaVA-OneVision and LLaVA-NeXT-Video: a stretched base view + an un-padded anyres high-res grid with
+row newlines (LLaVA-NeXT-Video: its images; its frames are pooled 2×2).
 
 Both tiny models use 28-px tiles cut into 7-px patches (a 4×4 feature grid per tile) and pinpoints of up to 2×2 or
 1×3 tiles, so the high-res grid reaches 8×8 cells and the feature-level un-padding drops whole rows / columns for
@@ -18,6 +19,10 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessor,
@@ -28,6 +33,7 @@ from transformers import (
 )
 
 from mmviz.zoo.tiny import tiny_tokenizer
+from tests.families.build_qwen_idefics import _llm_sizes, family_tokenizer, seeded_model
 from tests.families.registry import family_case
 
 TILE = 28
@@ -159,3 +165,34 @@ def build_llava_onevision():
     model = _finish(LlavaOnevisionForConditionalGeneration, config, tokenizer, seed=6)
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return model, processor
+
+
+@family_case("llava_next_video", kind="tiled")
+def build_llava_next_video():
+    """Tiny LLaVA-NeXT-Video: CLIP tower, Llama decoder; images through LLaVA-NeXT's anyres image processor, frames
+    through its video processor (shortest edge 28, centre crop 28) and the 2×2 average-pooling resampler."""
+    tokenizer = family_tokenizer(["<image>", "<video>"])
+    processor = LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(
+            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}
+        ),
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS
+        ),
+        tokenizer=tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
+    )
+    config = LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(**_vision_kwargs(), projection_dim=32),
+        text_config=LlamaConfig(**_llm_sizes(len(tokenizer), tokenizer)),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=(TILE // PATCH) ** 2,
+    )
+    return seeded_model(LlavaNextVideoForConditionalGeneration, config, tokenizer, seed=41), processor

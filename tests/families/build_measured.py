@@ -43,11 +43,6 @@ from transformers import (
     Llama4ImageProcessor,
     Llama4Processor,
     LlamaConfig,
-    LlavaNextImageProcessorPil,
-    LlavaNextVideoConfig,
-    LlavaNextVideoForConditionalGeneration,
-    LlavaNextVideoProcessor,
-    LlavaNextVideoVideoProcessor,
     Ovis2Config,
     Ovis2ForConditionalGeneration,
     Ovis2ImageProcessorPil,
@@ -62,7 +57,7 @@ from transformers import (
 )
 
 from tests.families.build_2026 import cohere2_text
-from tests.families.build_llava_next import LLAVA_NEXT_CHAT_TEMPLATE, PATCH, PINPOINTS, TILE
+from tests.families.build_llava_next import LLAVA_NEXT_CHAT_TEMPLATE, PATCH, TILE
 from tests.families.build_qwen_idefics import _llm_sizes, family_tokenizer, seeded_model
 from tests.families.registry import family_case
 
@@ -77,37 +72,6 @@ def _clip_vision(size: int = TILE, patch: int = PATCH) -> CLIPVisionConfig:
         patch_size=patch,
         projection_dim=32,
     )
-
-
-# --- LLaVA-NeXT-Video (its image path: LLaVA-NeXT's anyres tiles + base view) -----------------------------------
-@family_case("llava_next_video", kind="tiled", measured=True)
-def build_llava_next_video() -> tuple[torch.nn.Module, Any]:
-    """Tiny LLaVA-NeXT-Video: CLIP tower, Llama decoder; images go through LLaVA-NeXT's anyres image processor."""
-    tokenizer = family_tokenizer(["<image>", "<video>"])
-    processor = LlavaNextVideoProcessor(
-        video_processor=LlavaNextVideoVideoProcessor(
-            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}
-        ),
-        image_processor=LlavaNextImageProcessorPil(
-            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS
-        ),
-        tokenizer=tokenizer,
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
-    )
-    config = LlavaNextVideoConfig(
-        vision_config=_clip_vision(),
-        text_config=LlamaConfig(**_llm_sizes(len(tokenizer), tokenizer)),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=PINPOINTS,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=(TILE // PATCH) ** 2,
-    )
-    return seeded_model(LlavaNextVideoForConditionalGeneration, config, tokenizer, seed=41), processor
 
 
 # --- Video-LLaVA (its image path: one CLIP grid per image) ------------------------------------------------------
