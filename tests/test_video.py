@@ -256,6 +256,13 @@ def test_knockout_of_a_frame_group_changes_logp_and_leaves_model(family):
     assert model.config._attn_implementation == implementation and not model.training
 
 
+def test_relative_attention_divides_by_the_generic_prompt_about_the_same_video(family):
+    _, _, _, _, trace = family
+    result = mmviz.methods.relative_attention(trace)
+    assert result.values.shape[-1] == len(trace.image_positions)
+    assert np.isfinite(result.values).all() and result.values.max() > 0
+
+
 def test_gradient_method_on_video_columns(family):
     _, _, _, _, trace = family
     result = trace.compute("gradient_x_input")

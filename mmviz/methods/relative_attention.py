@@ -77,15 +77,21 @@ def _generic_rows(
     run: ModelRun, generic: str, answer_ids: np.ndarray, layers: Sequence[int], n_image: int
 ) -> np.ndarray:
     """Head-mean attention ``(L, 1, A, image tokens)`` of the rows predicting ``answer_ids`` after the ``generic``
-    prompt with the same images: one forward recording only those rows and layers."""
+    prompt with the same images (or the same video): one forward recording only those rows and layers."""
     adapter, images = run.adapter, list(run.images)
-    encoded = to_device(adapter.encode(images, adapter.format_prompt(generic, len(images))), run.model)
+    if run.video:
+        encoded = adapter.encode_video(images, adapter.format_video_prompt(generic, len(images)))
+    else:
+        encoded = adapter.encode(images, adapter.format_prompt(generic, len(images)))
+    encoded = to_device(encoded, run.model)
     prompt = encoded["input_ids"]
     answer = torch.as_tensor(np.asarray(answer_ids), dtype=prompt.dtype, device=prompt.device)[None]
     input_ids = torch.cat([prompt, answer], dim=1)
     others = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
-    generic_run = ModelRun(run.model, adapter, input_ids, adapter.analysis_inputs(others, answer.shape[1]), run.images)
-    layout = adapter.layout(input_ids[0].cpu().numpy(), images, encoded)
+    forward_inputs = adapter.analysis_inputs(others, answer.shape[1])
+    generic_run = ModelRun(run.model, adapter, input_ids, forward_inputs, run.images, video=run.video)
+    lay_out = adapter.video_layout if run.video else adapter.layout
+    layout = lay_out(input_ids[0].cpu().numpy(), images, encoded)
     if len(layout.image_positions) != n_image:
         raise InputError("the generic prompt has another number of image tokens; pass a plain prompt")
     predicting = np.arange(prompt.shape[1] - 1, input_ids.shape[1] - 1)
