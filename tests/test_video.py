@@ -185,23 +185,24 @@ def test_boxes_and_frame_spans_by_measurement(family):
     )
 
 
-def test_attention_rows_equal_eager(family):
-    _, model, _, _, trace = family
+def assert_rows_equal_eager(model, trace) -> None:
+    """Every recorded row of ``trace`` equals ``output_attentions=True`` of an eager deep copy (max abs ≤ 1e-5)."""
     run = trace.run
     reference = copy.deepcopy(model)
     reference.set_attn_implementation({"text_config": "eager"})
     with torch.no_grad():
         attentions = reference(
-            input_ids=run.input_ids,
-            attention_mask=torch.ones_like(run.input_ids),
-            output_attentions=True,
-            **run.inputs,
+            input_ids=run.input_ids, attention_mask=torch.ones_like(run.input_ids), output_attentions=True, **run.inputs
         ).attentions
     assert len(attentions) == trace.num_layers
     for layer, expected in enumerate(attentions):
-        rows = expected[0][:, trace.query_positions].numpy()
-        error = np.abs(trace.attention_rows[layer] - rows).max()
+        error = np.abs(trace.attention_rows[layer] - expected[0][:, trace.query_positions].numpy()).max()
         assert error <= 1e-5, f"layer {layer}: max abs {error:.3g}"
+
+
+def test_attention_rows_equal_eager(family):
+    _, model, _, _, trace = family
+    assert_rows_equal_eager(model, trace)
     # video tokens are the attention map's columns
     assert trace.attention(layer=0, head="mean").shape == (len(trace.query_positions), len(trace.image_positions))
 
@@ -415,15 +416,7 @@ def test_onevision_boxes_and_spans_by_measurement(onevision):
 
 def test_onevision_rows_equal_eager_and_frame_knockout(onevision):
     model, _, _, trace = onevision
-    run = trace.run
-    reference = copy.deepcopy(model)
-    reference.set_attn_implementation({"text_config": "eager"})
-    with torch.no_grad():
-        attentions = reference(
-            input_ids=run.input_ids, attention_mask=torch.ones_like(run.input_ids), output_attentions=True, **run.inputs
-        ).attentions
-    for layer, expected in enumerate(attentions):
-        assert np.abs(trace.attention_rows[layer] - expected[0][:, trace.query_positions].numpy()).max() <= 1e-5
+    assert_rows_equal_eager(model, trace)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     group = frame_positions(trace, 1)
     assert len(group) == len(trace.image_positions) // 3
@@ -491,25 +484,17 @@ def test_smolvlm_boxes_and_spans_by_measurement(smolvlm):
 
 def test_smolvlm_rows_equal_eager_frame_knockout_and_edited_frames(smolvlm):
     model, processor, _, trace = smolvlm
-    run = trace.run
-    reference = copy.deepcopy(model)
-    reference.set_attn_implementation({"text_config": "eager"})
-    with torch.no_grad():
-        attentions = reference(
-            input_ids=run.input_ids, attention_mask=torch.ones_like(run.input_ids), output_attentions=True, **run.inputs
-        ).attentions
-    for layer, expected in enumerate(attentions):
-        assert np.abs(trace.attention_rows[layer] - expected[0][:, trace.query_positions].numpy()).max() <= 1e-5
+    assert_rows_equal_eager(model, trace)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     effect = Ablate(frame_positions(trace, 1), fill="zero").apply(trace)
     assert np.abs(np.asarray(effect.delta)).max() > 1e-4
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
     # edited frames go through the video processor (the image processor would tile them), same shapes
     edited = [image.rotate(180) for image in trace.images]
-    pixels = run.pixel_inputs(edited)
+    pixels = trace.run.pixel_inputs(edited)
     direct = processor(videos=[edited], text=trace.prompt, return_tensors="pt", do_sample_frames=False)
     assert torch.equal(pixels["pixel_values"], direct["pixel_values"])
-    assert pixels["pixel_values"].shape == run.inputs["pixel_values"].shape
+    assert pixels["pixel_values"].shape == trace.run.inputs["pixel_values"].shape
     assert mmviz.methods.image_reliance(trace, "blank").kl.max() > 1e-6
 
 
@@ -578,17 +563,9 @@ def test_next_video_boxes_and_spans_by_measurement(next_video):
 
 def test_next_video_rows_equal_eager_frame_knockout_and_edited_frames(next_video):
     model, processor, _, trace = next_video
-    run = trace.run
-    reference = copy.deepcopy(model)
-    reference.set_attn_implementation({"text_config": "eager"})
-    with torch.no_grad():
-        attentions = reference(
-            input_ids=run.input_ids, attention_mask=torch.ones_like(run.input_ids), output_attentions=True, **run.inputs
-        ).attentions
-    for layer, expected in enumerate(attentions):
-        assert np.abs(trace.attention_rows[layer] - expected[0][:, trace.query_positions].numpy()).max() <= 1e-5
+    assert_rows_equal_eager(model, trace)
     effect = Ablate(frame_positions(trace, 2), fill="zero").apply(trace)
     assert np.abs(np.asarray(effect.delta)).max() > 1e-4
     edited = [image.rotate(180) for image in trace.images]
     direct = processor(videos=[edited], text=trace.prompt, return_tensors="pt", do_sample_frames=False)
-    assert torch.equal(run.pixel_inputs(edited)["pixel_values_videos"], direct["pixel_values_videos"])
+    assert torch.equal(trace.run.pixel_inputs(edited)["pixel_values_videos"], direct["pixel_values_videos"])

@@ -173,15 +173,34 @@ class GenerativeAdapter(Adapter):
         self.check_placeholders(text, len(images))
         return dict(self.processor(images=list(images), text=text, return_tensors="pt"))
 
-    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
-        """The text the processor gets for ``prompt`` about one video of ``n_frames`` frames (families with a
-        video path override it, usually with :meth:`video_chat_prompt`)."""
-        raise self.no_video()
+    @property
+    def video_token(self) -> str:
+        """The processor's video placeholder (families with a video path)."""
+        return str(getattr(self.processor, "video_token", None) or "<video>")
 
-    def video_chat_prompt(self, prompt: str, video_token: str, fallback_block: str) -> str:
-        """``prompt`` as is when it holds ``video_token``; else the chat template with one video item, or (no
+    @property
+    def video_token_id(self) -> int:
+        """Id of the positions the model fills with video features (the config's, else the tokenizer's)."""
+        config = self.model.config
+        configured = getattr(config, "video_token_id", None)
+        if configured is None:
+            configured = getattr(config, "video_token_index", None)
+        if configured is not None:
+            return int(configured)
+        return int(self.tokenizer.convert_tokens_to_ids(self.video_token))
+
+    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
+        """The text the processor gets for ``prompt`` about one video of ``n_frames`` frames: the chat template with
+        one video item (:meth:`video_chat_prompt`)."""
+        if not self.video_path:
+            raise self.no_video()
+        return self.video_chat_prompt(prompt, self.video_token)
+
+    def video_chat_prompt(self, prompt: str, fallback_block: str) -> str:
+        """``prompt`` as is when it holds :attr:`video_token`; else the chat template with one video item, or (no
         template, or one that does not write the token once) :attr:`fallback_template` around ``fallback_block``
         (the video placeholder as the family writes it). An image placeholder in a video prompt is refused."""
+        video_token = self.video_token
         if video_token in prompt:
             return prompt
         if self.image_token in prompt:
@@ -199,8 +218,32 @@ class GenerativeAdapter(Adapter):
         return self.fallback_template.format(image=fallback_block, prompt=prompt)
 
     def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
-        """Run the processor on one video (every frame used as given); returns tensors for one sequence."""
-        raise self.no_video()
+        """Run the processor on one video, every frame used as given (``do_sample_frames=False``), then
+        :meth:`check_video` its output; returns tensors for one sequence. ``text`` must hold exactly one video
+        placeholder and no image placeholder."""
+        if not self.video_path:
+            raise self.no_video()
+        found = text.count(self.video_token)
+        if found != 1:
+            raise ProcessorMismatchError(
+                f"the prompt has {found} video placeholders ({self.video_token!r}) for one video; use one or none "
+                f"(mmviz then adds it)"
+            )
+        if self.image_token in text:
+            raise InputError("a video prompt cannot also hold image placeholders; trace images and videos apart")
+        if getattr(self.processor, "video_processor", None) is None:
+            raise ProcessorMismatchError(
+                "the processor has no video_processor; pass the model's full processor "
+                "(AutoProcessor.from_pretrained(<the model's checkpoint>))"
+            )
+        inputs = dict(self.processor(videos=[list(frames)], text=[text], return_tensors="pt", do_sample_frames=False))
+        self.check_video(inputs, len(frames))
+        return inputs
+
+    def check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+        """Raise :class:`ProcessorMismatchError` when the processor's output for one video of ``n_frames`` frames
+        is not what the model takes (frames sampled, another canvas, another token count); families with a video
+        path override it."""
 
     def video_layout(
         self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]

@@ -154,11 +154,8 @@ class Idefics3Adapter(GenerativeAdapter):
                 f"the sequence holds {len(blocks)} expanded images (<global-img> views) for {len(images)} image(s); "
                 f"pass the inputs the processor made for these images"
             )
-        fake, global_id, tile_ids = self._marker_ids()
-        builder = LayoutBuilder(self.display_tokens(input_ids), self.special_mask(input_ids))
-        builder.kinds[np.isin(input_ids, [fake, global_id, *tile_ids])] = IMAGE_SEP
+        builder, fake, cells = self._builder(input_ids)
         side, per_side = self.tile_size, self.tokens_per_side
-        cells = geometry.grid_boxes(per_side, per_side, side / per_side, side / per_side)
         for index, (block, image) in enumerate(zip(blocks, images, strict=True)):
             width, height = image.width, image.height
             n_rows = max((i for i, _, _ in block.tiles), default=-1) + 1
@@ -185,6 +182,15 @@ class Idefics3Adapter(GenerativeAdapter):
             _mark_block(builder, input_ids, block, index, fake)
             builder.images.append(ImageGeometry(width, height, (0.0, 0.0, float(width), float(height))))
         return builder.build()
+
+    def _builder(self, input_ids: np.ndarray) -> tuple[LayoutBuilder, int, np.ndarray]:
+        """A builder over ``input_ids`` with the image markers marked, the ``<fake_token_around_image>`` id, and
+        the ``G × G`` token cells of one ``T × T`` tile (or global view) in canvas pixels."""
+        fake, global_id, tile_ids = self._marker_ids()
+        builder = LayoutBuilder(self.display_tokens(input_ids), self.special_mask(input_ids))
+        builder.kinds[np.isin(input_ids, [fake, global_id, *tile_ids])] = IMAGE_SEP
+        side, per_side = self.tile_size, self.tokens_per_side
+        return builder, fake, geometry.grid_boxes(per_side, per_side, side / per_side, side / per_side)
 
     def _blocks(self, input_ids: np.ndarray) -> list[_ImageBlock]:
         """Group the ``<image>`` runs into images by the marker token in front of each run."""
@@ -244,28 +250,7 @@ class SmolVLMAdapter(Idefics3Adapter):
     fallback_template = "<|im_start|>User:{image}{prompt}<end_of_utterance>\nAssistant:"
     video_path = True
 
-    @property
-    def video_token(self) -> str:
-        return str(getattr(self.processor, "video_token", None) or "<video>")
-
-    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
-        """The chat template with one video item (or SmolVLM's format around ``<video>``)."""
-        return self.video_chat_prompt(prompt, self.video_token, self.video_token)
-
-    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
-        """The processor's output for one video, every frame kept, one global view per frame."""
-        if text.count(self.video_token) != 1 or self.image_token in text:
-            raise ProcessorMismatchError(
-                f"a video prompt needs exactly one video placeholder ({self.video_token!r}) and no image "
-                f"placeholder; pass a plain question (mmviz adds it)"
-            )
-        if getattr(self.processor, "video_processor", None) is None:
-            raise ProcessorMismatchError("the processor has no video_processor; pass the model's full processor")
-        inputs = dict(self.processor(videos=[list(frames)], text=[text], return_tensors="pt", do_sample_frames=False))
-        self._check_video(inputs, len(frames))
-        return inputs
-
-    def _check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+    def check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
         pixels = inputs.get("pixel_values")
         if pixels is None or pixels.ndim != 5 or int(pixels.shape[1]) != n_frames:
             shape = None if pixels is None else tuple(pixels.shape)
@@ -279,18 +264,15 @@ class SmolVLMAdapter(Idefics3Adapter):
     def video_layout(
         self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
-        self._check_video(inputs, len(frames))
+        self.check_video(inputs, len(frames))
         blocks = self._blocks(input_ids)
         if len(blocks) != len(frames) or any(block.tiles for block in blocks):
             raise ProcessorMismatchError(
                 f"the sequence holds {len(blocks)} image blocks for {len(frames)} frames (one global view each "
                 f"expected); pass the inputs the processor made for this video"
             )
-        fake, global_id, tile_ids = self._marker_ids()
-        builder = LayoutBuilder(self.display_tokens(input_ids), self.special_mask(input_ids))
-        builder.kinds[np.isin(input_ids, [fake, global_id, *tile_ids])] = IMAGE_SEP
+        builder, fake, cells = self._builder(input_ids)
         side, per_side = self.tile_size, self.tokens_per_side
-        cells = geometry.grid_boxes(per_side, per_side, side / per_side, side / per_side)
         for index, (block, frame) in enumerate(zip(blocks, frames, strict=True)):
             to_canvas = geometry.resize(frame.width, frame.height, side, side)
             boxes = geometry.clip_boxes(to_canvas.to_original(cells), frame.width, frame.height)

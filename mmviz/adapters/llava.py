@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class LlavaAdapter(GenerativeAdapter):
         return pad_resize_crop_map(self.processor.image_processor, width, height)
 
 
-def pad_resize_crop_map(processor: object, width: int, height: int) -> geometry.Affine:
+def pad_resize_crop_map(processor: Any, width: int, height: int) -> geometry.Affine:
     """Original pixels → the canvas of an image or video ``processor`` that pads to a square (``do_pad`` with
     ``pad_to_square``), resizes (shortest edge, or a fixed size) and centre-crops, as far as it does each.
 
@@ -95,14 +96,14 @@ def pad_resize_crop_map(processor: object, width: int, height: int) -> geometry.
         pad, side = geometry.pad_to_square(width, height)
         transform, width, height = transform.then(pad), side, side
     if getattr(processor, "do_resize", True):
-        size = dict(processor.size)  # type: ignore[attr-defined]
+        size = dict(processor.size)
         if "shortest_edge" in size:
             new_w, new_h = geometry.shortest_edge_size(width, height, int(size["shortest_edge"]))
         else:
             new_w, new_h = int(size["width"]), int(size["height"])
         transform, width, height = transform.then(geometry.resize(width, height, new_w, new_h)), new_w, new_h
     if getattr(processor, "do_center_crop", False):
-        crop = dict(processor.crop_size)  # type: ignore[attr-defined]
+        crop = dict(processor.crop_size)
         transform = transform.then(geometry.center_crop(width, height, int(crop["width"]), int(crop["height"])))
     return transform
 

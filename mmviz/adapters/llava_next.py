@@ -286,42 +286,11 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     # -- video: every frame one tile, its g × g features pooled to ⌈g/2⌉², one image_newline after the last frame
     @property
-    def video_token(self) -> str:
-        return str(getattr(self.processor, "video_token", None) or "<video>")
-
-    @property
-    def video_token_id(self) -> int:
-        configured = getattr(self.model.config, "video_token_id", None)
-        if configured is None:
-            configured = getattr(self.model.config, "video_token_index", None)
-        if configured is not None:
-            return int(configured)
-        return int(self.tokenizer.convert_tokens_to_ids(self.video_token))
-
-    @property
     def pooled_size(self) -> int:
         """``⌈g/2⌉``: pooled feature cells per frame side (``LlavaOnevisionModel.apply_pooling``, bilinear)."""
         return math.ceil(self.grid_size / 2)
 
-    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
-        """The chat template with one video item (or OneVision's ChatML format around the video token)."""
-        return self.video_chat_prompt(prompt, self.video_token, self.video_token)
-
-    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
-        """The processor's output for one video, every frame kept (``do_sample_frames=False``), each frame
-        resized to one ``S × S`` tile."""
-        if text.count(self.video_token) != 1 or self.image_token in text:
-            raise ProcessorMismatchError(
-                f"a video prompt needs exactly one video placeholder ({self.video_token!r}) and no image "
-                f"placeholder; pass a plain question (mmviz adds it)"
-            )
-        if getattr(self.processor, "video_processor", None) is None:
-            raise ProcessorMismatchError("the processor has no video_processor; pass the model's full processor")
-        inputs = dict(self.processor(videos=[list(frames)], text=[text], return_tensors="pt", do_sample_frames=False))
-        self._check_video(inputs, len(frames))
-        return inputs
-
-    def _check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+    def check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
         pixels = inputs.get("pixel_values_videos")
         if pixels is None or pixels.ndim != 5:
             raise ProcessorMismatchError("the processor output has no (1, T, C, S, S) pixel_values_videos")
@@ -349,7 +318,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         bilinear kernel centred there, which also reads a little of its neighbours); the tile's remainder past
         ``g·patch`` goes to the last cell, as for images.
         """
-        self._check_video(inputs, len(frames))
+        self.check_video(inputs, len(frames))
         n, g, S = self.pooled_size, self.grid_size, self.tile_size
         positions = np.flatnonzero(input_ids == self.video_token_id)
         per_frame = n * n
@@ -444,19 +413,6 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
     video_path = True
 
     @property
-    def video_token(self) -> str:
-        return str(getattr(self.processor, "video_token", None) or "<video>")
-
-    @property
-    def video_token_id(self) -> int:
-        configured = getattr(self.model.config, "video_token_id", None)
-        if configured is None:
-            configured = getattr(self.model.config, "video_token_index", None)
-        if configured is not None:
-            return int(configured)
-        return int(self.tokenizer.convert_tokens_to_ids(self.video_token))
-
-    @property
     def pool_stride(self) -> int:
         """``s``: patches per side the vision resampler pools into one video token."""
         return int(self.model.config.spatial_pool_stride)
@@ -466,23 +422,7 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
         """``⌊g/s⌋``: video tokens per frame side."""
         return self.grid_size // self.pool_stride
 
-    def format_video_prompt(self, prompt: str, n_frames: int) -> str:
-        return self.video_chat_prompt(prompt, self.video_token, self.video_token)
-
-    def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
-        """The processor's output for one video, every frame kept (``do_sample_frames=False``)."""
-        if text.count(self.video_token) != 1 or self.image_token in text:
-            raise ProcessorMismatchError(
-                f"a video prompt needs exactly one video placeholder ({self.video_token!r}) and no image "
-                f"placeholder; pass a plain question (mmviz adds it)"
-            )
-        if getattr(self.processor, "video_processor", None) is None:
-            raise ProcessorMismatchError("the processor has no video_processor; pass the model's full processor")
-        inputs = dict(self.processor(videos=[list(frames)], text=[text], return_tensors="pt", do_sample_frames=False))
-        self._check_video(inputs, len(frames))
-        return inputs
-
-    def _check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+    def check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
         pixels = inputs.get("pixel_values_videos")
         if pixels is None or pixels.ndim != 5 or int(pixels.shape[1]) != n_frames:
             shape = None if pixels is None else tuple(pixels.shape)
@@ -502,7 +442,7 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
     def video_layout(
         self, input_ids: np.ndarray, frames: Sequence[Image.Image], inputs: dict[str, torch.Tensor]
     ) -> TokenLayout:
-        self._check_video(inputs, len(frames))
+        self.check_video(inputs, len(frames))
         n, block = self.pooled_size, self.pool_stride * self.patch_size
         positions = np.flatnonzero(input_ids == self.video_token_id)
         per_frame = n * n

@@ -64,13 +64,6 @@ class Qwen2VLAdapter(GenerativeAdapter):
     def video_token(self) -> str:
         return str(getattr(self.processor, "video_token", None) or "<|video_pad|>")
 
-    @property
-    def video_token_id(self) -> int:
-        configured = getattr(self.model.config, "video_token_id", None)
-        if configured is not None:
-            return int(configured)
-        return int(self.tokenizer.convert_tokens_to_ids(self.video_token))
-
     def _marker_ids(self) -> list[int]:
         config = self.model.config
         return [int(getattr(config, key)) for key in ("vision_start_token_id", "vision_end_token_id")]
@@ -109,31 +102,21 @@ class Qwen2VLAdapter(GenerativeAdapter):
 
     def format_video_prompt(self, prompt: str, n_frames: int) -> str:
         """The chat template (or Qwen's ``<|im_start|>`` format) with one vision block holding the video token."""
-        return self.video_chat_prompt(prompt, self.video_token, f"<|vision_start|>{self.video_token}<|vision_end|>")
+        return self.video_chat_prompt(prompt, f"<|vision_start|>{self.video_token}<|vision_end|>")
 
     def encode_video(self, frames: Sequence[Image.Image], text: str) -> dict[str, torch.Tensor]:
         """The processor's output for one video: EVERY frame is used (``do_sample_frames=False``), grouped by
         ``temporal_patch_size`` (an odd last group repeats the last frame, as the processor pads)."""
-        if text.count(self.video_token) != 1:
-            raise ProcessorMismatchError(
-                f"the prompt has {text.count(self.video_token)} video placeholders ({self.video_token!r}) for one "
-                f"video; use one or none (mmviz then adds it)"
-            )
-        if self.image_token in text:
-            raise InputError("a video prompt cannot also hold image placeholders; trace images and videos apart")
-        if getattr(self.processor, "video_processor", None) is None:
-            raise ProcessorMismatchError(
-                "the processor has no video_processor; pass the model's full processor "
-                "(AutoProcessor.from_pretrained(<the model's checkpoint>))"
-            )
         frame = frames[0]
         if max(frame.size) > MAX_ASPECT_RATIO * min(frame.size):
             raise InputError(
                 f"the {frame.width}×{frame.height} frames are too elongated for the Qwen-VL processor (aspect ratio "
                 f"must stay below {MAX_ASPECT_RATIO}); crop or pad them first"
             )
-        inputs = dict(self.processor(videos=[list(frames)], text=text, return_tensors="pt", do_sample_frames=False))
-        t, h, w = self._video_grid(inputs, len(frames))
+        return super().encode_video(frames, text)
+
+    def check_video(self, inputs: dict[str, torch.Tensor], n_frames: int) -> None:
+        t, h, w = self._video_grid(inputs, n_frames)
         patches = t * h * w
         if int(inputs["pixel_values_videos"].shape[0]) != patches:
             raise ProcessorMismatchError(
@@ -147,7 +130,6 @@ class Qwen2VLAdapter(GenerativeAdapter):
                 f"{patches // self.merge_size**2}; the processor's merge_size does not match the model's"
             )
         self._last_patches = h * w  # the tower attends per temporal patch
-        return inputs
 
     def _video_grid(self, inputs: dict[str, torch.Tensor], n_frames: int) -> tuple[int, int, int]:
         """``(t, h, w)`` of the one video, checked: ``t`` temporal patches of ``temporal_patch_size`` frames."""
